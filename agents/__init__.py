@@ -1,0 +1,1 @@
+"""Training recipes: algorithm registry, config loading, callbacks, GPU trainer."""

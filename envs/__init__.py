@@ -1,0 +1,1 @@
+"""Contextual environments: context spaces, wrappers, registration, GPU (Warp) envs."""

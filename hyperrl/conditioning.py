@@ -1,0 +1,231 @@
+"""The conditioning ladder: heads ``(x (B, in), context (B, C)) -> (B, out)`` with one interface.
+
+=================  ========================================================================
+``"none"``         plain MLP over ``x``; the context is ignored (the no-context baseline)
+``"concat"``       MLP over ``[x, context]``
+``"film"``         MLP over ``x`` whose hidden layers are scaled and shifted by the context
+``"lowrank_hyper"``  generated MLP, low-rank generator (``W = W0 + U(z) V(z)^T``)
+``"hyper"``        generated MLP, full generator (``generator=`` per_layer | shared | chunked)
+=================  ========================================================================
+
+All heads compute the same MLP shape ``in -> hidden... -> out`` with the same activation, so a
+comparison changes one keyword. ``layer_gains`` (one per layer) selects SB3's orthogonal init with
+those gains for the ordinary layers and as the standard init the generators reproduce.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from hyperrl.functional import mlp_grouped, mlp_per_sample, mlp_shared, unique_rows
+from hyperrl.generators import Generator, embedding_mlp, make_generator
+from hyperrl.init import check_gains, init_linear
+from hyperrl.target import TargetSpec
+
+CONDITIONINGS = ("none", "concat", "film", "lowrank_hyper", "hyper")
+GENERATOR_INPUTS = ("context", "input", "both")
+
+
+class ConditionedHead(nn.Module):
+    """Base of the ladder. Subclasses implement ``forward(x, context)``.
+
+    :param in_dim: width of ``x``.
+    :param out_dim: width of the output.
+    :param context_dim: width of ``context``.
+    :param hidden_sizes: hidden widths of the head's MLP.
+    :param activation: activation class between the head's layers.
+    :param layer_gains: ``len(hidden_sizes) + 1`` gains for SB3-style orthogonal init, or ``None``.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        context_dim: int,
+        hidden_sizes: Sequence[int] = (64, 64),
+        activation: type[nn.Module] = nn.Tanh,
+        layer_gains: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__()
+        self.target = TargetSpec((in_dim, *hidden_sizes, out_dim))
+        if isinstance(context_dim, bool) or not isinstance(context_dim, int) or context_dim < 0:
+            raise ValueError(f"context_dim must be a non-negative int, got {context_dim!r}")
+        self.in_dim, self.out_dim, self.context_dim = in_dim, out_dim, context_dim
+        self.hidden_sizes = tuple(hidden_sizes)
+        self.activation = activation()
+        self.layer_gains = check_gains(self.target, layer_gains)
+
+    def _check(self, x: torch.Tensor, context: torch.Tensor) -> None:
+        if x.dim() != 2 or x.shape[1] != self.in_dim:
+            raise ValueError(
+                f"{type(self).__name__} expects x of shape (B, {self.in_dim}), got {tuple(x.shape)}"
+            )
+        if context.dim() != 2 or context.shape != (x.shape[0], self.context_dim):
+            raise ValueError(
+                f"{type(self).__name__} expects context of shape ({x.shape[0]}, "
+                f"{self.context_dim}), got {tuple(context.shape)}"
+            )
+
+    def _linears(self, in_dim: int) -> nn.ModuleList:
+        """Ordinary layers of the head's shape, with ``in_dim`` as the first input width."""
+        sizes = (in_dim, *self.target.sizes[1:])
+        linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+        for i, lin in enumerate(linears):
+            init_linear(lin, None if self.layer_gains is None else self.layer_gains[i])
+        return linears
+
+
+class MLPHead(ConditionedHead):
+    """``"none"``: an ordinary MLP over ``x``; the context is accepted and ignored."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.linears = self._linears(self.in_dim)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        self._check(x, context)
+        return mlp_shared(x, [(lin.weight, lin.bias) for lin in self.linears], self.activation)
+
+
+class ConcatHead(ConditionedHead):
+    """``"concat"``: an ordinary MLP over ``[x, context]``."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.linears = self._linears(self.in_dim + self.context_dim)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        self._check(x, context)
+        layers = [(lin.weight, lin.bias) for lin in self.linears]
+        return mlp_shared(torch.cat([x, context], dim=-1), layers, self.activation)
+
+
+class FiLMHead(ConditionedHead):
+    """``"film"`` (Perez et al., 2018): hidden layer ``l`` computes
+    ``act(gamma_l(z) * (W_l h + b_l) + beta_l(z))``; ``gamma = 1, beta = 0`` at init.
+
+    :param film_hidden: hidden widths of the network that reads the context.
+    """
+
+    def __init__(self, *args, film_hidden: Sequence[int] = (64,), **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if not self.hidden_sizes:
+            raise ValueError("FiLM needs at least one hidden layer to modulate")
+        self.linears = self._linears(self.in_dim)
+        self.film_embedding = embedding_mlp(self.context_dim, film_hidden)
+        n = sum(self.hidden_sizes)
+        self.film_out = nn.Linear(tuple(film_hidden)[-1], 2 * n)
+        with torch.no_grad():
+            self.film_out.weight.zero_()
+            self.film_out.bias.copy_(torch.cat([torch.ones(n), torch.zeros(n)]))
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        self._check(x, context)
+        gamma, beta = self.film_out(self.film_embedding(context)).chunk(2, dim=-1)
+        h, at = x, 0
+        for lin, width in zip(self.linears[:-1], self.hidden_sizes, strict=True):
+            h = lin(h) * gamma[:, at : at + width] + beta[:, at : at + width]
+            h = self.activation(h)
+            at += width
+        return self.linears[-1](h)
+
+
+class HyperHead(ConditionedHead):
+    """``"hyper"`` / ``"lowrank_hyper"``: an MLP whose every weight and bias is generated.
+
+    :param generator: one of :data:`hyperrl.generators.GENERATORS`.
+    :param generator_input: what the generator reads: ``"context"`` (default; generated once per
+        distinct context in the batch), ``"input"`` (dynamic: the head's own input ``x``
+        generates its weights, as in Sarafian et al., 2021) or ``"both"`` (``[x, context]``).
+    :param dedup: generate once per distinct context (``True``) or once per sample (the naive
+        path, kept for tests and benchmarks). Ignored when the generator reads ``x``.
+    :param init: the generator's init scheme, see :mod:`hyperrl.init`.
+    :param generator_kwargs: passed to the generator (``hidden``, ``rank``, ``chunk_size``...).
+    """
+
+    def __init__(
+        self,
+        *args,
+        generator: str = "per_layer",
+        generator_input: str = "context",
+        dedup: bool = True,
+        init: str = "bias",
+        generator_kwargs: dict | None = None,
+        **kwargs,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        if generator_input not in GENERATOR_INPUTS:
+            raise ValueError(
+                f"unknown generator_input {generator_input!r}; choose one of {GENERATOR_INPUTS}"
+            )
+        if generator_input != "input" and self.context_dim == 0:
+            raise ValueError(f"generator_input={generator_input!r} needs context_dim > 0")
+        gen_dim = {
+            "context": self.context_dim,
+            "input": self.in_dim,
+            "both": self.in_dim + self.context_dim,
+        }[generator_input]
+        self.generator_input = generator_input
+        self.dedup = dedup
+        self.generator: Generator = make_generator(
+            generator,
+            gen_dim,
+            self.target,
+            init=init,
+            layer_gains=self.layer_gains,
+            **(generator_kwargs or {}),
+        )
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        self._check(x, context)
+        if self.generator_input != "context":
+            gen_in = x if self.generator_input == "input" else torch.cat([x, context], dim=-1)
+            return mlp_per_sample(x, self.target.unflatten(self.generator(gen_in)), self.activation)
+        if not self.dedup:
+            return mlp_per_sample(
+                x, self.target.unflatten(self.generator(context)), self.activation
+            )
+        unique, group = unique_rows(context)
+        layers = self.target.unflatten(self.generator(unique))
+        return mlp_grouped(x, layers, group, self.activation)
+
+    def generate(self, context: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The head's per-layer ``(W (N, out, in), b (N, out))`` for contexts ``(N, C)``."""
+        return self.target.unflatten(self.generator(context))
+
+
+def make_head(
+    conditioning: str,
+    in_dim: int,
+    out_dim: int,
+    context_dim: int,
+    hidden_sizes: Sequence[int] = (64, 64),
+    activation: type[nn.Module] = nn.Tanh,
+    layer_gains: Sequence[float] | None = None,
+    **kwargs,
+) -> ConditionedHead:
+    """Build a head of the ladder by name (:data:`CONDITIONINGS`).
+
+    ``kwargs`` go to the head: ``film_hidden`` for ``"film"``; ``generator``, ``generator_input``,
+    ``init``, ``dedup``, ``generator_kwargs`` for the hyper heads (``"lowrank_hyper"`` fixes
+    ``generator="lowrank"``).
+    """
+    common = dict(
+        in_dim=in_dim,
+        out_dim=out_dim,
+        context_dim=context_dim,
+        hidden_sizes=hidden_sizes,
+        activation=activation,
+        layer_gains=layer_gains,
+    )
+    if conditioning == "lowrank_hyper":
+        if kwargs.setdefault("generator", "lowrank") != "lowrank":
+            raise ValueError("conditioning='lowrank_hyper' implies generator='lowrank'")
+        conditioning = "hyper"
+    classes = {"none": MLPHead, "concat": ConcatHead, "film": FiLMHead, "hyper": HyperHead}
+    if conditioning not in classes:
+        raise ValueError(f"unknown conditioning {conditioning!r}; choose one of {CONDITIONINGS}")
+    return classes[conditioning](**common, **kwargs)

@@ -1,0 +1,100 @@
+"""Apply generated MLP heads to a batch.
+
+Contexts repeat: constant within an episode, shared by the samples of one env in a minibatch. So the
+hypernetwork runs once per *distinct* context and each generated head is applied to all of its
+samples with one batched matmul, never by materialising a weight matrix per sample. Three layouts:
+
+- :func:`mlp_shared`: one head for the whole batch (plain matmul);
+- :func:`mlp_grouped`: ``U`` heads, sample ``i`` uses head ``group[i]`` (grouped batched matmul);
+- :func:`mlp_per_sample`: one head per sample (the naive path; the input-conditioned one).
+
+``activation`` is applied after every layer but the last.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from hyperrl.target import LayerParams
+
+Activation = Callable[[torch.Tensor], torch.Tensor]
+
+#: mlp_grouped pads every group to the largest one; beyond this much padding it gathers per sample.
+MAX_PADDING_RATIO = 2.0
+
+
+def unique_rows(context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Distinct rows of ``context (B, C)``: ``(unique (U, C), group (B,))`` with
+    ``unique[group] == context``."""
+    if context.shape[0] > 0 and bool((context == context[:1]).all()):
+        return context[:1], torch.zeros(context.shape[0], dtype=torch.long, device=context.device)
+    unique, group = torch.unique(context, dim=0, return_inverse=True)
+    return unique, group
+
+
+def mlp_shared(
+    x: torch.Tensor, layers: Sequence[LayerParams], activation: Activation
+) -> torch.Tensor:
+    """``x (B, in)`` through ``[(W (out, in), b (out,)), ...]`` -> ``(B, out)``."""
+    h = x
+    for i, (w, b) in enumerate(layers):
+        h = F.linear(h, w, b)
+        if i < len(layers) - 1:
+            h = activation(h)
+    return h
+
+
+def _mlp_batched(
+    h: torch.Tensor, layers: Sequence[LayerParams], activation: Activation
+) -> torch.Tensor:
+    """``h (G, M, in)`` through ``[(W (G, out, in), b (G, out)), ...]`` -> ``(G, M, out)``."""
+    for i, (w, b) in enumerate(layers):
+        h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+        if i < len(layers) - 1:
+            h = activation(h)
+    return h
+
+
+def mlp_per_sample(
+    x: torch.Tensor, layers: Sequence[LayerParams], activation: Activation
+) -> torch.Tensor:
+    """``x (B, in)`` through ``[(W (B, out, in), b (B, out)), ...]`` -> ``(B, out)``."""
+    return _mlp_batched(x.unsqueeze(1), layers, activation).squeeze(1)
+
+
+def mlp_grouped(
+    x: torch.Tensor,
+    layers: Sequence[LayerParams],
+    group: torch.Tensor,
+    activation: Activation,
+) -> torch.Tensor:
+    """Apply head ``group[i]`` to sample ``i``.
+
+    Samples are laid out group-major in a zero-padded ``(U, M, in)`` block (``M`` = the largest
+    group) so each generated head multiplies all of its samples at once. When the groups are so
+    uneven that padding would exceed :data:`MAX_PADDING_RATIO` times the batch, the heads are
+    gathered per sample instead.
+
+    :param x: ``(B, in)``.
+    :param layers: ``[(W (U, out, in), b (U, out)), ...]``.
+    :param group: ``(B,)`` long, values in ``[0, U)``.
+    :return: ``(B, out)``.
+    """
+    batch, num_groups = x.shape[0], layers[0][0].shape[0]
+    if num_groups == 1:
+        return mlp_shared(x, [(w[0], b[0]) for w, b in layers], activation)
+    counts = torch.bincount(group, minlength=num_groups)
+    width = int(counts.max())
+    if num_groups * width > MAX_PADDING_RATIO * batch:
+        return mlp_per_sample(x, [(w[group], b[group]) for w, b in layers], activation)
+    order = torch.argsort(group, stable=True)
+    starts = torch.cumsum(counts, 0) - counts
+    slot = torch.empty_like(group)
+    slot[order] = torch.arange(batch, device=x.device) - starts[group[order]]
+    dest = group * width + slot  # each sample's row in the padded (U * M) block
+    padded = x.new_zeros(num_groups * width, x.shape[1]).index_copy(0, dest, x)
+    out = _mlp_batched(padded.view(num_groups, width, -1), layers, activation)
+    return out.reshape(num_groups * width, -1)[dest]

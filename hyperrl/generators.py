@@ -1,0 +1,338 @@
+"""Generators: ``context (N, context_dim) -> flat head parameters (N, target.num_params)``.
+
+The seed paper's taxonomy, all behind :class:`Generator`'s one interface:
+
+========================  =========================================================================
+``"per_layer"``           direct; one hypernetwork (embedding MLP + output layer) per target layer
+``"shared"``              direct; one hypernetwork for the whole head
+``"chunked"``             indirect (Ha et al., 2016); learned chunk embeddings and the context
+                          embedding go through one shared generator that emits the weights a chunk
+                          at a time; biases come from a direct output layer
+``"lowrank"``             indirect; ``W = W0 + U(z) V(z)^T``, ``b = b0 + c(z)`` per target layer
+========================  =========================================================================
+
+Every embedding ends with a parameter-free LayerNorm, which is what lets :mod:`hyperrl.init` hit the
+target variance exactly (see there). Parameter counts are given per class as formulas of the
+context dimension ``C``, embedding width ``d`` (last entry of ``hidden``), the target's parameter
+count ``P`` and its layers; the tests check them.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from hyperrl.init import (
+    check_gains,
+    check_scheme,
+    hyperfan_variances,
+    init_output_rows,
+    position_variances,
+    standard_init_sample,
+    standard_weight_std,
+)
+from hyperrl.target import TargetSpec
+
+GENERATORS = ("per_layer", "shared", "chunked", "lowrank")
+
+
+def embedding_mlp(
+    in_dim: int, hidden: Sequence[int], activation: type[nn.Module] = nn.ReLU
+) -> nn.Sequential:
+    """``(N, in_dim) -> (N, hidden[-1])``: ``[Linear, activation] * len(hidden)`` then LayerNorm.
+
+    Parameter count: ``sum(a * b + b)`` over consecutive pairs of ``(in_dim, *hidden)``.
+    """
+    hidden = tuple(hidden)
+    if not hidden or any(h <= 0 for h in hidden):
+        raise ValueError(f"hidden must be a non-empty sequence of positive ints, got {hidden}")
+    layers: list[nn.Module] = []
+    for a, b in zip((in_dim, *hidden[:-1]), hidden, strict=True):
+        layers += [nn.Linear(a, b), activation()]
+    layers.append(nn.LayerNorm(hidden[-1], elementwise_affine=False))
+    return nn.Sequential(*layers)
+
+
+class Generator(nn.Module, ABC):
+    """Base class: maps contexts to the flat parameters of ``target``.
+
+    :param context_dim: width ``C`` of the conditioning input.
+    :param target: the generated head's layer sizes.
+    :param init: one of :data:`hyperrl.init.INIT_SCHEMES`.
+    :param layer_gains: per target layer gain of the standard init (``None``: ``nn.Linear``
+        default); also scales the hyperfan variances.
+    """
+
+    def __init__(
+        self,
+        context_dim: int,
+        target: TargetSpec,
+        init: str = "bias",
+        layer_gains: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(context_dim, bool) or not isinstance(context_dim, int) or context_dim <= 0:
+            raise ValueError(f"context_dim must be a positive int, got {context_dim!r}")
+        if not isinstance(target, TargetSpec):
+            raise ValueError(f"target must be a TargetSpec, got {type(target).__name__}")
+        self.context_dim = context_dim
+        self.target = target
+        self.init_scheme = check_scheme(init)
+        self.layer_gains = check_gains(target, layer_gains)
+
+    def forward(self, context: torch.Tensor) -> torch.Tensor:
+        """:param context: ``(N, context_dim)``. :return: ``(N, target.num_params)``."""
+        if context.dim() != 2 or context.shape[1] != self.context_dim:
+            raise ValueError(
+                f"{type(self).__name__} expects context of shape (N, {self.context_dim}), "
+                f"got {tuple(context.shape)}"
+            )
+        return self._generate(context)
+
+    @abstractmethod
+    def _generate(self, context: torch.Tensor) -> torch.Tensor: ...
+
+    def _gain(self, layer: int) -> float | None:
+        return None if self.layer_gains is None else self.layer_gains[layer]
+
+    def _hyperfan(self, layer: int) -> tuple[float, float]:
+        """``(Var(W), Var(b))`` the hyperfan scheme aims target layer ``layer`` at."""
+        ls, gain = self.target.layers[layer], self._gain(layer)
+        return hyperfan_variances(
+            self.init_scheme, ls.fan_in, ls.fan_out, 1.0 if gain is None else gain
+        )
+
+    def _init_rows(self, linear: nn.Linear, rows: torch.Tensor) -> None:
+        """Init an output layer that writes flat positions ``rows`` (see ``init_output_rows``)."""
+        scheme = self.init_scheme
+        sample = standard_init_sample(self.target, self.layer_gains) if scheme == "bias" else None
+        var = position_variances(self.target, scheme, self.layer_gains) if sample is None else None
+        init_output_rows(linear, rows, scheme, sample, var)
+
+
+class PerLayerGenerator(Generator):
+    """Direct generation with one hypernetwork per target layer.
+
+    Parameters: ``L * embedding(C, hidden) + sum_l (d + 1) * P_l`` where ``P_l`` is layer ``l``'s
+    weight-plus-bias count.
+    """
+
+    def __init__(
+        self,
+        context_dim: int,
+        target: TargetSpec,
+        hidden: Sequence[int] = (64,),
+        activation: type[nn.Module] = nn.ReLU,
+        init: str = "bias",
+        layer_gains: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__(context_dim, target, init, layer_gains)
+        self.embeddings = nn.ModuleList(
+            embedding_mlp(context_dim, hidden, activation) for _ in target.layers
+        )
+        self.heads = nn.ModuleList(nn.Linear(hidden[-1], ls.num_params) for ls in target.layers)
+        for ls, head in zip(target.layers, self.heads, strict=True):
+            self._init_rows(head, torch.arange(ls.weight_start, ls.bias_end))
+
+    def _generate(self, context: torch.Tensor) -> torch.Tensor:
+        return torch.cat(
+            [head(emb(context)) for emb, head in zip(self.embeddings, self.heads, strict=True)],
+            dim=-1,
+        )
+
+
+class SharedGenerator(Generator):
+    """Direct generation with one hypernetwork for the whole head.
+
+    Parameters: ``embedding(C, hidden) + (d + 1) * P``.
+    """
+
+    def __init__(
+        self,
+        context_dim: int,
+        target: TargetSpec,
+        hidden: Sequence[int] = (64,),
+        activation: type[nn.Module] = nn.ReLU,
+        init: str = "bias",
+        layer_gains: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__(context_dim, target, init, layer_gains)
+        self.embedding = embedding_mlp(context_dim, hidden, activation)
+        self.head = nn.Linear(hidden[-1], target.num_params)
+        self._init_rows(self.head, torch.arange(target.num_params))
+
+    def _generate(self, context: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embedding(context))
+
+
+class ChunkedGenerator(Generator):
+    """Chunked generation (Ha et al., 2016): the target's weights, ``W_total`` numbers, are cut into
+    ``K = ceil(W_total / chunk_size)`` chunks; chunk ``k`` is
+    ``offset_k + scale_k * out(LN(act(A e(z) + B c_k)))`` with learned chunk embeddings ``c_k``, a
+    context embedding ``e(z)`` and one generator ``out`` shared by all chunks. ``offset`` is a
+    learned base vector (the standard init sample under ``"bias"``, zero under hyperfan) and
+    ``scale`` a fixed per-layer std that puts every layer's weights on its own scale. Biases
+    (``B_total = sum of fan_out``) come from a direct output layer on ``e(z)``.
+
+    Parameters: ``embedding(C, hidden) + K * E + (d + 1) * G + E * G + (G + 1) * chunk_size
+    + W_total + (d + 1) * B_total`` with ``E = chunk_embedding_dim``, ``G = generator_hidden``.
+    """
+
+    def __init__(
+        self,
+        context_dim: int,
+        target: TargetSpec,
+        hidden: Sequence[int] = (64,),
+        activation: type[nn.Module] = nn.ReLU,
+        init: str = "bias",
+        layer_gains: Sequence[float] | None = None,
+        chunk_size: int = 256,
+        chunk_embedding_dim: int = 16,
+        generator_hidden: int = 64,
+    ) -> None:
+        super().__init__(context_dim, target, init, layer_gains)
+        if chunk_size <= 0 or chunk_embedding_dim <= 0 or generator_hidden <= 0:
+            raise ValueError("chunk_size, chunk_embedding_dim and generator_hidden must be > 0")
+        weight_rows = torch.cat(
+            [torch.arange(ls.weight_start, ls.weight_end) for ls in target.layers]
+        )
+        bias_rows = torch.cat([torch.arange(ls.bias_start, ls.bias_end) for ls in target.layers])
+        self.num_weights = weight_rows.numel()
+        self.chunk_size = chunk_size
+        self.num_chunks = math.ceil(self.num_weights / chunk_size)
+        self.embedding = embedding_mlp(context_dim, hidden, activation)
+        self.chunk_embeddings = nn.Parameter(torch.randn(self.num_chunks, chunk_embedding_dim))
+        self.mix_context = nn.Linear(hidden[-1], generator_hidden)
+        self.mix_chunk = nn.Linear(chunk_embedding_dim, generator_hidden, bias=False)
+        self.act = activation()
+        self.norm = nn.LayerNorm(generator_hidden, elementwise_affine=False)
+        self.out = nn.Linear(generator_hidden, chunk_size)
+        self.offset = nn.Parameter(torch.zeros(self.num_weights))
+        self.register_buffer("scale", torch.empty(self.num_weights), persistent=False)
+        self.bias_head = nn.Linear(hidden[-1], bias_rows.numel())
+        self._init_chunks()
+        self._init_rows(self.bias_head, bias_rows)
+
+    @torch.no_grad()
+    def _init_chunks(self) -> None:
+        start = 0
+        for i, ls in enumerate(self.target.layers):
+            n = ls.fan_in * ls.fan_out
+            if self.init_scheme == "bias":
+                std = standard_weight_std(ls.fan_in, ls.fan_out, self._gain(i))
+            else:
+                std = math.sqrt(self._hyperfan(i)[0])
+            self.scale[start : start + n] = std
+            start += n
+        self.out.bias.zero_()
+        if self.init_scheme == "bias":
+            self.out.weight.zero_()
+            sample = standard_init_sample(self.target, self.layer_gains)
+            self.offset.copy_(torch.cat([w.flatten() for w, _ in self.target.unflatten(sample)]))
+        else:  # unit-variance chunk outputs from the LayerNorm-ed input, scaled per layer
+            self.out.weight.normal_(0.0, 1.0 / math.sqrt(self.out.in_features))
+            self.offset.zero_()
+
+    def _generate(self, context: torch.Tensor) -> torch.Tensor:
+        n = context.shape[0]
+        e = self.embedding(context)  # (N, d)
+        u = self.mix_context(e)[:, None, :] + self.mix_chunk(self.chunk_embeddings)[None]
+        chunks = self.out(self.norm(self.act(u)))  # (N, K, chunk_size)
+        weights = self.offset + self.scale * chunks.reshape(n, -1)[:, : self.num_weights]
+        biases = self.bias_head(e)
+        parts, w_at, b_at = [], 0, 0
+        for ls in self.target.layers:
+            parts += [
+                weights[:, w_at : w_at + ls.fan_in * ls.fan_out],
+                biases[:, b_at : b_at + ls.fan_out],
+            ]
+            w_at += ls.fan_in * ls.fan_out
+            b_at += ls.fan_out
+        return torch.cat(parts, dim=-1)
+
+
+class LowRankGenerator(Generator):
+    """Low-rank generation per target layer: ``W = W0 + U(z) V(z)^T`` with ``U: (out, r)``,
+    ``V: (in, r)``, and ``b = b0 + c(z)``; ``W0, b0`` are learned.
+
+    Under ``"bias"`` ``W0, b0`` are the standard init and ``U``'s and ``c``'s output layers start at
+    zero (``V``'s does not, so ``U`` gets a gradient at step 0). Under hyperfan ``W0, b0`` start at
+    zero and ``U``, ``V`` are drawn so that ``Var(U V^T)`` equals the hyperfan target.
+
+    Parameters: ``embedding(C, hidden) + sum_l [P_l + (d + 1) * (r * (in_l + out_l) + out_l)]``.
+    """
+
+    def __init__(
+        self,
+        context_dim: int,
+        target: TargetSpec,
+        hidden: Sequence[int] = (64,),
+        activation: type[nn.Module] = nn.ReLU,
+        init: str = "bias",
+        layer_gains: Sequence[float] | None = None,
+        rank: int = 4,
+    ) -> None:
+        super().__init__(context_dim, target, init, layer_gains)
+        if rank <= 0:
+            raise ValueError(f"rank must be a positive int, got {rank}")
+        self.rank = rank
+        self.embedding = embedding_mlp(context_dim, hidden, activation)
+        d = hidden[-1]
+        self.base = nn.Parameter(torch.zeros(target.num_params))
+        self.u_heads = nn.ModuleList(nn.Linear(d, ls.fan_out * rank) for ls in target.layers)
+        self.v_heads = nn.ModuleList(nn.Linear(d, ls.fan_in * rank) for ls in target.layers)
+        self.b_heads = nn.ModuleList(nn.Linear(d, ls.fan_out) for ls in target.layers)
+        self._init_low_rank(d)
+
+    @torch.no_grad()
+    def _init_low_rank(self, d: int) -> None:
+        bias_init = self.init_scheme == "bias"
+        if bias_init:
+            self.base.copy_(standard_init_sample(self.target, self.layer_gains))
+        for i in range(self.target.num_layers):
+            u, v, c = self.u_heads[i], self.v_heads[i], self.b_heads[i]
+            for lin in (u, v, c):
+                lin.bias.zero_()
+            if bias_init:
+                u.weight.zero_()
+                c.weight.zero_()
+                v.weight.normal_(0.0, 1.0 / math.sqrt(d))
+            else:
+                var_w, var_b = self._hyperfan(i)
+                factor_std = (var_w / self.rank) ** 0.25  # Var(U V^T) = r Var(U) Var(V)
+                u.weight.normal_(0.0, factor_std / math.sqrt(d))
+                v.weight.normal_(0.0, factor_std / math.sqrt(d))
+                c.weight.normal_(0.0, math.sqrt(var_b / d))
+
+    def _generate(self, context: torch.Tensor) -> torch.Tensor:
+        n = context.shape[0]
+        e = self.embedding(context)
+        parts = []
+        for ls, u_head, v_head, b_head in zip(
+            self.target.layers, self.u_heads, self.v_heads, self.b_heads, strict=True
+        ):
+            u = u_head(e).view(n, ls.fan_out, self.rank)
+            v = v_head(e).view(n, ls.fan_in, self.rank)
+            parts += [torch.bmm(u, v.transpose(1, 2)).flatten(1), b_head(e)]
+        return self.base + torch.cat(parts, dim=-1)
+
+
+_GENERATOR_CLASSES: dict[str, type[Generator]] = {
+    "per_layer": PerLayerGenerator,
+    "shared": SharedGenerator,
+    "chunked": ChunkedGenerator,
+    "lowrank": LowRankGenerator,
+}
+
+
+def make_generator(kind: str, context_dim: int, target: TargetSpec, **kwargs) -> Generator:
+    """Build a generator by name (:data:`GENERATORS`); ``kwargs`` go to its constructor."""
+    try:
+        cls = _GENERATOR_CLASSES[kind]
+    except KeyError:
+        raise ValueError(f"unknown generator {kind!r}; choose one of {GENERATORS}") from None
+    return cls(context_dim, target, **kwargs)

@@ -1,0 +1,85 @@
+import pytest
+import torch
+
+from hyperrl.conditioning import CONDITIONINGS, GENERATOR_INPUTS, HyperHead, make_head
+from hyperrl.generators import GENERATORS
+
+
+@pytest.mark.parametrize("conditioning", CONDITIONINGS)
+def test_every_rung_has_the_same_interface(conditioning):
+    head = make_head(conditioning, in_dim=6, out_dim=2, context_dim=3, hidden_sizes=(16, 16))
+    out = head(torch.randn(10, 6), torch.randn(10, 3))
+    assert out.shape == (10, 2)
+    assert head.target.sizes == (6, 16, 16, 2)
+
+
+@pytest.mark.parametrize("conditioning", CONDITIONINGS)
+def test_context_reaches_the_output_exactly_when_it_should(conditioning):
+    kwargs = {"init": "hyperfan_in"} if "hyper" in conditioning else {}
+    head = make_head(conditioning, 6, 2, 3, **kwargs)
+    if conditioning == "film":  # FiLM starts as the identity modulation; perturb it
+        torch.nn.init.normal_(head.film_out.weight)
+    x = torch.randn(10, 6)
+    a, b = head(x, torch.zeros(10, 3)), head(x, torch.ones(10, 3))
+    assert torch.allclose(a, b) == (conditioning == "none")
+
+
+@pytest.mark.parametrize("generator_input", GENERATOR_INPUTS)
+def test_dynamic_generator_reads_what_it_is_told(generator_input):
+    head = HyperHead(6, 2, 3, generator_input=generator_input, init="hyperfan_in")
+    x, z = torch.randn(10, 6), torch.randn(10, 3)
+    out = head(x, z)
+    assert out.shape == (10, 2)
+    moved_by_context = not torch.allclose(out, head(x, z + 1.0))
+    assert moved_by_context == (generator_input != "input")
+    out.sum().backward()
+    assert all(p.grad is not None for p in head.generator.parameters())
+
+
+def test_lowrank_rung_uses_lowrank_generator():
+    assert type(make_head("lowrank_hyper", 6, 2, 3).generator).__name__ == "LowRankGenerator"
+    with pytest.raises(ValueError, match="implies generator='lowrank'"):
+        make_head("lowrank_hyper", 6, 2, 3, generator="shared")
+
+
+def test_errors_name_the_problem():
+    with pytest.raises(ValueError, match="unknown conditioning 'gated'"):
+        make_head("gated", 6, 2, 3)
+    with pytest.raises(ValueError, match="unknown generator_input"):
+        HyperHead(6, 2, 3, generator_input="obs")
+    head = make_head("hyper", 6, 2, 3)
+    with pytest.raises(ValueError, match=r"context of shape \(4, 3\)"):
+        head(torch.randn(4, 6), torch.randn(4, 2))
+    with pytest.raises(ValueError, match=r"x of shape \(B, 6\)"):
+        head(torch.randn(4, 5), torch.randn(4, 3))
+
+
+@pytest.mark.parametrize(
+    "conditioning,generator",
+    [("none", None), ("concat", None), ("film", None), ("lowrank_hyper", None)]
+    + [("hyper", g) for g in GENERATORS],
+)
+def test_contextual_regression(conditioning, generator):
+    """y = sin(a * x + b) with (a, b) the context: only heads that use the context can fit it.
+
+    The no-context head can at best predict the average over contexts."""
+    torch.manual_seed(0)
+    ctx_bank = torch.rand(8, 2) * torch.tensor([2.0, 3.0]) + torch.tensor([0.5, 0.0])
+    kwargs = {"generator": generator} if generator else {}
+    head = make_head(conditioning, 1, 1, 2, hidden_sizes=(32, 32), **kwargs)
+    opt = torch.optim.Adam(head.parameters(), lr=3e-3)
+    for _ in range(600):
+        ctx = ctx_bank[torch.randint(0, 8, (256,))]
+        x = torch.rand(256, 1) * 4 - 2
+        loss = (head(x, ctx) - torch.sin(ctx[:, :1] * x + ctx[:, 1:])).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    ctx = ctx_bank[torch.randint(0, 8, (2048,))]
+    x = torch.rand(2048, 1) * 4 - 2
+    with torch.no_grad():
+        mse = (head(x, ctx) - torch.sin(ctx[:, :1] * x + ctx[:, 1:])).square().mean().item()
+    if conditioning == "none":
+        assert mse > 0.2
+    else:
+        assert mse < 0.05, f"{conditioning}/{generator} mse {mse:.3f}"

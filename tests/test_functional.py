@@ -1,0 +1,77 @@
+import pytest
+import torch
+
+from hyperrl.conditioning import HyperHead
+from hyperrl.functional import mlp_grouped, mlp_per_sample, mlp_shared, unique_rows
+from hyperrl.generators import GENERATORS
+from hyperrl.target import TargetSpec
+
+SPEC = TargetSpec((5, 12, 3))
+
+
+def random_layers(n):
+    return SPEC.unflatten(torch.randn(n, SPEC.num_params))
+
+
+@pytest.mark.parametrize(
+    "groups",
+    [
+        [0] * 9,  # one shared context: plain matmul
+        [0, 1, 2] * 4,  # balanced, interleaved: padded group-major bmm without padding
+        [2, 0, 0, 1, 2, 2, 0, 2, 1],  # uneven: padded
+        [0] * 20 + [1, 2, 3],  # very uneven: per-sample gather fallback
+    ],
+)
+def test_grouped_equals_per_sample(groups):
+    group = torch.tensor(groups)
+    layers = random_layers(int(group.max()) + 1)
+    x = torch.randn(len(groups), 5)
+    expected = mlp_per_sample(x, [(w[group], b[group]) for w, b in layers], torch.relu)
+    torch.testing.assert_close(mlp_grouped(x, layers, group, torch.relu), expected)
+
+
+def test_shared_equals_per_sample():
+    (w0, b0), (w1, b1) = random_layers(1)
+    x = torch.randn(6, 5)
+    per_sample = [(w.expand(6, -1, -1), b.expand(6, -1)) for w, b in [(w0, b0), (w1, b1)]]
+    torch.testing.assert_close(
+        mlp_shared(x, [(w0[0], b0[0]), (w1[0], b1[0])], torch.tanh),
+        mlp_per_sample(x, per_sample, torch.tanh),
+    )
+
+
+def test_unique_rows():
+    ctx = torch.tensor([[1.0, 2.0], [0.5, 0.0], [1.0, 2.0], [0.5, 0.0], [3.0, 3.0]])
+    unique, group = unique_rows(ctx)
+    assert unique.shape == (3, 2)
+    assert torch.equal(unique[group], ctx)
+    single, g = unique_rows(ctx[:1].expand(4, -1))
+    assert single.shape == (1, 2) and torch.equal(g, torch.zeros(4, dtype=torch.long))
+
+
+@pytest.mark.parametrize("kind", GENERATORS)
+@pytest.mark.parametrize("num_contexts", [1, 4, 37])
+def test_dedup_head_equals_naive_head_outputs_and_gradients(kind, num_contexts):
+    torch.manual_seed(3)
+    head = HyperHead(5, 3, 2, hidden_sizes=(12,), generator=kind, init="hyperfan_in")
+    naive = HyperHead(5, 3, 2, hidden_sizes=(12,), generator=kind, init="hyperfan_in", dedup=False)
+    naive.load_state_dict(head.state_dict())
+    head, naive = head.double(), naive.double()  # float64: summation order must not matter
+    x = torch.randn(40, 5, dtype=torch.float64)
+    ctx = torch.randn(num_contexts, 2, dtype=torch.float64)[torch.randint(0, num_contexts, (40,))]
+    out, out_naive = head(x, ctx), naive(x, ctx)
+    torch.testing.assert_close(out, out_naive)
+    out.square().sum().backward()
+    out_naive.square().sum().backward()
+    for (name, p), q in zip(head.named_parameters(), naive.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, msg=f"gradient of {name} differs")
+
+
+def test_dedup_generates_once_per_distinct_context():
+    head = HyperHead(5, 3, 2, hidden_sizes=(12,))
+    seen = []
+    head.generator.register_forward_hook(lambda m, inp, out: seen.append(inp[0].shape[0]))
+    ctx = torch.tensor([[0.0, 1.0], [2.0, 3.0]])[torch.tensor([0, 1, 1, 0, 1, 0, 0, 0])]
+    head(torch.randn(8, 5), ctx)
+    head(torch.randn(8, 5), ctx[:1].expand(8, -1))
+    assert seen == [2, 1]
