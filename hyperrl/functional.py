@@ -13,6 +13,7 @@ samples with one batched matmul, never by materialising a weight matrix per samp
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import torch
@@ -26,13 +27,43 @@ Activation = Callable[[torch.Tensor], torch.Tensor]
 MAX_PADDING_RATIO = 2.0
 
 
+_BIT_VIEWS = {
+    torch.float16: torch.int16,
+    torch.bfloat16: torch.int16,
+    torch.float32: torch.int32,
+    torch.float64: torch.int64,
+}
+
+
+@functools.cache
+def _hash_multipliers(width: int, device: torch.device) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(0x5EED)
+    return (torch.randint(1, 2**62, (width,), generator=gen, dtype=torch.int64) | 1).to(device)
+
+
 def unique_rows(context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Distinct rows of ``context (B, C)``: ``(unique (U, C), group (B,))`` with
-    ``unique[group] == context``."""
-    if context.shape[0] > 0 and bool((context == context[:1]).all()):
-        return context[:1], torch.zeros(context.shape[0], dtype=torch.long, device=context.device)
-    unique, group = torch.unique(context, dim=0, return_inverse=True)
-    return unique, group
+    ``unique[group] == context``.
+
+    Rows are hashed from their bits to one int64 key each, so the dedup is a 1-D unique (an order
+    of magnitude faster than ``torch.unique(dim=0)`` on the CPU); the result is verified and a
+    hash collision falls back to the exact row-wise unique.
+    """
+    batch = context.shape[0]
+    if batch > 0 and bool((context == context[:1]).all()):
+        return context[:1], torch.zeros(batch, dtype=torch.long, device=context.device)
+    bits_dtype = _BIT_VIEWS.get(context.dtype)
+    if bits_dtype is not None and batch > 0:
+        bits = context.contiguous().view(bits_dtype).to(torch.int64)
+        keys = (bits * _hash_multipliers(context.shape[1], context.device)).sum(dim=1)
+        unique_keys, group = torch.unique(keys, return_inverse=True)
+        first = torch.full_like(unique_keys, batch).scatter_reduce(
+            0, group, torch.arange(batch, device=context.device), "amin"
+        )
+        unique = context[first]
+        if torch.equal(unique[group], context):
+            return unique, group
+    return torch.unique(context, dim=0, return_inverse=True)
 
 
 def mlp_shared(

@@ -75,3 +75,20 @@ def test_dedup_generates_once_per_distinct_context():
     head(torch.randn(8, 5), ctx)
     head(torch.randn(8, 5), ctx[:1].expand(8, -1))
     assert seen == [2, 1]
+
+
+def test_unique_rows_survives_a_hash_collision(monkeypatch):
+    import hyperrl.functional as F
+
+    monkeypatch.setattr(F, "_hash_multipliers", lambda w, d: torch.zeros(w, dtype=torch.int64))
+    ctx = torch.tensor([[1.0, 2.0], [0.5, 0.0], [1.0, 2.0]])  # every key collides at 0
+    unique, group = F.unique_rows(ctx)
+    assert unique.shape == (2, 2) and torch.equal(unique[group], ctx)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64, torch.int64])
+def test_unique_rows_dtypes(dtype):
+    ctx = torch.randint(0, 3, (50, 3)).to(dtype)
+    unique, group = unique_rows(ctx)
+    assert torch.equal(unique[group], ctx)
+    assert unique.shape[0] == len({tuple(r) for r in ctx.tolist()})

@@ -1,0 +1,96 @@
+"""Time generated heads against a plain MLP head of the same shape.
+
+For each generator (and the concat/FiLM rungs for reference) at several batch sizes and numbers of
+distinct contexts in the batch, times forward and forward+backward (the generator included) and
+prints the ratio to a plain MLP. The ``naive`` row generates one head per sample
+(``dedup=False``), the path that grouping by context avoids.
+
+    python scripts/bench_hypernet.py [--sizes 64 64 64 8] [--batches 64 512 4096]
+        [--contexts 1 8 64] [--device cpu|cuda] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from torch.utils import benchmark
+
+from hyperrl import GENERATORS, ConditionedHead, make_head
+
+
+def measure(
+    head: ConditionedHead, x: torch.Tensor, ctx: torch.Tensor, min_run_time: float
+) -> tuple[float, float]:
+    """Median milliseconds of ``(forward, forward+backward)``."""
+
+    def fwd() -> None:
+        with torch.no_grad():
+            head(x, ctx)
+
+    def fwd_bwd() -> None:
+        head.zero_grad(set_to_none=True)
+        head(x, ctx).square().mean().backward()
+
+    def median_ms(fn) -> float:
+        timer = benchmark.Timer("fn()", globals={"fn": fn})
+        return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
+
+    return median_ms(fwd), median_ms(fwd_bwd)
+
+
+def env_major_contexts(bank: torch.Tensor, batch: int) -> torch.Tensor:
+    """``(batch, C)``: each of the ``U`` contexts of ``bank`` repeated for a contiguous run of
+    samples, the way a rollout of ``U`` envs is laid out."""
+    ctx = bank.repeat_interleave(batch // bank.shape[0], dim=0)
+    return torch.cat([ctx, bank[: batch - ctx.shape[0]]])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", type=int, nargs="+", default=[64, 64, 64, 8], help="in hidden.. out")
+    p.add_argument("--context-dim", type=int, default=8)
+    p.add_argument("--batches", type=int, nargs="+", default=[64, 512, 4096])
+    p.add_argument("--contexts", type=int, nargs="+", default=[1, 8, 64])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--min-run-time", type=float, default=0.2, help="seconds per measurement")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    in_dim, *hidden, out_dim = args.sizes
+    dev = torch.device(args.device)
+
+    variants = [("mlp", "none", {}), ("concat", "concat", {}), ("film", "film", {})]
+    variants += [(g, "hyper", {"generator": g}) for g in GENERATORS]
+    variants += [("naive per_layer", "hyper", {"generator": "per_layer", "dedup": False})]
+    heads = {
+        name: make_head(cond, in_dim, out_dim, args.context_dim, hidden, **kw).to(dev)
+        for name, cond, kw in variants
+    }
+    print(
+        f"device={dev} threads={args.threads} head={' -> '.join(map(str, args.sizes))} "
+        f"context_dim={args.context_dim} torch={torch.__version__}"
+    )
+    counts = (f"{n} {sum(q.numel() for q in h.parameters()):,}" for n, h in heads.items())
+    print("params: " + ", ".join(counts))
+    header = f"{'head':>16} {'batch':>6} {'ctx':>5} {'fwd ms':>9} {'x mlp':>7} "
+    header += f"{'fwd+bwd ms':>11} {'x mlp':>7}"
+    print(header + "\n" + "-" * len(header))
+    for batch in args.batches:
+        for n_ctx in (c for c in args.contexts if c <= batch):
+            x = torch.randn(batch, in_dim, device=dev)
+            ctx = env_major_contexts(torch.randn(n_ctx, args.context_dim, device=dev), batch)
+            base = None
+            for name, head in heads.items():
+                fwd, fwd_bwd = measure(head, x, ctx, args.min_run_time)
+                base = base or (fwd, fwd_bwd)
+                print(
+                    f"{name:>16} {batch:>6} {n_ctx:>5} {fwd:>9.3f} {fwd / base[0]:>7.2f} "
+                    f"{fwd_bwd:>11.3f} {fwd_bwd / base[1]:>7.2f}"
+                )
+        print()
+
+
+if __name__ == "__main__":
+    main()
