@@ -19,6 +19,18 @@ from hyperrl.generators import (
     make_generator,
 )
 from hyperrl.init import INIT_SCHEMES
+from hyperrl.policies import (
+    ConcatActorCriticPolicy,
+    ConcatSACPolicy,
+    ConcatTD3Policy,
+    ContextFeaturesExtractor,
+    FiLMActorCriticPolicy,
+    FiLMSACPolicy,
+    FiLMTD3Policy,
+    HyperActorCriticPolicy,
+    HyperSACPolicy,
+    HyperTD3Policy,
+)
 from hyperrl.target import TargetSpec
 
 __version__ = "0.1.0"
@@ -28,11 +40,21 @@ __all__ = [
     "GENERATORS",
     "INIT_SCHEMES",
     "ChunkedGenerator",
+    "ConcatActorCriticPolicy",
     "ConcatHead",
+    "ConcatSACPolicy",
+    "ConcatTD3Policy",
     "ConditionedHead",
+    "ContextFeaturesExtractor",
+    "FiLMActorCriticPolicy",
     "FiLMHead",
+    "FiLMSACPolicy",
+    "FiLMTD3Policy",
     "Generator",
+    "HyperActorCriticPolicy",
     "HyperHead",
+    "HyperSACPolicy",
+    "HyperTD3Policy",
     "LowRankGenerator",
     "MLPHead",
     "PerLayerGenerator",

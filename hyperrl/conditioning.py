@@ -170,6 +170,7 @@ class HyperHead(ConditionedHead):
         }[generator_input]
         self.generator_input = generator_input
         self.dedup = dedup
+        self._cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self.generator: Generator = make_generator(
             generator,
             gen_dim,
@@ -189,8 +190,34 @@ class HyperHead(ConditionedHead):
                 x, self.target.unflatten(self.generator(context)), self.activation
             )
         unique, group = unique_rows(context)
-        layers = self.target.unflatten(self.generator(unique))
+        layers = self.target.unflatten(self._generate_cached(unique))
         return mlp_grouped(x, layers, group, self.activation)
+
+    def _generate_cached(self, unique: torch.Tensor) -> torch.Tensor:
+        """``generator(unique)``, reusing the previous result when nothing can have changed.
+
+        During rollouts (no autograd) every step asks for the heads of the same few contexts;
+        they are regenerated only when the contexts or the generator's parameters change. The
+        parameters' fingerprint is their sums: ``_version`` alone misses in-place updates through
+        ``.data`` (SB3's polyak update of target networks does exactly that).
+        """
+        if torch.is_grad_enabled():
+            self._cache = None
+            return self.generator(unique)
+        fingerprint = torch.stack([p.sum() for p in self.generator.parameters()])
+        cache = self._cache
+        if (
+            cache is not None
+            and cache[0].shape == unique.shape
+            and cache[0].device == unique.device
+            and cache[0].dtype == unique.dtype
+            and torch.equal(cache[0], unique)
+            and torch.equal(cache[1], fingerprint)
+        ):
+            return cache[2]
+        flat = self.generator(unique)
+        self._cache = (unique.clone(), fingerprint, flat)
+        return flat
 
     def generate(self, context: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The head's per-layer ``(W (N, out, in), b (N, out))`` for contexts ``(N, C)``."""

@@ -11,10 +11,15 @@ The seed paper's taxonomy, all behind :class:`Generator`'s one interface:
 ``"lowrank"``             indirect; ``W = W0 + U(z) V(z)^T``, ``b = b0 + c(z)`` per target layer
 ========================  =========================================================================
 
-Every embedding ends with a parameter-free LayerNorm, which is what lets :mod:`hyperrl.init` hit the
-target variance exactly (see there). Parameter counts are given per class as formulas of the
-context dimension ``C``, embedding width ``d`` (last entry of ``hidden``), the target's parameter
-count ``P`` and its layers; the tests check them.
+Every embedding ends with a :class:`ScaledLayerNorm`: a parameter-free LayerNorm divided by the
+width ``d``, so ``sum_k e_k^2 = 1/d`` for every context. The norm is what lets :mod:`hyperrl.init`
+hit the target variance exactly; the ``1/d`` is what makes a generated weight move, under Adam, at
+the rate a directly learned weight would (Adam's step is about ``lr`` per output-layer weight, and
+a generated weight sums ``d`` of them, each times ``e_k``).
+
+Parameter counts are given per class as formulas of the context dimension ``C``, embedding width
+``d`` (last entry of ``hidden``), the target's parameter count ``P`` and its layers; the tests
+check them.
 """
 
 from __future__ import annotations
@@ -40,10 +45,22 @@ from hyperrl.target import TargetSpec
 GENERATORS = ("per_layer", "shared", "chunked", "lowrank")
 
 
+class ScaledLayerNorm(nn.Module):
+    """``(..., d) -> (..., d)``: parameter-free LayerNorm times ``1/d`` (``sum_k e_k^2 = 1/d``)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.width = width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.layer_norm(x, (self.width,)) / self.width
+
+
 def embedding_mlp(
     in_dim: int, hidden: Sequence[int], activation: type[nn.Module] = nn.ReLU
 ) -> nn.Sequential:
-    """``(N, in_dim) -> (N, hidden[-1])``: ``[Linear, activation] * len(hidden)`` then LayerNorm.
+    """``(N, in_dim) -> (N, hidden[-1])``: ``[Linear, activation] * len(hidden)``, then
+    :class:`ScaledLayerNorm`.
 
     Parameter count: ``sum(a * b + b)`` over consecutive pairs of ``(in_dim, *hidden)``.
     """
@@ -53,7 +70,7 @@ def embedding_mlp(
     layers: list[nn.Module] = []
     for a, b in zip((in_dim, *hidden[:-1]), hidden, strict=True):
         layers += [nn.Linear(a, b), activation()]
-    layers.append(nn.LayerNorm(hidden[-1], elementwise_affine=False))
+    layers.append(ScaledLayerNorm(hidden[-1]))
     return nn.Sequential(*layers)
 
 
@@ -209,7 +226,7 @@ class ChunkedGenerator(Generator):
         self.mix_context = nn.Linear(hidden[-1], generator_hidden)
         self.mix_chunk = nn.Linear(chunk_embedding_dim, generator_hidden, bias=False)
         self.act = activation()
-        self.norm = nn.LayerNorm(generator_hidden, elementwise_affine=False)
+        self.norm = ScaledLayerNorm(generator_hidden)
         self.out = nn.Linear(generator_hidden, chunk_size)
         self.offset = nn.Parameter(torch.zeros(self.num_weights))
         self.register_buffer("scale", torch.empty(self.num_weights), persistent=False)
@@ -233,8 +250,8 @@ class ChunkedGenerator(Generator):
             self.out.weight.zero_()
             sample = standard_init_sample(self.target, self.layer_gains)
             self.offset.copy_(torch.cat([w.flatten() for w, _ in self.target.unflatten(sample)]))
-        else:  # unit-variance chunk outputs from the LayerNorm-ed input, scaled per layer
-            self.out.weight.normal_(0.0, 1.0 / math.sqrt(self.out.in_features))
+        else:  # unit-variance chunk outputs (the input has sum u^2 = 1/G), scaled per layer
+            self.out.weight.normal_(0.0, math.sqrt(self.out.in_features))
             self.offset.zero_()
 
     def _generate(self, context: torch.Tensor) -> torch.Tensor:
@@ -300,13 +317,13 @@ class LowRankGenerator(Generator):
             if bias_init:
                 u.weight.zero_()
                 c.weight.zero_()
-                v.weight.normal_(0.0, 1.0 / math.sqrt(d))
+                v.weight.normal_(0.0, math.sqrt(d / self.rank))  # Var(V) = 1/r
             else:
                 var_w, var_b = self._hyperfan(i)
                 factor_std = (var_w / self.rank) ** 0.25  # Var(U V^T) = r Var(U) Var(V)
-                u.weight.normal_(0.0, factor_std / math.sqrt(d))
-                v.weight.normal_(0.0, factor_std / math.sqrt(d))
-                c.weight.normal_(0.0, math.sqrt(var_b / d))
+                u.weight.normal_(0.0, factor_std * math.sqrt(d))
+                v.weight.normal_(0.0, factor_std * math.sqrt(d))
+                c.weight.normal_(0.0, math.sqrt(var_b * d))
 
     def _generate(self, context: torch.Tensor) -> torch.Tensor:
         n = context.shape[0]

@@ -9,9 +9,10 @@ gets exactly that head, and the generator learns the context dependence from the
 ``"hyperfan_in"`` / ``"hyperfan_out"`` -- Chang, Flokas and Lipson (ICLR 2020): the output-layer
 weights are drawn so that each generated weight has the variance that preserves the forward
 (fan-in) or backward (fan-out) signal of the target layer, with the generated biases taking their
-share. With embedding ``e`` of width ``d`` and ``W = H e``, ``Var(W) = d * Var(H) * E[e^2]``; every
-generator here ends its embedding with a LayerNorm, so ``E[e^2] = 1`` for *every* context and the
-target variance holds exactly, whatever the context distribution.
+share. With embedding ``e`` and ``W = H e``, ``Var(W) = Var(H) * sum_k e_k^2``; every generator
+here ends its embedding with a scaled LayerNorm (:class:`hyperrl.generators.ScaledLayerNorm`), so
+``sum_k e_k^2 = 1/d`` for *every* context and the target variance holds exactly, whatever the
+context distribution.
 
 The target's standard initialisation (what ``"bias"`` copies, and the reference the tests compare
 against) is PyTorch's ``nn.Linear`` default when no gains are given, or SB3's convention
@@ -122,7 +123,8 @@ def init_output_rows(
 ) -> None:
     """Initialise a generator's output layer whose output ``j`` becomes flat position ``rows[j]``.
 
-    The layer reads a LayerNorm-ed embedding (``E[e^2] = 1``).
+    The layer reads an embedding of width ``d`` with ``sum_k e_k^2 = 1/d``, so
+    ``Var(H) = d Var(W)``.
 
     :param linear: ``nn.Linear(d, len(rows))``.
     :param rows: ``(len(rows),)`` flat positions in the target vector.
@@ -133,6 +135,6 @@ def init_output_rows(
         linear.weight.zero_()
         linear.bias.copy_(target_sample[rows])
     else:
-        std = (target_var[rows] / linear.in_features).sqrt()
+        std = (target_var[rows] * linear.in_features).sqrt()
         linear.weight.normal_().mul_(std[:, None])
         linear.bias.zero_()

@@ -92,3 +92,29 @@ def test_unique_rows_dtypes(dtype):
     unique, group = unique_rows(ctx)
     assert torch.equal(unique[group], ctx)
     assert unique.shape[0] == len({tuple(r) for r in ctx.tolist()})
+
+
+def test_no_grad_calls_reuse_generated_heads_until_parameters_change():
+    head = HyperHead(5, 3, 2, hidden_sizes=(12,), init="hyperfan_in")
+    calls = []
+    head.generator.register_forward_hook(lambda m, inp, out: calls.append(1))
+    x, ctx = torch.randn(8, 5), torch.randn(2, 2).repeat(4, 1)
+    with torch.no_grad():
+        first = head(x, ctx)
+        again = head(x, ctx)
+    assert len(calls) == 1 and torch.equal(first, again)
+    with torch.no_grad():
+        head(x, ctx + 1.0)  # new contexts: regenerate
+    assert len(calls) == 2
+    opt = torch.optim.SGD(head.parameters(), lr=0.1)
+    head(x, ctx).sum().backward()  # with autograd: always generates
+    opt.step()
+    assert len(calls) == 3
+    with torch.no_grad():
+        after_step = head(x, ctx)  # parameters changed: regenerate, and the output moved
+    assert len(calls) == 4 and not torch.allclose(after_step, first)
+    with torch.no_grad():  # SB3's polyak update writes through .data, which bumps no version
+        for p in head.generator.parameters():
+            p.data.mul_(0.9)
+        head(x, ctx)
+    assert len(calls) == 5

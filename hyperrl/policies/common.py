@@ -1,0 +1,81 @@
+"""What every hyper policy shares: its keyword options and how they reach SB3."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from hyperrl.conditioning import CONDITIONINGS
+from hyperrl.policies.extractors import ContextFeaturesExtractor
+
+GENERATOR_INPUTS = ("context", "observation", "both")
+
+#: The head options every hyper policy takes as constructor keywords (and saves for loading).
+HEAD_OPTIONS: dict[str, Any] = {
+    "conditioning": "hyper",
+    "generator": "per_layer",
+    "init": "bias",
+    "head_arch": (64,),
+    "generator_input": "context",
+    "generator_kwargs": None,
+}
+
+
+def pop_head_options(kwargs: dict[str, Any], **defaults: Any) -> dict[str, Any]:
+    """Remove the head options from a policy's ``kwargs``: ``{name: value}`` with defaults from
+    ``defaults`` then :data:`HEAD_OPTIONS`. Validates the names that have a fixed set of values."""
+    options = {k: kwargs.pop(k, defaults.get(k, v)) for k, v in HEAD_OPTIONS.items()}
+    options["head_arch"] = tuple(options["head_arch"])
+    if options["conditioning"] not in CONDITIONINGS:
+        raise ValueError(
+            f"unknown conditioning {options['conditioning']!r}; choose one of {CONDITIONINGS}"
+        )
+    if options["generator_input"] not in GENERATOR_INPUTS:
+        raise ValueError(
+            f"unknown generator_input {options['generator_input']!r}; choose one of "
+            f"{GENERATOR_INPUTS}"
+        )
+    return options
+
+
+class ContextPolicyMixin:
+    """Constructor plumbing shared by the hyper policies (mixed in before the SB3 class).
+
+    Subclasses set ``_default_conditioning`` and ``_default_head_arch``. :meth:`_setup_context`
+    pops the head options out of ``kwargs``, makes :class:`ContextFeaturesExtractor` the default
+    features extractor, and hands it ``context_keys``. Defaults go through ``kwargs.setdefault``
+    because SB3's ``load`` passes every saved keyword back.
+    """
+
+    _default_conditioning = "hyper"
+    _default_head_arch: tuple[int, ...] = (64,)
+
+    def _setup_context(
+        self, kwargs: dict[str, Any], context_keys: Sequence[str], net_arch: Any
+    ) -> None:
+        self.context_keys = tuple(context_keys)
+        self.head_options = pop_head_options(
+            kwargs, conditioning=self._default_conditioning, head_arch=self._default_head_arch
+        )
+        kwargs.setdefault("net_arch", net_arch)
+        kwargs.setdefault("features_extractor_class", ContextFeaturesExtractor)
+        fe_kwargs = dict(kwargs.get("features_extractor_kwargs") or {})
+        if issubclass(kwargs["features_extractor_class"], ContextFeaturesExtractor):
+            fe_kwargs.setdefault("context_keys", self.context_keys)
+        kwargs["features_extractor_kwargs"] = fe_kwargs
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()  # type: ignore[misc]
+        data.update(self.head_options, context_keys=self.context_keys)
+        return data
+
+
+def context_dims(features_extractor: Any) -> tuple[int, int]:
+    """``(obs_dim, context_dim)`` of a policy's features extractor."""
+    if not isinstance(features_extractor, ContextFeaturesExtractor):
+        raise ValueError(
+            "hyper policies need features_extractor_class=ContextFeaturesExtractor (or a "
+            f"subclass) to tell the observation from the context, got "
+            f"{type(features_extractor).__name__}"
+        )
+    return features_extractor.obs_dim, features_extractor.context_dim

@@ -1,0 +1,56 @@
+"""Tiny contextual envs for policy tests: the best action is a function of the context, which
+the observation alone does not reveal."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+
+class ContextualTarget(gym.Env):
+    """Reach the context: reward ``-(a - c)^2`` with ``c ~ U(-0.8, 0.8)`` drawn per episode.
+
+    Continuous (``Box(1)``) actions, or with ``discrete=True`` two actions rewarded 1 when they
+    match the sign of ``c``. The observation part is a noisy constant; the context rides in the
+    ``"context"`` key and in ``info["context"]``.
+    """
+
+    def __init__(self, episode_length: int = 4, discrete: bool = False):
+        self.episode_length, self.discrete = episode_length, discrete
+        box = spaces.Box(-1.0, 1.0, (1,), np.float32)
+        self.observation_space = spaces.Dict(
+            {"observation": spaces.Box(-1, 1, (2,), np.float32), "context": box}
+        )
+        self.action_space = spaces.Discrete(2) if discrete else box
+        self.c = np.zeros(1, np.float32)
+
+    def _obs(self) -> dict:
+        noise = self.np_random.normal(0, 0.1, 2).astype(np.float32).clip(-1, 1)
+        return {"observation": noise, "context": self.c.copy()}
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        if options and "context" in options:
+            self.c = np.array([options["context"]], np.float32)
+        else:
+            self.c = self.np_random.uniform(-0.8, 0.8, 1).astype(np.float32)
+        self.t = 0
+        return self._obs(), {"context": {"c": float(self.c[0])}}
+
+    def step(self, action):
+        self.t += 1
+        if self.discrete:
+            reward = float(int(action) == int(self.c[0] > 0))
+        else:
+            reward = -float((np.clip(action, -1, 1)[0] - self.c[0]) ** 2)
+        truncated = self.t >= self.episode_length
+        return self._obs(), reward, False, truncated, {"context": {"c": float(self.c[0])}}
+
+
+def obs_with_context(c: float, n: int = 1) -> dict:
+    """A batch of ``n`` observations with context ``c`` (zero noise)."""
+    return {
+        "observation": np.zeros((n, 2), np.float32),
+        "context": np.full((n, 1), c, np.float32),
+    }
