@@ -15,13 +15,20 @@ those gains for the ordinary layers and as the standard init the generators repr
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-from hyperrl.functional import mlp_grouped, mlp_per_sample, mlp_shared, unique_rows
-from hyperrl.generators import Generator, embedding_mlp, make_generator
+from hyperrl.functional import (
+    mlp_grouped,
+    mlp_low_rank,
+    mlp_per_sample,
+    mlp_shared,
+    unique_rows,
+)
+from hyperrl.generators import Generator, LowRankGenerator, embedding_mlp, make_generator
 from hyperrl.init import check_gains, init_linear
 from hyperrl.target import TargetSpec
 
@@ -105,18 +112,17 @@ class ConcatHead(ConditionedHead):
 
 class FiLMHead(ConditionedHead):
     """``"film"`` (Perez et al., 2018): hidden layer ``l`` computes
-    ``act(gamma_l(z) * (W_l h + b_l) + beta_l(z))``; ``gamma = 1, beta = 0`` at init.
+    ``act(gamma_l(z) * (W_l h + b_l) + beta_l(z))``; ``gamma = 1, beta = 0`` at init. A head
+    without hidden layers modulates its input instead: ``W (gamma(z) * x + beta(z)) + b``.
 
     :param film_hidden: hidden widths of the network that reads the context.
     """
 
     def __init__(self, *args, film_hidden: Sequence[int] = (64,), **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        if not self.hidden_sizes:
-            raise ValueError("FiLM needs at least one hidden layer to modulate")
         self.linears = self._linears(self.in_dim)
         self.film_embedding = embedding_mlp(self.context_dim, film_hidden)
-        n = sum(self.hidden_sizes)
+        n = sum(self.hidden_sizes) if self.hidden_sizes else self.in_dim
         self.film_out = nn.Linear(tuple(film_hidden)[-1], 2 * n)
         with torch.no_grad():
             self.film_out.weight.zero_()
@@ -125,6 +131,8 @@ class FiLMHead(ConditionedHead):
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         self._check(x, context)
         gamma, beta = self.film_out(self.film_embedding(context)).chunk(2, dim=-1)
+        if not self.hidden_sizes:  # a single layer: modulate its input features
+            return self.linears[0](x * gamma + beta)
         h, at = x, 0
         for lin, width in zip(self.linears[:-1], self.hidden_sizes, strict=True):
             h = lin(h) * gamma[:, at : at + width] + beta[:, at : at + width]
@@ -170,7 +178,7 @@ class HyperHead(ConditionedHead):
         }[generator_input]
         self.generator_input = generator_input
         self.dedup = dedup
-        self._cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._cache: tuple[torch.Tensor, torch.Tensor, Any] | None = None
         self.generator: Generator = make_generator(
             generator,
             gen_dim,
@@ -182,19 +190,30 @@ class HyperHead(ConditionedHead):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         self._check(x, context)
-        if self.generator_input != "context":
+        if self.generator_input != "context":  # dynamic: every sample generates its own head
             gen_in = x if self.generator_input == "input" else torch.cat([x, context], dim=-1)
-            return mlp_per_sample(x, self.target.unflatten(self.generator(gen_in)), self.activation)
+            every = torch.arange(x.shape[0], device=x.device)
+            return self._run_heads(x, gen_in, every, cache=False)
         if not self.dedup:
-            return mlp_per_sample(
-                x, self.target.unflatten(self.generator(context)), self.activation
-            )
+            return mlp_per_sample(x, self.generate(context), self.activation)
         unique, group = unique_rows(context)
-        layers = self.target.unflatten(self._generate_cached(unique))
-        return mlp_grouped(x, layers, group, self.activation)
+        return self._run_heads(x, unique, group, cache=True)
 
-    def _generate_cached(self, unique: torch.Tensor) -> torch.Tensor:
-        """``generator(unique)``, reusing the previous result when nothing can have changed.
+    def _run_heads(
+        self, x: torch.Tensor, gen_in: torch.Tensor, group: torch.Tensor, cache: bool
+    ) -> torch.Tensor:
+        """Generate heads from ``gen_in (G, C)`` and apply head ``group[i]`` to ``x[i]``."""
+        if isinstance(self.generator, LowRankGenerator):
+            fn = self.generator.factors
+            factors = self._generate_cached(gen_in, fn) if cache else fn(gen_in)
+            return mlp_low_rank(x, factors, group, self.activation)
+        flat = self._generate_cached(gen_in, self.generator) if cache else self.generator(gen_in)
+        return mlp_grouped(x, self.target.unflatten(flat), group, self.activation)
+
+    def _generate_cached(
+        self, unique: torch.Tensor, generate: Callable[[torch.Tensor], Any]
+    ) -> Any:
+        """``generate(unique)``, reusing the previous result when nothing can have changed.
 
         During rollouts (no autograd) every step asks for the heads of the same few contexts;
         they are regenerated only when the contexts or the generator's parameters change. The
@@ -203,7 +222,7 @@ class HyperHead(ConditionedHead):
         """
         if torch.is_grad_enabled():
             self._cache = None
-            return self.generator(unique)
+            return generate(unique)
         fingerprint = torch.stack([p.sum() for p in self.generator.parameters()])
         cache = self._cache
         if (
@@ -215,9 +234,9 @@ class HyperHead(ConditionedHead):
             and torch.equal(cache[1], fingerprint)
         ):
             return cache[2]
-        flat = self.generator(unique)
-        self._cache = (unique.clone(), fingerprint, flat)
-        return flat
+        generated = generate(unique)
+        self._cache = (unique.clone(), fingerprint, generated)
+        return generated
 
     def generate(self, context: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The head's per-layer ``(W (N, out, in), b (N, out))`` for contexts ``(N, C)``."""

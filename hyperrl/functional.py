@@ -6,7 +6,8 @@ samples with one batched matmul, never by materialising a weight matrix per samp
 
 - :func:`mlp_shared`: one head for the whole batch (plain matmul);
 - :func:`mlp_grouped`: ``U`` heads, sample ``i`` uses head ``group[i]`` (grouped batched matmul);
-- :func:`mlp_per_sample`: one head per sample (the naive path; the input-conditioned one).
+- :func:`mlp_per_sample`: one head per sample (the naive path; the input-conditioned one);
+- :func:`mlp_low_rank`: low-rank heads ``W0 + U V^T`` applied factored, never materialised.
 
 ``activation`` is applied after every layer but the last.
 """
@@ -105,9 +106,9 @@ def mlp_grouped(
     """Apply head ``group[i]`` to sample ``i``.
 
     Samples are laid out group-major in a zero-padded ``(U, M, in)`` block (``M`` = the largest
-    group) so each generated head multiplies all of its samples at once. When the groups are so
-    uneven that padding would exceed :data:`MAX_PADDING_RATIO` times the batch, the heads are
-    gathered per sample instead.
+    group) so each generated head multiplies all of its samples at once. When most samples have
+    a head of their own, or the groups are so uneven that padding would exceed
+    :data:`MAX_PADDING_RATIO` times the batch, the heads are gathered per sample instead.
 
     :param x: ``(B, in)``.
     :param layers: ``[(W (U, out, in), b (U, out)), ...]``.
@@ -117,6 +118,8 @@ def mlp_grouped(
     batch, num_groups = x.shape[0], layers[0][0].shape[0]
     if num_groups == 1:
         return mlp_shared(x, [(w[0], b[0]) for w, b in layers], activation)
+    if 2 * num_groups > batch:  # mostly one sample per head: gathering costs what generating did
+        return mlp_per_sample(x, [(w[group], b[group]) for w, b in layers], activation)
     counts = torch.bincount(group, minlength=num_groups)
     width = int(counts.max())
     if num_groups * width > MAX_PADDING_RATIO * batch:
@@ -129,3 +132,28 @@ def mlp_grouped(
     padded = x.new_zeros(num_groups * width, x.shape[1]).index_copy(0, dest, x)
     out = _mlp_batched(padded.view(num_groups, width, -1), layers, activation)
     return out.reshape(num_groups * width, -1)[dest]
+
+
+def mlp_low_rank(
+    x: torch.Tensor,
+    layers: Sequence[tuple[torch.Tensor, ...]],
+    group: torch.Tensor,
+    activation: Activation,
+) -> torch.Tensor:
+    """Apply low-rank head ``group[i]`` to sample ``i`` as ``W0 h + U (V^T h) + b0 + c``.
+
+    Costs ``r (in + out)`` per sample and layer on top of the shared ``W0`` matmul, so it stays
+    cheap when every sample has its own context (off-policy minibatches).
+
+    :param x: ``(B, in)``.
+    :param layers: ``[(W0 (out, in), b0 (out,), U (G, out, r), V (G, in, r), c (G, out)), ...]``.
+    :param group: ``(B,)`` long, values in ``[0, G)``.
+    :return: ``(B, out)``.
+    """
+    h = x
+    for i, (w0, b0, u, v, c) in enumerate(layers):
+        proj = torch.bmm(h.unsqueeze(1), v[group]).squeeze(1)  # (B, r)
+        h = F.linear(h, w0, b0) + torch.bmm(u[group], proj.unsqueeze(-1)).squeeze(-1) + c[group]
+        if i < len(layers) - 1:
+            h = activation(h)
+    return h

@@ -42,6 +42,8 @@ from hyperrl.init import (
 )
 from hyperrl.target import TargetSpec
 
+LowRankFactors = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
 GENERATORS = ("per_layer", "shared", "chunked", "lowrank")
 
 
@@ -103,12 +105,15 @@ class Generator(nn.Module, ABC):
 
     def forward(self, context: torch.Tensor) -> torch.Tensor:
         """:param context: ``(N, context_dim)``. :return: ``(N, target.num_params)``."""
+        self._check_context(context)
+        return self._generate(context)
+
+    def _check_context(self, context: torch.Tensor) -> None:
         if context.dim() != 2 or context.shape[1] != self.context_dim:
             raise ValueError(
                 f"{type(self).__name__} expects context of shape (N, {self.context_dim}), "
                 f"got {tuple(context.shape)}"
             )
-        return self._generate(context)
 
     @abstractmethod
     def _generate(self, context: torch.Tensor) -> torch.Tensor: ...
@@ -325,17 +330,35 @@ class LowRankGenerator(Generator):
                 v.weight.normal_(0.0, factor_std * math.sqrt(d))
                 c.weight.normal_(0.0, math.sqrt(var_b * d))
 
-    def _generate(self, context: torch.Tensor) -> torch.Tensor:
+    def factors(self, context: torch.Tensor) -> list[LowRankFactors]:
+        """Per-layer ``(W0 (out, in), b0 (out,), U (N, out, r), V (N, in, r), c (N, out))``:
+        the head without materialising ``W`` (see :func:`hyperrl.functional.mlp_low_rank`).
+
+        :param context: ``(N, context_dim)``.
+        """
+        self._check_context(context)
         n = context.shape[0]
         e = self.embedding(context)
-        parts = []
-        for ls, u_head, v_head, b_head in zip(
-            self.target.layers, self.u_heads, self.v_heads, self.b_heads, strict=True
+        out = []
+        for (w0, b0), ls, u_head, v_head, b_head in zip(
+            self.target.unflatten(self.base),
+            self.target.layers,
+            self.u_heads,
+            self.v_heads,
+            self.b_heads,
+            strict=True,
         ):
             u = u_head(e).view(n, ls.fan_out, self.rank)
             v = v_head(e).view(n, ls.fan_in, self.rank)
-            parts += [torch.bmm(u, v.transpose(1, 2)).flatten(1), b_head(e)]
-        return self.base + torch.cat(parts, dim=-1)
+            out.append((w0, b0, u, v, b_head(e)))
+        return out
+
+    def _generate(self, context: torch.Tensor) -> torch.Tensor:
+        layers = [
+            (w0 + torch.bmm(u, v.transpose(1, 2)), b0 + c)
+            for w0, b0, u, v, c in self.factors(context)
+        ]
+        return self.target.flatten(layers)
 
 
 _GENERATOR_CLASSES: dict[str, type[Generator]] = {

@@ -5,18 +5,20 @@ from hyperrl.conditioning import CONDITIONINGS, GENERATOR_INPUTS, HyperHead, mak
 from hyperrl.generators import GENERATORS
 
 
+@pytest.mark.parametrize("hidden", [(16, 16), ()])
 @pytest.mark.parametrize("conditioning", CONDITIONINGS)
-def test_every_rung_has_the_same_interface(conditioning):
-    head = make_head(conditioning, in_dim=6, out_dim=2, context_dim=3, hidden_sizes=(16, 16))
+def test_every_rung_has_the_same_interface(conditioning, hidden):
+    head = make_head(conditioning, in_dim=6, out_dim=2, context_dim=3, hidden_sizes=hidden)
     out = head(torch.randn(10, 6), torch.randn(10, 3))
     assert out.shape == (10, 2)
-    assert head.target.sizes == (6, 16, 16, 2)
+    assert head.target.sizes == (6, *hidden, 2)
 
 
+@pytest.mark.parametrize("hidden", [(16,), ()])
 @pytest.mark.parametrize("conditioning", CONDITIONINGS)
-def test_context_reaches_the_output_exactly_when_it_should(conditioning):
+def test_context_reaches_the_output_exactly_when_it_should(conditioning, hidden):
     kwargs = {"init": "hyperfan_in"} if "hyper" in conditioning else {}
-    head = make_head(conditioning, 6, 2, 3, **kwargs)
+    head = make_head(conditioning, 6, 2, 3, hidden_sizes=hidden, **kwargs)
     if conditioning == "film":  # FiLM starts as the identity modulation; perturb it
         torch.nn.init.normal_(head.film_out.weight)
     x = torch.randn(10, 6)

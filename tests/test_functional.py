@@ -20,6 +20,7 @@ def random_layers(n):
         [0, 1, 2] * 4,  # balanced, interleaved: padded group-major bmm without padding
         [2, 0, 0, 1, 2, 2, 0, 2, 1],  # uneven: padded
         [0] * 20 + [1, 2, 3],  # very uneven: per-sample gather fallback
+        [3, 0, 1, 2, 4, 4],  # mostly one sample per head: per-sample gather
     ],
 )
 def test_grouped_equals_per_sample(groups):

@@ -157,3 +157,20 @@ def test_spaces_of_the_toy_env_are_what_the_tests_assume():
     env = ContextualTarget()
     assert isinstance(env.observation_space, spaces.Dict)
     assert set(env.observation_space.spaces) == {"observation", "context"}
+
+
+def test_vecnormalize_keeps_the_context_raw():
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    from hyperrl.policies import norm_obs_keys
+
+    venv = make_vec_env(ContextualTarget, n_envs=2, seed=0)
+    keys = norm_obs_keys(venv.observation_space)
+    assert keys == ["observation"]
+    env = VecNormalize(venv, norm_obs_keys=keys)
+    model = PPO(HyperActorCriticPolicy, env, n_steps=32, batch_size=32, seed=0)
+    model.learn(64)
+    assert set(env.obs_rms) == {"observation"}
+    obs = env.reset()
+    contexts = [venv.envs[i].unwrapped.c[0] for i in range(2)]
+    np.testing.assert_array_equal(obs["context"][:, 0], contexts)

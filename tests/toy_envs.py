@@ -54,3 +54,42 @@ def obs_with_context(c: float, n: int = 1) -> dict:
         "observation": np.zeros((n, 2), np.float32),
         "context": np.full((n, 1), c, np.float32),
     }
+
+
+class GoalTarget(gym.Env):
+    """A 1-D goal-conditioned task for HER: move a point to ``desired_goal`` (sparse reward
+    ``-1`` until within 0.1). Keys follow gymnasium-robotics: ``observation``,
+    ``achieved_goal``, ``desired_goal``."""
+
+    def __init__(self, episode_length: int = 10):
+        self.episode_length = episode_length
+        box = spaces.Box(-1.0, 1.0, (1,), np.float32)
+        self.observation_space = spaces.Dict(
+            {"observation": box, "achieved_goal": box, "desired_goal": box}
+        )
+        self.action_space = box
+
+    def _obs(self) -> dict:
+        return {
+            "observation": self.pos.copy(),
+            "achieved_goal": self.pos.copy(),
+            "desired_goal": self.goal.copy(),
+        }
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.pos = np.zeros(1, np.float32)
+        self.goal = self.np_random.uniform(-0.9, 0.9, 1).astype(np.float32)
+        self.t = 0
+        return self._obs(), {}
+
+    def step(self, action):
+        self.t += 1
+        self.pos = np.clip(self.pos + 0.25 * np.clip(action, -1, 1), -1, 1).astype(np.float32)
+        reward = float(self.compute_reward(self.pos, self.goal, {}))
+        success = reward == 0.0
+        return self._obs(), reward, False, self.t >= self.episode_length, {"is_success": success}
+
+    def compute_reward(self, achieved_goal, desired_goal, info):
+        distance = np.abs(np.asarray(achieved_goal) - np.asarray(desired_goal)).sum(-1)
+        return -(distance > 0.1).astype(np.float32)

@@ -6,7 +6,7 @@ from hyperrl.policies.actor_critic import (
     HyperActorCriticPolicy,
 )
 from hyperrl.policies.common import GENERATOR_INPUTS, HEAD_OPTIONS
-from hyperrl.policies.extractors import ContextFeaturesExtractor
+from hyperrl.policies.extractors import ContextFeaturesExtractor, norm_obs_keys
 from hyperrl.policies.networks import ContextualNet
 from hyperrl.policies.off_policy import (
     ConcatSACPolicy,
@@ -31,4 +31,5 @@ __all__ = [
     "HyperActorCriticPolicy",
     "HyperSACPolicy",
     "HyperTD3Policy",
+    "norm_obs_keys",
 ]

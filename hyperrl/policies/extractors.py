@@ -73,3 +73,12 @@ class ContextFeaturesExtractor(BaseFeaturesExtractor):
             return observations.flatten(1)
         keys = self.obs_keys + self.context_keys
         return torch.cat([observations[k].flatten(1) for k in keys], dim=1)
+
+
+def norm_obs_keys(
+    observation_space: gym.Space, context_keys: Sequence[str] = ("context",)
+) -> list[str]:
+    """The keys ``VecNormalize(norm_obs_keys=...)`` should normalise: every observation key but
+    the context ones, so contexts reach the generator raw (and identical contexts stay identical,
+    which is what lets a policy generate once per distinct context)."""
+    return split_keys(observation_space, context_keys)[0]

@@ -145,7 +145,7 @@ class _OffPolicyMixin(ContextPolicyMixin):
     """Builds the hyper actor and critics in place of SB3's."""
 
     _actor_class: type[nn.Module]
-    _default_head_arch = (256,)
+    _default_head_arch: tuple[int, ...] = ()
 
     def make_actor(self, features_extractor=None):
         kwargs = self._update_features_extractor(self.actor_kwargs, features_extractor)
@@ -158,8 +158,11 @@ class _OffPolicyMixin(ContextPolicyMixin):
 
 class HyperSACPolicy(_OffPolicyMixin, SACPolicy):
     """SB3 SAC policy whose actor and Q heads are conditioned on the context (a hypernetwork by
-    default). Default shape: trunk ``net_arch=[256]`` and ``head_arch=(256,)``, the shape of SB3's
-    ``[256, 256]``. Takes every ``SACPolicy`` keyword and the head options of
+    default). Default shape: trunk ``net_arch=[256, 256]`` (SB3's) and a conditioned output layer
+    (``head_arch=()``): replay minibatches carry about one context per sample, so generation runs
+    per sample and its cost grows with the generated head; generating the output layer keeps SAC
+    near plain speed (see ``scripts/bench_policies.py``). Pass ``head_arch=(256,)`` with
+    ``net_arch=[256]`` to generate more. Takes every ``SACPolicy`` keyword and the head options of
     :class:`~hyperrl.policies.actor_critic.HyperActorCriticPolicy` (``context_keys``,
     ``conditioning``, ``generator``, ``init``, ``head_arch``, ``generator_input``,
     ``generator_kwargs``)."""
@@ -175,17 +178,16 @@ class HyperSACPolicy(_OffPolicyMixin, SACPolicy):
         context_keys: tuple[str, ...] | list[str] = ("context",),
         **kwargs: Any,
     ) -> None:
-        self._setup_context(kwargs, context_keys, net_arch=[256])
+        self._setup_context(kwargs, context_keys, net_arch=[256, 256])
         super().__init__(observation_space, action_space, lr_schedule, *args, **kwargs)
 
 
 class HyperTD3Policy(_OffPolicyMixin, TD3Policy):
     """SB3 TD3 policy with context-conditioned actor and Q heads. Default shape: trunk
-    ``net_arch=[400]`` and ``head_arch=(300,)``, the shape of SB3's ``[400, 300]``. Same keywords
-    as :class:`HyperSACPolicy`."""
+    ``net_arch=[400, 300]`` (SB3's) and a conditioned output layer, for the reasons given in
+    :class:`HyperSACPolicy`. Same keywords as :class:`HyperSACPolicy`."""
 
     _actor_class = HyperTD3Actor
-    _default_head_arch = (300,)
 
     def __init__(
         self,
@@ -196,7 +198,7 @@ class HyperTD3Policy(_OffPolicyMixin, TD3Policy):
         context_keys: tuple[str, ...] | list[str] = ("context",),
         **kwargs: Any,
     ) -> None:
-        self._setup_context(kwargs, context_keys, net_arch=[400])
+        self._setup_context(kwargs, context_keys, net_arch=[400, 300])
         super().__init__(observation_space, action_space, lr_schedule, *args, **kwargs)
 
 
