@@ -15,7 +15,7 @@ those gains for the ordinary layers and as the standard init the generators repr
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -152,6 +152,9 @@ class HyperHead(ConditionedHead):
         path, kept for tests and benchmarks). Ignored when the generator reads ``x``.
     :param init: the generator's init scheme, see :mod:`hyperrl.init`.
     :param generator_kwargs: passed to the generator (``hidden``, ``rank``, ``chunk_size``...).
+
+    Set ``reuse_heads = True`` to keep the heads generated for the last batch's contexts and reuse
+    them, outside autograd, until the contexts or the parameters change (see ``_heads_cached``).
     """
 
     def __init__(
@@ -178,7 +181,9 @@ class HyperHead(ConditionedHead):
         }[generator_input]
         self.generator_input = generator_input
         self.dedup = dedup
-        self._cache: tuple[torch.Tensor, torch.Tensor, Any] | None = None
+        self.reuse_heads = False
+        self._cache: tuple[torch.Tensor, tuple, Any] | None = None
+        self._cache_params: list[torch.Tensor] | None = None
         self.generator: Generator = make_generator(
             generator,
             gen_dim,
@@ -193,50 +198,66 @@ class HyperHead(ConditionedHead):
         if self.generator_input != "context":  # dynamic: every sample generates its own head
             gen_in = x if self.generator_input == "input" else torch.cat([x, context], dim=-1)
             every = torch.arange(x.shape[0], device=x.device)
-            return self._run_heads(x, gen_in, every, cache=False)
+            return self._run_heads(x, self._heads(gen_in, self._factored(gen_in, x)), every)
         if not self.dedup:
             return mlp_per_sample(x, self.generate(context), self.activation)
         unique, group = unique_rows(context)
-        return self._run_heads(x, unique, group, cache=True)
+        factored = self._factored(unique, x)
+        return self._run_heads(x, self._heads_cached(unique, factored), group)
+
+    def _factored(self, gen_in: torch.Tensor, x: torch.Tensor) -> bool:
+        """Apply low-rank heads factored (``W0 h + U (V^T h)``, per-sample cost) when most samples
+        have a head of their own; with few heads, materialising ``W`` and grouping is cheaper."""
+        return isinstance(self.generator, LowRankGenerator) and 2 * gen_in.shape[0] > x.shape[0]
+
+    def _heads(self, gen_in: torch.Tensor, factored: bool) -> list[tuple[torch.Tensor, ...]]:
+        """Generated heads for ``gen_in (G, C)``: per layer ``(W, b)``, or low-rank factors."""
+        if factored:
+            return self.generator.factors(gen_in)
+        return self.target.unflatten(self.generator(gen_in))
 
     def _run_heads(
-        self, x: torch.Tensor, gen_in: torch.Tensor, group: torch.Tensor, cache: bool
+        self, x: torch.Tensor, heads: list[tuple[torch.Tensor, ...]], group: torch.Tensor
     ) -> torch.Tensor:
-        """Generate heads from ``gen_in (G, C)`` and apply head ``group[i]`` to ``x[i]``."""
-        if isinstance(self.generator, LowRankGenerator):
-            fn = self.generator.factors
-            factors = self._generate_cached(gen_in, fn) if cache else fn(gen_in)
-            return mlp_low_rank(x, factors, group, self.activation)
-        flat = self._generate_cached(gen_in, self.generator) if cache else self.generator(gen_in)
-        return mlp_grouped(x, self.target.unflatten(flat), group, self.activation)
+        if len(heads[0]) == 5:  # low-rank factors
+            return mlp_low_rank(x, heads, group, self.activation)
+        return mlp_grouped(x, heads, group, self.activation)
 
-    def _generate_cached(
-        self, unique: torch.Tensor, generate: Callable[[torch.Tensor], Any]
-    ) -> Any:
-        """``generate(unique)``, reusing the previous result when nothing can have changed.
+    def _heads_cached(self, unique: torch.Tensor, factored: bool) -> list[tuple[torch.Tensor, ...]]:
+        """``_heads(unique, factored)``, reused across calls while contexts and parameters stay.
 
-        During rollouts (no autograd) every step asks for the heads of the same few contexts;
-        they are regenerated only when the contexts or the generator's parameters change. The
-        parameters' fingerprint is their sums: ``_version`` alone misses in-place updates through
-        ``.data`` (SB3's polyak update of target networks does exactly that).
+        Only with ``reuse_heads`` on (the policies turn it on for networks updated by their
+        optimizer: rollouts then ask for the same few contexts at every step), outside autograd.
+        A parameter's ``_version`` counts its in-place updates (optimizer steps,
+        ``load_state_dict``); writes through ``.data`` -- SB3's polyak update of target networks
+        -- do not count, which is why target networks never reuse heads.
         """
-        if torch.is_grad_enabled():
+        if not self.reuse_heads or torch.is_grad_enabled():
             self._cache = None
-            return generate(unique)
-        fingerprint = torch.stack([p.sum() for p in self.generator.parameters()])
+            return self._heads(unique, factored)
+        if self._cache_params is None:
+            self._cache_params = list(self.generator.parameters())
+        key = (factored, *(p._version for p in self._cache_params))
         cache = self._cache
         if (
             cache is not None
+            and cache[1] == key
             and cache[0].shape == unique.shape
             and cache[0].device == unique.device
-            and cache[0].dtype == unique.dtype
             and torch.equal(cache[0], unique)
-            and torch.equal(cache[1], fingerprint)
         ):
             return cache[2]
-        generated = generate(unique)
-        self._cache = (unique.clone(), fingerprint, generated)
-        return generated
+        heads = self._heads(unique, factored)
+        self._cache = (unique.clone(), key, heads)
+        return heads
+
+    def train(self, mode: bool = True) -> HyperHead:
+        self._cache = None
+        return super().train(mode)
+
+    def _apply(self, *args: Any, **kwargs: Any) -> HyperHead:  # .to(), .double(): new tensors
+        self._cache, self._cache_params = None, None
+        return super()._apply(*args, **kwargs)
 
     def generate(self, context: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The head's per-layer ``(W (N, out, in), b (N, out))`` for contexts ``(N, C)``."""

@@ -95,8 +95,9 @@ def test_unique_rows_dtypes(dtype):
     assert unique.shape[0] == len({tuple(r) for r in ctx.tolist()})
 
 
-def test_no_grad_calls_reuse_generated_heads_until_parameters_change():
+def test_reused_heads_are_regenerated_when_contexts_or_parameters_change():
     head = HyperHead(5, 3, 2, hidden_sizes=(12,), init="hyperfan_in")
+    head.reuse_heads = True
     calls = []
     head.generator.register_forward_hook(lambda m, inp, out: calls.append(1))
     x, ctx = torch.randn(8, 5), torch.randn(2, 2).repeat(4, 1)
@@ -114,8 +115,16 @@ def test_no_grad_calls_reuse_generated_heads_until_parameters_change():
     with torch.no_grad():
         after_step = head(x, ctx)  # parameters changed: regenerate, and the output moved
     assert len(calls) == 4 and not torch.allclose(after_step, first)
-    with torch.no_grad():  # SB3's polyak update writes through .data, which bumps no version
-        for p in head.generator.parameters():
-            p.data.mul_(0.9)
+    head.load_state_dict({k: v + 1 for k, v in head.state_dict().items()})
+    with torch.no_grad():
         head(x, ctx)
     assert len(calls) == 5
+    head.train()  # SB3 switches modes around its updates; that drops the cache too
+    with torch.no_grad():
+        head(x, ctx)
+    assert len(calls) == 6
+    head.reuse_heads = False
+    with torch.no_grad():
+        head(x, ctx)
+        head(x, ctx)
+    assert len(calls) == 8

@@ -174,3 +174,13 @@ def test_vecnormalize_keeps_the_context_raw():
     obs = env.reset()
     contexts = [venv.envs[i].unwrapped.c[0] for i in range(2)]
     np.testing.assert_array_equal(obs["context"][:, 0], contexts)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_ppo_trains_on_cuda():
+    model = PPO(
+        HyperActorCriticPolicy, ContextualTarget(), n_steps=32, batch_size=16, device="cuda"
+    )
+    model.learn(64)
+    assert next(model.policy.parameters()).is_cuda
+    assert model.predict(obs_with_context(0.3), deterministic=True)[0].shape == (1, 1)

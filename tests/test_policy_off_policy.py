@@ -17,7 +17,7 @@ from hyperrl import (
     HyperSACPolicy,
     HyperTD3Policy,
 )
-from hyperrl.conditioning import CONDITIONINGS
+from hyperrl.conditioning import CONDITIONINGS, HyperHead
 
 SMALL = {"net_arch": [32, 32]}  # SB3 writes into policy_kwargs: always pass a copy
 
@@ -65,6 +65,11 @@ def test_sb3_contract(algo, policy_class, options):
             assert sampled.shape == (5, 1) and log_prob.shape == (5,)
             assert torch.isfinite(log_prob).all()
     assert policy.critic.state_dict().keys() == policy.critic_target.state_dict().keys()
+    # SB3's polyak update writes through .data, invisible to the reuse check: targets never reuse
+    heads = [m for m in policy.modules() if isinstance(m, HyperHead)]
+    reusing = [m for m in heads if m.reuse_heads]
+    assert all(m in list(policy.actor.modules()) for m in reusing)
+    assert bool(reusing) == (options.get("conditioning", "hyper") in ("hyper", "lowrank_hyper"))
     assert {"qf0", "qf1"} <= {n for n, _ in policy.critic.named_children()}
 
 
@@ -199,3 +204,19 @@ def test_her_with_the_goal_as_descriptor():
             done = terminated or truncated
         successes.append(info["is_success"])
     assert np.mean(successes) >= 0.8
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("algo,policy_class", [(SAC, HyperSACPolicy), (TD3, HyperTD3Policy)])
+def test_trains_on_cuda(algo, policy_class):
+    model = algo(
+        policy_class,
+        ContextualTarget(),
+        learning_starts=16,
+        batch_size=16,
+        policy_kwargs=dict(SMALL),
+        device="cuda",
+    )
+    model.learn(40)
+    assert next(model.policy.parameters()).is_cuda
+    assert model.predict(obs_with_context(0.3), deterministic=True)[0].shape == (1, 1)

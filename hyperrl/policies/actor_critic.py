@@ -102,6 +102,8 @@ class HyperActorCriticPolicy(ContextPolicyMixin, ActorCriticPolicy):
         # action_net's width is what the distribution needs (means, or logits)
         self.action_net = net(pi_arch, self.action_net.out_features, 0.01)
         self.value_net = net(vf_arch, 1, 1.0)
+        self.action_net.enable_head_reuse()
+        self.value_net.enable_head_reuse()
         self.optimizer = self.optimizer_class(
             self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs
         )

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from hyperrl.conditioning import make_head
+from hyperrl.conditioning import HyperHead, make_head
 from hyperrl.init import init_linear
 
 
@@ -93,6 +93,12 @@ class ContextualNet(nn.Module):
             layer_gains,
             **kwargs,
         )
+
+    def enable_head_reuse(self) -> None:
+        """Let a hyper head reuse generated weights across no-grad calls (rollouts). Only for a
+        network its optimizer updates: polyak-updated target networks must not."""
+        if isinstance(self.head, HyperHead):
+            self.head.reuse_heads = True
 
     def split(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``features (B, obs_dim + context_dim) -> (obs (B, obs_dim), ctx (B, context_dim))``."""

@@ -53,6 +53,10 @@ class HyperSACActor(SACActor):
     def _get_constructor_parameters(self) -> dict[str, Any]:
         return super()._get_constructor_parameters() | {"head_options": self.head_options}
 
+    @property
+    def contextual_net(self) -> ContextualNet:
+        return self.latent_pi
+
     def get_action_dist_params(
         self, obs: PyTorchObs
     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
@@ -80,6 +84,10 @@ class HyperTD3Actor(TD3Actor):
             head_options,
         )
         self.mu = nn.Sequential(net, nn.Tanh())
+
+    @property
+    def contextual_net(self) -> ContextualNet:
+        return self.mu[0]
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         return super()._get_constructor_parameters() | {"head_options": self.head_options}
@@ -150,6 +158,11 @@ class _OffPolicyMixin(ContextPolicyMixin):
     def make_actor(self, features_extractor=None):
         kwargs = self._update_features_extractor(self.actor_kwargs, features_extractor)
         return self._actor_class(**kwargs, head_options=self.head_options).to(self.device)
+
+    def _build(self, lr_schedule: Schedule) -> None:
+        super()._build(lr_schedule)  # type: ignore[misc]
+        # the online actor only: target networks are polyak-updated through .data
+        self.actor.contextual_net.enable_head_reuse()
 
     def make_critic(self, features_extractor=None):
         kwargs = self._update_features_extractor(self.critic_kwargs, features_extractor)
