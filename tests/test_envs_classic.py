@@ -1,0 +1,99 @@
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+import envs
+from envs.registration import ENVS, context_space
+
+BASE = {
+    "hyperrl/ContextualPendulum-v0": "Pendulum-v1",
+    "hyperrl/ContextualCartPole-v0": "CartPole-v1",
+}
+
+
+def rollout(env, seed, actions, context=None):
+    options = None if context is None else {"context": context}
+    obs, info = env.reset(seed=seed, options=options)
+    trajectory = [obs["observation"] if isinstance(obs, dict) else obs]
+    for action in actions:
+        obs, *_ = env.step(action)
+        trajectory.append(obs["observation"] if isinstance(obs, dict) else obs)
+    return np.array(trajectory), info
+
+
+def actions_for(env, n=30, seed=0):
+    env.action_space.seed(seed)
+    return [env.action_space.sample() for _ in range(n)]
+
+
+@pytest.mark.parametrize("env_id", sorted(ENVS))
+def test_checkers_pass(env_id):
+    check_env(gym.make(env_id), skip_render_check=True)
+    sb3_check_env(gym.make(env_id))
+
+
+@pytest.mark.parametrize("env_id", sorted(ENVS))
+def test_context_convention(env_id):
+    env = gym.make(env_id)
+    obs, info = env.reset(seed=1)
+    space = context_space(env_id)
+    assert set(obs) == {"observation", "context"}
+    np.testing.assert_allclose(obs["context"], space.to_array(info["context"]))
+    assert space.split_of(info["context"]) == "train"
+    pinned = {space.names[0]: space.features[0].holdout[0]}
+    obs, info = env.reset(options={"context": pinned})
+    assert info["context"] == space.nominal | pinned
+    *_, step_info = env.step(env.action_space.sample())
+    assert step_info["context"] == info["context"]
+    with pytest.raises(ValueError, match="outside its allowed range"):
+        env.reset(options={"context": {space.names[0]: 1e6}})
+    hidden = gym.make(env_id, hidden_context=True)
+    obs, info = hidden.reset(seed=0)
+    assert set(obs) == {"observation"} and set(info["context"]) == set(space.names)
+
+
+@pytest.mark.parametrize("env_id", sorted(ENVS))
+def test_seeding_gives_identical_episodes(env_id):
+    env = gym.make(env_id)
+    actions = actions_for(env)
+    a, info_a = rollout(env, 7, actions)
+    b, info_b = rollout(gym.make(env_id), 7, actions)
+    np.testing.assert_array_equal(a, b)
+    assert info_a["context"] == info_b["context"]
+    _, info_c = rollout(env, 8, actions)
+    assert info_c["context"] != info_a["context"]
+
+
+@pytest.mark.parametrize("env_id", sorted(ENVS))
+def test_every_feature_changes_the_dynamics_and_nominal_restores_them(env_id):
+    env, base = gym.make(env_id), gym.make(BASE[env_id])
+    space = context_space(env_id)
+    actions = actions_for(env)
+    reference, _ = rollout(base, 3, actions)
+    nominal, _ = rollout(env, 3, actions, context=space.nominal)
+    for feature in space.features:
+        changed, _ = rollout(env, 3, actions, context={feature.name: feature.train[1]})
+        n = min(len(changed), len(nominal))
+        assert not np.allclose(changed[:n], nominal[:n]), f"{feature.name} changes nothing"
+    again, _ = rollout(env, 3, actions, context=space.nominal)  # after the changes above
+    n = min(len(reference), len(again))
+    np.testing.assert_array_equal(again[:n], reference[:n])
+    np.testing.assert_array_equal(nominal[:n], reference[:n])
+
+
+@pytest.mark.parametrize("env_id", sorted(ENVS))
+def test_renders_rgb_array_headless(env_id, monkeypatch):
+    monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
+    env = gym.make(env_id, render_mode="rgb_array")
+    env.reset(seed=0)
+    frame = env.render()
+    assert frame.ndim == 3 and frame.shape[2] == 3 and frame.std() > 0
+
+
+def test_listing_names_every_env_and_feature():
+    text = envs.describe_envs()
+    for env_id in ENVS:
+        assert env_id in text
+        assert all(name in text for name in context_space(env_id).names)
