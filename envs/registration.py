@@ -2,44 +2,78 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Any
+
 import gymnasium as gym
 
+from envs.classic import CARTPOLE_CONTEXT, PENDULUM_CONTEXT
 from envs.context import ContextSpace
+from envs.locomotion import LOCOMOTION, PHYSICS_FEATURES, TASK_FEATURES
 
 NAMESPACE = "hyperrl"
 
-#: env id -> (entry point, context space)
-ENVS: dict[str, tuple[str, str]] = {
-    f"{NAMESPACE}/ContextualPendulum-v0": ("envs.classic:ContextualPendulum", "PENDULUM_CONTEXT"),
-    f"{NAMESPACE}/ContextualCartPole-v0": ("envs.classic:ContextualCartPole", "CARTPOLE_CONTEXT"),
+
+@dataclass(frozen=True)
+class EnvSpec:
+    """What :func:`register_envs` registers: entry point, its keywords, the context space."""
+
+    entry_point: str
+    context_space: ContextSpace
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def _locomotion(name: str, features: tuple[str, ...]) -> EnvSpec:
+    catalogue = PHYSICS_FEATURES | TASK_FEATURES
+    return EnvSpec(
+        "envs.locomotion:ContextualLocomotion",
+        ContextSpace([catalogue[f] for f in features]),
+        {"env_id": f"{name}-v5", "features": features},
+    )
+
+
+ENVS: dict[str, EnvSpec] = {
+    f"{NAMESPACE}/ContextualPendulum-v0": EnvSpec(
+        "envs.classic:ContextualPendulum", PENDULUM_CONTEXT
+    ),
+    f"{NAMESPACE}/ContextualCartPole-v0": EnvSpec(
+        "envs.classic:ContextualCartPole", CARTPOLE_CONTEXT
+    ),
+    **{
+        f"{NAMESPACE}/Contextual{name}-v0": _locomotion(name, tuple(PHYSICS_FEATURES))
+        for name in LOCOMOTION
+    },
+    f"{NAMESPACE}/HalfCheetahVel-v0": _locomotion("HalfCheetah", ("target_velocity",)),
+    f"{NAMESPACE}/AntDir-v0": _locomotion("Ant", ("direction",)),
 }
 
 
 def register_envs() -> None:
     """Register every env of :data:`ENVS` (idempotent)."""
-    for env_id, (entry_point, _) in ENVS.items():
+    for env_id, spec in ENVS.items():
         if env_id not in gym.registry:
-            gym.register(env_id, entry_point=entry_point)
+            gym.register(env_id, entry_point=spec.entry_point, kwargs=dict(spec.kwargs))
 
 
 def context_space(env_id: str) -> ContextSpace:
-    """The context space of a registered env id."""
-    import importlib
-
+    """The context space of one of this package's env ids."""
     if env_id not in ENVS:
         raise ValueError(f"{env_id!r} is not one of this package's envs: {sorted(ENVS)}")
-    module = importlib.import_module(ENVS[env_id][0].split(":")[0])
-    return getattr(module, ENVS[env_id][1])
+    return ENVS[env_id].context_space
 
 
 def describe_envs() -> str:
     """A listing of the envs and their context features (nominal, train, holdout, bounds)."""
     lines = []
-    for env_id in ENVS:
+    for env_id, spec in ENVS.items():
         lines.append(env_id)
-        for f in context_space(env_id).features:
+        for f in spec.context_space.features:
             lines.append(
-                f"    {f.name:<12} nominal {f.nominal:<6g} train {f.train}  "
-                f"holdout {f.holdout}  bounds {f.bounds}"
+                f"    {f.name:<16} nominal {f.nominal:<6.4g} train {_fmt(f.train)}  "
+                f"holdout {_fmt(f.holdout)}  bounds {_fmt(f.bounds)}"
             )
     return "\n".join(lines)
+
+
+def _fmt(interval: tuple[float, float]) -> str:
+    return f"[{interval[0]:.4g}, {interval[1]:.4g}]"

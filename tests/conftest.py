@@ -1,3 +1,9 @@
+import os
+
+# headless rendering; must be set before mujoco is first imported
+os.environ.setdefault("MUJOCO_GL", "egl")
+os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+
 import pytest
 import torch
 

@@ -5,22 +5,31 @@ from gymnasium.utils.env_checker import check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import envs
+from envs.locomotion import PHYSICS_FEATURES
 from envs.registration import ENVS, context_space
 
-BASE = {
+CLASSIC = {
     "hyperrl/ContextualPendulum-v0": "Pendulum-v1",
     "hyperrl/ContextualCartPole-v0": "CartPole-v1",
 }
 
 
+def base_id(env_id):
+    return CLASSIC.get(env_id) or ENVS[env_id].kwargs["env_id"]
+
+
 def rollout(env, seed, actions, context=None):
+    """``(observations (T+1, ...), rewards (T,), reset info)`` up to termination."""
     options = None if context is None else {"context": context}
     obs, info = env.reset(seed=seed, options=options)
-    trajectory = [obs["observation"] if isinstance(obs, dict) else obs]
+    trajectory, rewards = [obs["observation"] if isinstance(obs, dict) else obs], []
     for action in actions:
-        obs, *_ = env.step(action)
+        obs, reward, terminated, truncated, _ = env.step(action)
         trajectory.append(obs["observation"] if isinstance(obs, dict) else obs)
-    return np.array(trajectory), info
+        rewards.append(reward)
+        if terminated or truncated:
+            break
+    return np.array(trajectory), np.array(rewards), info
 
 
 def actions_for(env, n=30, seed=0):
@@ -58,34 +67,37 @@ def test_context_convention(env_id):
 def test_seeding_gives_identical_episodes(env_id):
     env = gym.make(env_id)
     actions = actions_for(env)
-    a, info_a = rollout(env, 7, actions)
-    b, info_b = rollout(gym.make(env_id), 7, actions)
+    a, reward_a, info_a = rollout(env, 7, actions)
+    b, reward_b, info_b = rollout(gym.make(env_id), 7, actions)
     np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(reward_a, reward_b)
     assert info_a["context"] == info_b["context"]
-    _, info_c = rollout(env, 8, actions)
+    *_, info_c = rollout(env, 8, actions)
     assert info_c["context"] != info_a["context"]
 
 
 @pytest.mark.parametrize("env_id", sorted(ENVS))
-def test_every_feature_changes_the_dynamics_and_nominal_restores_them(env_id):
-    env, base = gym.make(env_id), gym.make(BASE[env_id])
+def test_every_feature_changes_the_episode_and_nominal_restores_the_dynamics(env_id):
+    env, base = gym.make(env_id), gym.make(base_id(env_id))
     space = context_space(env_id)
     actions = actions_for(env)
-    reference, _ = rollout(base, 3, actions)
-    nominal, _ = rollout(env, 3, actions, context=space.nominal)
+    obs0, rew0, _ = rollout(env, 3, actions, context=space.nominal)
     for feature in space.features:
-        changed, _ = rollout(env, 3, actions, context={feature.name: feature.train[1]})
-        n = min(len(changed), len(nominal))
-        assert not np.allclose(changed[:n], nominal[:n]), f"{feature.name} changes nothing"
-    again, _ = rollout(env, 3, actions, context=space.nominal)  # after the changes above
-    n = min(len(reference), len(again))
-    np.testing.assert_array_equal(again[:n], reference[:n])
-    np.testing.assert_array_equal(nominal[:n], reference[:n])
+        obs, rew, _ = rollout(env, 3, actions, context={feature.name: feature.train[1]})
+        n, m = min(len(obs), len(obs0)), min(len(rew), len(rew0))
+        same = np.allclose(obs[:n], obs0[:n]) and np.allclose(rew[:m], rew0[:m])
+        assert not same, f"{feature.name} changes nothing"
+    obs1, rew1, _ = rollout(env, 3, actions, context=space.nominal)  # after the changes above
+    np.testing.assert_array_equal(obs1, obs0)
+    np.testing.assert_array_equal(rew1, rew0)
+    ref_obs, ref_rew, _ = rollout(base, 3, actions)
+    np.testing.assert_array_equal(obs0, ref_obs)
+    if env_id in CLASSIC or all(f in PHYSICS_FEATURES for f in space.names):
+        np.testing.assert_array_equal(rew0, ref_rew)  # a task context changes only the reward
 
 
 @pytest.mark.parametrize("env_id", sorted(ENVS))
-def test_renders_rgb_array_headless(env_id, monkeypatch):
-    monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
+def test_renders_rgb_array_headless(env_id):
     env = gym.make(env_id, render_mode="rgb_array")
     env.reset(seed=0)
     frame = env.render()

@@ -1,0 +1,124 @@
+"""MuJoCo locomotion (gymnasium v5) with physics and task contexts.
+
+Physics features scale the compiled model's nominal values, which are kept at construction, so a
+context is never applied on top of another and the nominal context restores the original model
+exactly. ``mujoco.mj_setConst`` recomputes the derived quantities (subtree masses, inverse
+weights...) after each change, before the env's reset.
+
+Task features replace the env's forward reward: ``target_velocity`` rewards
+``-w |v_x - target|`` and ``direction`` (Ant, Humanoid) rewards ``w (v_x cos a + v_y sin a)``,
+with the env's own forward weight ``w``; the other reward terms (control, contact, survival) stay.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import gymnasium as gym
+import mujoco
+import numpy as np
+
+from envs.context import ContextFeature, ContextSpace, scaled_feature
+from envs.wrappers import ContextualEnv
+
+LOCOMOTION = ("HalfCheetah", "Hopper", "Walker2d", "Ant", "Humanoid")
+
+PHYSICS_FEATURES: dict[str, ContextFeature] = {
+    "gravity": scaled_feature("gravity", 9.81),
+    "mass_scale": scaled_feature("mass_scale", 1.0),
+    "friction_scale": scaled_feature("friction_scale", 1.0, train=(0.4, 1.6)),
+    "damping_scale": scaled_feature("damping_scale", 1.0),
+    "actuator_scale": scaled_feature("actuator_scale", 1.0, train=(0.6, 1.4), bounds=(0.3, 2.0)),
+}
+
+TASK_FEATURES: dict[str, ContextFeature] = {
+    "target_velocity": ContextFeature(
+        "target_velocity", 1.5, train=(0.0, 3.0), holdout=(1.25, 1.75), bounds=(-1.0, 4.0)
+    ),
+    "direction": ContextFeature(
+        "direction",
+        0.0,
+        train=(-math.pi / 2, math.pi / 2),
+        holdout=(-0.3, 0.3),
+        bounds=(-math.pi, math.pi),
+    ),
+}
+
+
+class ContextualLocomotion(ContextualEnv):
+    """A gymnasium MuJoCo v5 locomotion env whose physics and/or task follow a context.
+
+    :param env_id: ``"HalfCheetah-v5"``, ``"Hopper-v5"``, ``"Walker2d-v5"``, ``"Ant-v5"``,
+        ``"Humanoid-v5"`` (or another v5 env with the same model and info keys).
+    :param features: names from :data:`PHYSICS_FEATURES` and :data:`TASK_FEATURES`.
+    :param split: which split the per-episode sampler draws from.
+    :param hidden_context: leave the context out of the observation.
+    :param kwargs: passed to ``gym.make`` (``render_mode``, ``xml_file``...).
+    """
+
+    def __init__(
+        self,
+        env_id: str,
+        features: Sequence[str] = tuple(PHYSICS_FEATURES),
+        split: str = "train",
+        hidden_context: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        catalogue = PHYSICS_FEATURES | TASK_FEATURES
+        unknown = [f for f in features if f not in catalogue]
+        if unknown:
+            raise ValueError(
+                f"unknown locomotion features {unknown}; choose from {list(catalogue)}"
+            )
+        env = gym.make(env_id, **kwargs)
+        if "direction" in features and "y_velocity" not in _info_keys(env):
+            raise ValueError(f"'direction' needs an env that reports y_velocity, not {env_id}")
+        super().__init__(env, ContextSpace([catalogue[f] for f in features]), split, hidden_context)
+        model = env.unwrapped.model
+        self._nominal = {
+            "gravity": model.opt.gravity.copy(),
+            "body_mass": model.body_mass.copy(),
+            "body_inertia": model.body_inertia.copy(),
+            "geom_friction": model.geom_friction.copy(),
+            "dof_damping": model.dof_damping.copy(),
+            "actuator_gear": model.actuator_gear.copy(),
+        }
+        self._forward_weight = float(getattr(env.unwrapped, "_forward_reward_weight", 1.0))
+
+    def apply_context(self, context: Mapping[str, float]) -> None:
+        model, nominal = self.env.unwrapped.model, self._nominal
+        scale = {name: context.get(name, f.nominal) for name, f in PHYSICS_FEATURES.items()}
+        model.opt.gravity[:] = nominal["gravity"] * (scale["gravity"] / 9.81)
+        model.body_mass[:] = nominal["body_mass"] * scale["mass_scale"]
+        model.body_inertia[:] = nominal["body_inertia"] * scale["mass_scale"]
+        model.geom_friction[:] = nominal["geom_friction"]
+        model.geom_friction[:, 0] *= scale["friction_scale"]
+        model.dof_damping[:] = nominal["dof_damping"] * scale["damping_scale"]
+        model.actuator_gear[:] = nominal["actuator_gear"]
+        model.actuator_gear[:, 0] *= scale["actuator_scale"]
+        mujoco.mj_setConst(model, self.env.unwrapped.data)
+
+    def step(self, action: Any) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
+        obs, reward, terminated, truncated, info = super().step(action)
+        task = self._task_reward(info)
+        if task is not None:
+            reward = float(reward - info["reward_forward"] + task)
+            info["reward_forward"] = task
+        return obs, reward, terminated, truncated, info
+
+    def _task_reward(self, info: Mapping[str, Any]) -> float | None:
+        if "target_velocity" in self.context:
+            return -self._forward_weight * abs(info["x_velocity"] - self.context["target_velocity"])
+        if "direction" in self.context:
+            a = self.context["direction"]
+            v = info["x_velocity"] * math.cos(a) + info["y_velocity"] * math.sin(a)
+            return self._forward_weight * v
+        return None
+
+
+def _info_keys(env: gym.Env) -> set[str]:
+    env.reset(seed=0)
+    info = env.step(np.zeros(env.action_space.shape, env.action_space.dtype))[-1]
+    return set(info)
