@@ -10,6 +10,7 @@ import gymnasium as gym
 from envs.classic import CARTPOLE_CONTEXT, PENDULUM_CONTEXT
 from envs.context import ContextSpace
 from envs.locomotion import LOCOMOTION, PHYSICS_FEATURES, TASK_FEATURES
+from envs.manipulation import FETCH_FEATURES, FETCH_TASKS
 
 NAMESPACE = "hyperrl"
 
@@ -45,6 +46,14 @@ ENVS: dict[str, EnvSpec] = {
     },
     f"{NAMESPACE}/HalfCheetahVel-v0": _locomotion("HalfCheetah", ("target_velocity",)),
     f"{NAMESPACE}/AntDir-v0": _locomotion("Ant", ("direction",)),
+    **{
+        f"{NAMESPACE}/ContextualFetch{task}-v0": EnvSpec(
+            "envs.manipulation:ContextualFetch",
+            ContextSpace(list(FETCH_FEATURES.values())),
+            {"env_id": f"Fetch{task}-v4"},
+        )
+        for task in FETCH_TASKS
+    },
 }
 
 

@@ -16,8 +16,9 @@ class ContextualEnv(gym.Wrapper):
     """Base wrapper: draws a context per episode, writes it into the env, and shows it.
 
     - observation: ``Dict(observation=<the env's>, context=Box(len(space)))``, the context scaled
-      so the train interval is [-1, 1] (:meth:`ContextSpace.to_array`); with
-      ``hidden_context=True`` only ``observation`` (for agents that must infer the context);
+      so the train interval is [-1, 1] (:meth:`ContextSpace.to_array`); an env whose observation
+      is already a Dict (goal-conditioned robotics) keeps its keys and gains ``context``; with
+      ``hidden_context=True`` no ``context`` key (for agents that must infer the context);
     - ``reset(options={"context": {name: value}})`` pins a context (missing names nominal);
       otherwise the sampler draws one from ``split`` (``"train"`` by default);
     - ``info["context"]`` always holds the named values.
@@ -41,7 +42,12 @@ class ContextualEnv(gym.Wrapper):
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
         self.context_space, self.split, self.hidden_context = space, split, hidden_context
-        spaces = {"observation": env.observation_space}
+        self._dict_obs = isinstance(env.observation_space, gym.spaces.Dict)
+        spaces = (
+            dict(env.observation_space)
+            if self._dict_obs
+            else {"observation": env.observation_space}
+        )
         if not hidden_context:
             low, high = space.observation_bounds()
             spaces["context"] = gym.spaces.Box(low, high, dtype=np.float32)
@@ -53,7 +59,7 @@ class ContextualEnv(gym.Wrapper):
         """Write ``context`` (complete, validated) into the wrapped env before its reset."""
 
     def _observe(self, obs: Any) -> dict[str, Any]:
-        out = {"observation": obs}
+        out = dict(obs) if self._dict_obs else {"observation": obs}
         if not self.hidden_context:
             out["context"] = self.context_space.to_array(self.context)
         return out
@@ -77,10 +83,5 @@ class ContextualEnv(gym.Wrapper):
 
     def step(self, action: Any) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
         obs, reward, terminated, truncated, info = self.env.step(action)
-        return (
-            self._observe(obs),
-            reward,
-            terminated,
-            truncated,
-            info | {"context": dict(self.context)},
-        )
+        info = info | {"context": dict(self.context)}
+        return self._observe(obs), float(reward), bool(terminated), bool(truncated), info

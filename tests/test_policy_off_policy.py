@@ -220,3 +220,23 @@ def test_trains_on_cuda(algo, policy_class):
     model.learn(40)
     assert next(model.policy.parameters()).is_cuda
     assert model.predict(obs_with_context(0.3), deterministic=True)[0].shape == (1, 1)
+
+
+def test_her_on_contextual_fetch_conditions_on_goal_and_physics():
+    import gymnasium as gym
+
+    import envs  # noqa: F401  (registers hyperrl/*)
+
+    model = SAC(
+        HyperSACPolicy,
+        gym.make("hyperrl/ContextualFetchPush-v0"),
+        replay_buffer_class=HerReplayBuffer,
+        learning_starts=100,
+        batch_size=32,
+        policy_kwargs=dict(SMALL) | {"context_keys": ("desired_goal", "context")},
+    )
+    extractor = model.policy.actor.features_extractor
+    assert extractor.obs_keys == ["achieved_goal", "observation"]
+    assert extractor.context_keys == ["context", "desired_goal"]
+    assert extractor.context_dim == 3 + 3
+    model.learn(150)
