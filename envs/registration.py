@@ -57,11 +57,21 @@ ENVS: dict[str, EnvSpec] = {
 }
 
 
+#: multi-task suites: the context is a task descriptor, not a ContextSpace
+SUITES: dict[str, dict[str, Any]] = {
+    f"{NAMESPACE}/FetchMultiTask-v0": {"descriptor": "onehot"},
+    f"{NAMESPACE}/FetchMultiTaskText-v0": {"descriptor": "text"},
+}
+
+
 def register_envs() -> None:
-    """Register every env of :data:`ENVS` (idempotent)."""
+    """Register every env of :data:`ENVS` and :data:`SUITES` (idempotent)."""
     for env_id, spec in ENVS.items():
         if env_id not in gym.registry:
             gym.register(env_id, entry_point=spec.entry_point, kwargs=dict(spec.kwargs))
+    for env_id, kwargs in SUITES.items():
+        if env_id not in gym.registry:
+            gym.register(env_id, entry_point="envs.multitask:FetchMultiTask", kwargs=dict(kwargs))
 
 
 def context_space(env_id: str) -> ContextSpace:
@@ -81,6 +91,11 @@ def describe_envs() -> str:
                 f"    {f.name:<16} nominal {f.nominal:<6.4g} train {_fmt(f.train)}  "
                 f"holdout {_fmt(f.holdout)}  bounds {_fmt(f.bounds)}"
             )
+    for env_id, kwargs in SUITES.items():
+        lines.append(
+            f"{env_id}\n    task descriptor ({kwargs['descriptor']}): train tasks Push, "
+            "PickAndPlace; held-out task Slide (split='held_out')"
+        )
     return "\n".join(lines)
 
 
