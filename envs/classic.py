@@ -29,8 +29,11 @@ CARTPOLE_CONTEXT = ContextSpace(
 class ContextualPendulum(ContextualEnv):
     """Pendulum-v1 with gravity, mass and length as the context."""
 
-    def __init__(self, split: str = "train", hidden_context: bool = False, **kwargs) -> None:
-        super().__init__(gym.make("Pendulum-v1", **kwargs), PENDULUM_CONTEXT, split, hidden_context)
+    def __init__(
+        self, split: str = "train", hidden_context: bool = False, contexts=None, **kwargs
+    ) -> None:
+        env = gym.make("Pendulum-v1", **kwargs)
+        super().__init__(env, PENDULUM_CONTEXT, split, hidden_context, contexts)
 
     def apply_context(self, context: Mapping[str, float]) -> None:
         pendulum = self.env.unwrapped
@@ -40,8 +43,11 @@ class ContextualPendulum(ContextualEnv):
 class ContextualCartPole(ContextualEnv):
     """CartPole-v1 with cart mass, pole mass and pole (half-)length as the context."""
 
-    def __init__(self, split: str = "train", hidden_context: bool = False, **kwargs) -> None:
-        super().__init__(gym.make("CartPole-v1", **kwargs), CARTPOLE_CONTEXT, split, hidden_context)
+    def __init__(
+        self, split: str = "train", hidden_context: bool = False, contexts=None, **kwargs
+    ) -> None:
+        env = gym.make("CartPole-v1", **kwargs)
+        super().__init__(env, CARTPOLE_CONTEXT, split, hidden_context, contexts)
 
     def apply_context(self, context: Mapping[str, float]) -> None:
         cartpole = self.env.unwrapped

@@ -55,6 +55,7 @@ class ContextualLocomotion(ContextualEnv):
     :param features: names from :data:`PHYSICS_FEATURES` and :data:`TASK_FEATURES`.
     :param split: which split the per-episode sampler draws from.
     :param hidden_context: leave the context out of the observation.
+    :param contexts: a fixed list of contexts to draw from instead of sampling ``split``.
     :param kwargs: passed to ``gym.make`` (``render_mode``, ``xml_file``...).
     """
 
@@ -64,6 +65,7 @@ class ContextualLocomotion(ContextualEnv):
         features: Sequence[str] = tuple(PHYSICS_FEATURES),
         split: str = "train",
         hidden_context: bool = False,
+        contexts: Sequence[Mapping[str, float]] | None = None,
         **kwargs: Any,
     ) -> None:
         catalogue = PHYSICS_FEATURES | TASK_FEATURES
@@ -75,7 +77,8 @@ class ContextualLocomotion(ContextualEnv):
         env = gym.make(env_id, **kwargs)
         if "direction" in features and "y_velocity" not in _info_keys(env):
             raise ValueError(f"'direction' needs an env that reports y_velocity, not {env_id}")
-        super().__init__(env, ContextSpace([catalogue[f] for f in features]), split, hidden_context)
+        space = ContextSpace([catalogue[f] for f in features])
+        super().__init__(env, space, split, hidden_context, contexts)
         model = env.unwrapped.model
         self._nominal = {
             "gravity": model.opt.gravity.copy(),

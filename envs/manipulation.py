@@ -48,6 +48,7 @@ class ContextualFetch(ContextualEnv):
     :param features: names from :data:`FETCH_FEATURES`.
     :param split: which split the per-episode sampler draws from.
     :param hidden_context: leave the ``context`` key out.
+    :param contexts: a fixed list of contexts to draw from instead of sampling ``split``.
     :param kwargs: passed to ``gym.make`` (``render_mode``...).
     """
 
@@ -57,6 +58,7 @@ class ContextualFetch(ContextualEnv):
         features: Sequence[str] = tuple(FETCH_FEATURES),
         split: str = "train",
         hidden_context: bool = False,
+        contexts: Sequence[Mapping[str, float]] | None = None,
         **kwargs: Any,
     ) -> None:
         unknown = [f for f in features if f not in FETCH_FEATURES]
@@ -66,7 +68,7 @@ class ContextualFetch(ContextualEnv):
             )
         env = make_robotics_env(env_id, **kwargs)
         space = ContextSpace([FETCH_FEATURES[f] for f in features])
-        super().__init__(env, space, split, hidden_context)
+        super().__init__(env, space, split, hidden_context, contexts)
         model = env.unwrapped.model
         self._object_body = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_BODY, "object0")
         table = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_BODY, "table0")

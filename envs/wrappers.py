@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import gymnasium as gym
@@ -29,6 +29,8 @@ class ContextualEnv(gym.Wrapper):
     :param space: its context space.
     :param split: which split the per-episode sampler draws from.
     :param hidden_context: leave the context out of the observation.
+    :param contexts: a fixed list of contexts (name -> value) to draw from uniformly instead of
+        sampling ``split``; each is validated (missing names nominal).
     """
 
     def __init__(
@@ -37,11 +39,15 @@ class ContextualEnv(gym.Wrapper):
         space: ContextSpace,
         split: str = "train",
         hidden_context: bool = False,
+        contexts: Sequence[Mapping[str, float]] | None = None,
     ) -> None:
         super().__init__(env)
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
         self.context_space, self.split, self.hidden_context = space, split, hidden_context
+        self.contexts = None if contexts is None else [space.validate(c) for c in contexts]
+        if self.contexts == []:
+            raise ValueError("contexts is empty; pass None to sample the split instead")
         self._dict_obs = isinstance(env.observation_space, gym.spaces.Dict)
         spaces = (
             dict(env.observation_space)
@@ -75,6 +81,8 @@ class ContextualEnv(gym.Wrapper):
         pinned = options.pop("context", None)
         if pinned is not None:
             self.context = self.context_space.validate(pinned)
+        elif self.contexts is not None:
+            self.context = dict(self.contexts[self._context_rng.integers(len(self.contexts))])
         else:
             self.context = self.context_space.sample(self._context_rng, self.split)
         self.apply_context(self.context)

@@ -145,3 +145,12 @@ def test_listing_names_every_env_and_feature():
     for env_id in ENVS:
         assert env_id in text
         assert all(name in text for name in context_space(env_id).names)
+
+
+def test_fixed_list_of_contexts():
+    fixed = [{"gravity": 6.0}, {"gravity": 14.0, "mass": 1.2}]
+    env = gym.make("hyperrl/ContextualPendulum-v0", contexts=fixed)
+    drawn = {tuple(env.reset(seed=s)[1]["context"].values()) for s in range(20)}
+    assert drawn == {(6.0, 1.0, 1.0), (14.0, 1.2, 1.0)}
+    with pytest.raises(ValueError, match="unknown context features"):
+        gym.make("hyperrl/ContextualPendulum-v0", contexts=[{"g": 1.0}])

@@ -56,3 +56,10 @@ def test_text_descriptors_embed_the_instructions():
     np.testing.assert_allclose(np.linalg.norm(table, axis=1), 1.0, rtol=1e-5)
     similarity = table @ table.T
     assert np.all(similarity[~np.eye(3, dtype=bool)] < 0.95)  # tasks are told apart
+
+
+def test_renders_rgb_array_headless():
+    env = gym.make("hyperrl/FetchMultiTask-v0", render_mode="rgb_array")
+    env.reset(seed=0)
+    frame = env.render()
+    assert frame.ndim == 3 and frame.shape[2] == 3 and frame.std() > 0
