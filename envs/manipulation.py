@@ -101,3 +101,21 @@ class ContextualFetch(ContextualEnv):
     def compute_reward(self, achieved_goal: Any, desired_goal: Any, info: Any) -> Any:
         """The wrapped task's reward, for ``HerReplayBuffer``."""
         return self.env.unwrapped.compute_reward(achieved_goal, desired_goal, info)
+
+
+class PlainRewards(gym.Wrapper):
+    """Returns rewards as Python floats (gymnasium-robotics returns numpy floats, which SB3's
+    checker rejects) and exposes ``compute_reward`` for HER."""
+
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        return obs, float(reward), bool(terminated), bool(truncated), info
+
+    def compute_reward(self, achieved_goal: Any, desired_goal: Any, info: Any) -> Any:
+        return self.env.unwrapped.compute_reward(achieved_goal, desired_goal, info)
+
+
+def fetch_reach(**kwargs: Any) -> gym.Env:
+    """FetchReach-v4 (patched): the goal, ``desired_goal``, is its only context. Registered as
+    ``hyperrl/FetchReach-v0``."""
+    return PlainRewards(make_robotics_env("FetchReach-v4", **kwargs))

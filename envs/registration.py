@@ -57,6 +57,9 @@ ENVS: dict[str, EnvSpec] = {
 }
 
 
+#: FetchReach has no object: its goal (``desired_goal``) is its whole context
+GOAL_ONLY = f"{NAMESPACE}/FetchReach-v0"
+
 #: multi-task suites: the context is a task descriptor, not a ContextSpace
 SUITES: dict[str, dict[str, Any]] = {
     f"{NAMESPACE}/FetchMultiTask-v0": {"descriptor": "onehot"},
@@ -72,6 +75,8 @@ def register_envs() -> None:
     for env_id, kwargs in SUITES.items():
         if env_id not in gym.registry:
             gym.register(env_id, entry_point="envs.multitask:FetchMultiTask", kwargs=dict(kwargs))
+    if GOAL_ONLY not in gym.registry:
+        gym.register(GOAL_ONLY, entry_point="envs.manipulation:fetch_reach")
 
 
 def context_space(env_id: str) -> ContextSpace:
@@ -91,6 +96,7 @@ def describe_envs() -> str:
                 f"    {f.name:<16} nominal {f.nominal:<6.4g} train {_fmt(f.train)}  "
                 f"holdout {_fmt(f.holdout)}  bounds {_fmt(f.bounds)}"
             )
+    lines.append(f"{GOAL_ONLY}\n    goal only (desired_goal); FetchReach-v4 fixed for MuJoCo 4")
     for env_id, kwargs in SUITES.items():
         lines.append(
             f"{env_id}\n    task descriptor ({kwargs['descriptor']}): train tasks Push, "

@@ -5,6 +5,7 @@ from gymnasium.utils.env_checker import check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import envs  # noqa: F401  (registers hyperrl/*)
+from envs.manipulation import PlainRewards
 from envs.multitask import INSTRUCTIONS, FetchMultiTask, text_embeddings
 
 
@@ -63,3 +64,12 @@ def test_renders_rgb_array_headless():
     env.reset(seed=0)
     frame = env.render()
     assert frame.ndim == 3 and frame.shape[2] == 3 and frame.std() > 0
+
+
+def test_fetch_reach_is_a_working_goal_env():
+    env = gym.make("hyperrl/FetchReach-v0")
+    obs, _ = env.reset(seed=0)
+    assert set(obs) == {"observation", "achieved_goal", "desired_goal"}
+    while not isinstance(env, PlainRewards):  # SB3 checks compute_reward on the env it gets
+        env = env.env
+    sb3_check_env(env)
