@@ -75,25 +75,15 @@ def test_sb3_contract(algo, policy_class, options):
 
 @pytest.mark.parametrize("algo,policy_class", [(SAC, HyperSACPolicy), (TD3, HyperTD3Policy)])
 def test_gradients_reach_every_generator_parameter(algo, policy_class):
-    model = (
-        algo(
-            policy_class,
-            ContextualTarget(),
-            learning_starts=16,
-            batch_size=16,
-            policy_kwargs=dict(SMALL),
-            seed=0,
-            policy_delay=1,
-        )
-        if algo is TD3
-        else algo(
-            policy_class,
-            ContextualTarget(),
-            learning_starts=16,
-            batch_size=16,
-            policy_kwargs=dict(SMALL),
-            seed=0,
-        )
+    extra = {"policy_delay": 1} if algo is TD3 else {}  # update the actor at every step
+    model = algo(
+        policy_class,
+        ContextualTarget(),
+        learning_starts=16,
+        batch_size=16,
+        policy_kwargs=dict(SMALL),
+        seed=0,
+        **extra,
     )
     before = {n: p.detach().clone() for n, p in model.policy.named_parameters()}
     model.learn(48)

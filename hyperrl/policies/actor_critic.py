@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
-from gymnasium import spaces
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.type_aliases import Schedule
 from torch import nn
@@ -64,17 +61,7 @@ class HyperActorCriticPolicy(ContextPolicyMixin, ActorCriticPolicy):
     reproduce them through their generator's init.
     """
 
-    def __init__(
-        self,
-        observation_space: spaces.Space,
-        action_space: spaces.Space,
-        lr_schedule: Schedule,
-        *args: Any,
-        context_keys: tuple[str, ...] | list[str] = ("context",),
-        **kwargs: Any,
-    ) -> None:
-        self._setup_context(kwargs, context_keys, net_arch=dict(pi=[64], vf=[64]))
-        super().__init__(observation_space, action_space, lr_schedule, *args, **kwargs)
+    _default_net_arch = dict(pi=[64], vf=[64])
 
     def _build_mlp_extractor(self) -> None:
         self.mlp_extractor = _PassThrough(self.features_dim)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any
+
+import gymnasium as gym
+from stable_baselines3.common.type_aliases import Schedule
 
 from hyperrl.conditioning import CONDITIONINGS
 from hyperrl.policies.extractors import ContextFeaturesExtractor
@@ -41,28 +45,37 @@ def pop_head_options(kwargs: dict[str, Any], **defaults: Any) -> dict[str, Any]:
 class ContextPolicyMixin:
     """Constructor plumbing shared by the hyper policies (mixed in before the SB3 class).
 
-    Subclasses set ``_default_conditioning`` and ``_default_head_arch``. :meth:`_setup_context`
-    pops the head options out of ``kwargs``, makes :class:`ContextFeaturesExtractor` the default
-    features extractor, and hands it ``context_keys``. Defaults go through ``kwargs.setdefault``
-    because SB3's ``load`` passes every saved keyword back.
+    Subclasses set ``_default_conditioning``, ``_default_head_arch`` and ``_default_net_arch``.
+    The constructor pops the head options out of ``kwargs``, makes
+    :class:`ContextFeaturesExtractor` the default features extractor and hands it
+    ``context_keys``. Defaults go through ``kwargs.setdefault`` because SB3's ``load`` passes every
+    saved keyword back.
     """
 
     _default_conditioning = "hyper"
     _default_head_arch: tuple[int, ...] = (64,)
+    _default_net_arch: Any = None
 
-    def _setup_context(
-        self, kwargs: dict[str, Any], context_keys: Sequence[str], net_arch: Any
+    def __init__(
+        self,
+        observation_space: gym.Space,
+        action_space: gym.Space,
+        lr_schedule: Schedule,
+        *args: Any,
+        context_keys: Sequence[str] = ("context",),
+        **kwargs: Any,
     ) -> None:
         self.context_keys = tuple(context_keys)
         self.head_options = pop_head_options(
             kwargs, conditioning=self._default_conditioning, head_arch=self._default_head_arch
         )
-        kwargs.setdefault("net_arch", net_arch)
+        kwargs.setdefault("net_arch", copy.deepcopy(self._default_net_arch))
         kwargs.setdefault("features_extractor_class", ContextFeaturesExtractor)
         fe_kwargs = dict(kwargs.get("features_extractor_kwargs") or {})
         if issubclass(kwargs["features_extractor_class"], ContextFeaturesExtractor):
             fe_kwargs.setdefault("context_keys", self.context_keys)
         kwargs["features_extractor_kwargs"] = fe_kwargs
+        super().__init__(observation_space, action_space, lr_schedule, *args, **kwargs)
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()  # type: ignore[misc]

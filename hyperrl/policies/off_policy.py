@@ -181,18 +181,7 @@ class HyperSACPolicy(_OffPolicyMixin, SACPolicy):
     ``generator_kwargs``)."""
 
     _actor_class = HyperSACActor
-
-    def __init__(
-        self,
-        observation_space: spaces.Space,
-        action_space: spaces.Box,
-        lr_schedule: Schedule,
-        *args: Any,
-        context_keys: tuple[str, ...] | list[str] = ("context",),
-        **kwargs: Any,
-    ) -> None:
-        self._setup_context(kwargs, context_keys, net_arch=[256, 256])
-        super().__init__(observation_space, action_space, lr_schedule, *args, **kwargs)
+    _default_net_arch = [256, 256]
 
 
 class HyperTD3Policy(_OffPolicyMixin, TD3Policy):
@@ -201,18 +190,7 @@ class HyperTD3Policy(_OffPolicyMixin, TD3Policy):
     :class:`HyperSACPolicy`. Same keywords as :class:`HyperSACPolicy`."""
 
     _actor_class = HyperTD3Actor
-
-    def __init__(
-        self,
-        observation_space: spaces.Space,
-        action_space: spaces.Box,
-        lr_schedule: Schedule,
-        *args: Any,
-        context_keys: tuple[str, ...] | list[str] = ("context",),
-        **kwargs: Any,
-    ) -> None:
-        self._setup_context(kwargs, context_keys, net_arch=[400, 300])
-        super().__init__(observation_space, action_space, lr_schedule, *args, **kwargs)
+    _default_net_arch = [400, 300]
 
 
 class ConcatSACPolicy(HyperSACPolicy):

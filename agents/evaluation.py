@@ -1,0 +1,223 @@
+"""Evaluation of a run per context split: returns, JSON/CSV, a plot, and mp4 videos.
+
+``evaluate_run`` plays ``episodes`` episodes on each split (train / interpolation /
+extrapolation, or train / held_out for task suites) or on a grid over one or two context
+features, and writes into ``out_dir`` (the run folder by default):
+
+- ``eval.json`` (every episode: split, context, return, length; and a per-split summary) and
+  ``eval.csv`` (one row per episode);
+- ``eval.png``: return against the first context feature, a series per split (a heat map for a
+  two-feature grid);
+- with ``video=True``, ``videos/<split>_<feature>=<value>_....mp4``, one episode per split (or
+  per grid point, at most ``max_videos``), the context written in the file name.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+import envs
+from agents.algos import algo_class
+from agents.train import load_model, read_run_config, splits_of
+
+
+def _render_hint(err: Exception) -> ValueError:
+    gl = os.environ.get("MUJOCO_GL", "<unset>")
+    return ValueError(
+        f"rendering failed ({type(err).__name__}: {err}). Headless machines need "
+        f"MUJOCO_GL=egl (or osmesa) for MuJoCo envs (now {gl}) and SDL_VIDEODRIVER=dummy for "
+        "classic control; EGL needs libegl1 libegl-mesa0 libgl1-mesa-dri libopengl0"
+    )
+
+
+def _play(model, env: gym.Env, seed: int, options: dict | None, obs_filter, record: bool):
+    obs, info = env.reset(seed=seed, options=options)
+    context = info.get("context", {})
+    frames, total, length, done = [], 0.0, 0, False
+    while not done:
+        if record:
+            try:
+                frames.append(env.render())
+            except Exception as err:  # noqa: BLE001 - any GL/SDL failure gets the same advice
+                raise _render_hint(err) from None
+        action, _ = model.predict(obs_filter(obs), deterministic=True)
+        obs, reward, terminated, truncated, _ = env.step(action)
+        total, length, done = total + float(reward), length + 1, terminated or truncated
+    return {"context": context, "return": total, "length": length}, frames
+
+
+def _obs_filter(run_dir: Path):
+    """Observation normalisation of the run (identity when it used none)."""
+    path = run_dir / "vecnormalize.pkl"
+    if not path.is_file():
+        return lambda obs: obs
+    import pickle
+
+    with open(path, "rb") as f:
+        vecnorm = pickle.load(f)
+    return vecnorm.normalize_obs
+
+
+def _slug(context: dict[str, Any]) -> str:
+    return "_".join(
+        f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in context.items()
+    )
+
+
+def evaluate_run(
+    run: str | Path,
+    splits: Sequence[str] | None = None,
+    episodes: int = 10,
+    grid: int | None = None,
+    grid_features: Sequence[str] | None = None,
+    video: bool = False,
+    max_videos: int = 6,
+    out_dir: str | Path | None = None,
+    seed: int = 10_000,
+    pinned: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """Evaluate a run folder (or its ``model.zip``/``best_model.zip``); returns the summary.
+
+    :param splits: which splits (default: all the env has); ignored with ``grid``.
+    :param grid: points per feature of an evaluation grid over the features' bounds.
+    :param grid_features: which features the grid spans (default: the first one).
+    :param pinned: evaluate this one context (``"pinned"`` split) instead of splits or a grid.
+    """
+    run = Path(run)
+    run_dir = run.parent if run.suffix == ".zip" else run
+    config = read_run_config(run_dir)
+    algo, _ = algo_class(config["algo"])
+    model_path = (
+        run
+        if run.suffix == ".zip"
+        else (
+            run_dir / "best_model.zip"
+            if (run_dir / "best_model.zip").is_file()
+            else run_dir / "model.zip"
+        )
+    )
+    model = load_model(algo, model_path, device="cpu")
+    env_id = config["env"]
+    env_kwargs = dict(config["hyperparams"].get("env_kwargs") or {})
+    if video:
+        env_kwargs["render_mode"] = "rgb_array"
+    obs_filter = _obs_filter(run_dir)
+    out = Path(out_dir) if out_dir else run_dir
+    (out / "videos").mkdir(parents=True, exist_ok=True) if video else out.mkdir(exist_ok=True)
+
+    jobs: list[tuple[str, dict | None]] = []  # (split label, pinned context)
+    if pinned:
+        jobs, split_list = [("pinned", dict(pinned))] * episodes, ["pinned"]
+    elif grid:
+        if env_id not in envs.ENVS:
+            raise ValueError(f"--grid needs one of the package's contextual envs, not {env_id}")
+        space = envs.context_space(env_id)
+        names = list(grid_features or space.names[:1])
+        for context in space.grid(grid, names):
+            jobs += [("grid", context)] * episodes
+        split_list = ["grid"]
+    else:
+        available = splits_of(env_id)
+        split_list = list(splits or available)
+        bad = [s for s in split_list if s not in available]
+        if bad:
+            raise ValueError(f"{env_id} has splits {available}, not {bad}")
+        jobs = [(s, None) for s in split_list for _ in range(episodes)]
+
+    made: dict[str, gym.Env] = {}
+    rows, recorded = [], {}
+    for i, (split, pinned) in enumerate(jobs):
+        if split not in made:
+            by_split = split not in ("grid", "pinned") and len(splits_of(env_id)) > 1
+            kwargs = env_kwargs | ({"split": split} if by_split else {})
+            made[split] = gym.make(env_id, **kwargs)
+        options = {"context": pinned} if pinned is not None else None
+        key = split if pinned is None else _slug(pinned)
+        record = video and key not in recorded and len(recorded) < max_videos
+        row, frames = _play(model, made[split], seed + i, options, obs_filter, record)
+        rows.append({"split": split, **row})
+        if record:
+            recorded[key] = frames
+            _write_video(
+                out / "videos" / f"{split}_{_slug(row['context'])}.mp4",
+                frames,
+                made[split].metadata.get("render_fps", 30),
+            )
+    summary = {
+        s: {
+            "mean_return": float(np.mean([r["return"] for r in rows if r["split"] == s])),
+            "std_return": float(np.std([r["return"] for r in rows if r["split"] == s])),
+            "episodes": sum(r["split"] == s for r in rows),
+        }
+        for s in split_list
+    }
+    result = {"env": env_id, "model": str(model_path), "summary": summary, "episodes": rows}
+    (out / "eval.json").write_text(json.dumps(result, indent=2))
+    _write_csv(out / "eval.csv", rows)
+    _plot(out / "eval.png", rows, env_id, grid_features if grid else None)
+    return result
+
+
+def _write_video(path: Path, frames: list[np.ndarray], fps: int) -> None:
+    import imageio.v2 as imageio
+
+    imageio.mimsave(path, frames, fps=fps, macro_block_size=1)
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    names = sorted({k for r in rows for k in r["context"]})
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["split", *names, "return", "length"])
+        for r in rows:
+            writer.writerow(
+                [r["split"], *(r["context"].get(n) for n in names), r["return"], r["length"]]
+            )
+
+
+def _plot(path: Path, rows: list[dict[str, Any]], env_id: str, grid_features) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    names = list(rows[0]["context"]) if rows and rows[0]["context"] else []
+    numeric = [n for n in names if isinstance(rows[0]["context"][n], int | float)]
+    if grid_features and len(grid_features) == 2:
+        a, b = grid_features
+        xs, ys = sorted({r["context"][a] for r in rows}), sorted({r["context"][b] for r in rows})
+        heat = np.zeros((len(ys), len(xs)))
+        for j, y in enumerate(ys):
+            for i, x in enumerate(xs):
+                heat[j, i] = np.mean(
+                    [r["return"] for r in rows if r["context"][a] == x and r["context"][b] == y]
+                )
+        im = ax.imshow(heat, origin="lower", aspect="auto", extent=(xs[0], xs[-1], ys[0], ys[-1]))
+        fig.colorbar(im, label="mean return")
+        ax.set_xlabel(a)
+        ax.set_ylabel(b)
+    elif numeric:
+        feature = grid_features[0] if grid_features else numeric[0]
+        for split in dict.fromkeys(r["split"] for r in rows):
+            pts = sorted((r["context"][feature], r["return"]) for r in rows if r["split"] == split)
+            ax.plot(*zip(*pts, strict=True), "o-" if split == "grid" else "o", label=split)
+        ax.set_xlabel(feature)
+        ax.set_ylabel("return")
+        ax.legend()
+    else:  # categorical contexts (task suites): a bar per split
+        splits = list(dict.fromkeys(r["split"] for r in rows))
+        ax.bar(splits, [np.mean([r["return"] for r in rows if r["split"] == s]) for s in splits])
+        ax.set_ylabel("mean return")
+    ax.set_title(f"{env_id}: return against context")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

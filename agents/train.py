@@ -1,0 +1,308 @@
+"""The training recipe behind ``scripts/train_agent.py``: config -> envs -> model -> run folder.
+
+A run folder holds ``config.yml`` (everything needed to rebuild the run), ``contexts.yml`` (the
+env's context features and splits), ``model.zip``, ``best_model.zip``, ``vecnormalize.pkl`` and
+``replay_buffer.pkl`` where they apply, ``checkpoints/`` and TensorBoard events in ``tb/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import yaml
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+from stable_baselines3.common.vec_env import VecEnv, VecNormalize, sync_envs_normalization
+
+import envs
+from agents.algos import algo_class, close_matches, policy_for
+from agents.config import parse_overrides, resolve
+from hyperrl.policies import norm_obs_keys
+
+
+@dataclass
+class TrainArgs:
+    """What ``train_agent.py`` passes in; ``None`` means "from the preset, else the default"."""
+
+    algo: str = "ppo"
+    env: str = "hyperrl/ContextualCartPole-v0"
+    policy: str | None = None
+    conf_file: str | None = None
+    hyperparams: list[str] = field(default_factory=list)
+    timesteps: int | None = None
+    n_envs: int | None = None
+    seed: int = 0
+    device: str = "auto"
+    tensorboard: bool = True
+    eval_freq: int = 10_000
+    eval_episodes: int = 5
+    save_freq: int = 50_000
+    run_dir: str | None = None
+    resume: str | None = None
+    progress_bar: bool = True
+    verbose: int = 0
+
+
+def check_env_id(env_id: str) -> None:
+    """:raises ValueError: for an id gymnasium does not know, with the closest one."""
+    if env_id in gym.registry:
+        return
+    ours = sorted(k for k in gym.registry if k.startswith(f"{envs.registration.NAMESPACE}/"))
+    raise ValueError(
+        f"unknown env id {env_id!r}{close_matches(env_id, list(gym.registry))}; this package's "
+        f"envs are {', '.join(ours)}, and any registered gymnasium id works"
+    )
+
+
+def splits_of(env_id: str) -> tuple[str, ...]:
+    """The context splits an env id can be made with (``gym.make(env_id, split=...)``)."""
+    if env_id in envs.ENVS:
+        return envs.SPLITS
+    if env_id in envs.SUITES:
+        return ("train", "held_out")
+    return ("train",)
+
+
+def make_envs(
+    env_id: str, n_envs: int, seed: int, env_kwargs: dict[str, Any], split: str | None = None
+) -> VecEnv:
+    kwargs = dict(env_kwargs)
+    if split is not None and len(splits_of(env_id)) > 1:
+        kwargs["split"] = split
+    return make_vec_env(env_id, n_envs=n_envs, seed=seed, env_kwargs=kwargs)
+
+
+def new_run_dir(root: Path, algo: str, env_id: str) -> Path:
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", env_id)
+    for i in range(1, 10_000):
+        path = root / algo / f"{name}_{i}"
+        if not path.exists():
+            return path
+    raise RuntimeError(f"too many runs under {root / algo}")
+
+
+class SplitEvalCallback(BaseCallback):
+    """Every ``eval_freq`` calls: mean return on each context split, logged as
+    ``eval/<split>_return``; the best model on the train split is saved as ``best_model.zip``."""
+
+    def __init__(
+        self, eval_envs: dict[str, VecEnv], eval_freq: int, episodes: int, run_dir: Path
+    ) -> None:
+        super().__init__()
+        self.eval_envs, self.eval_freq, self.episodes = eval_envs, eval_freq, episodes
+        self.run_dir, self.best = run_dir, -np.inf
+
+    def _on_step(self) -> bool:
+        if self.eval_freq <= 0 or self.n_calls % self.eval_freq:
+            return True
+        for split, env in self.eval_envs.items():
+            if isinstance(env, VecNormalize):
+                sync_envs_normalization(self.training_env, env)
+            mean, _ = evaluate_policy(
+                self.model, env, self.episodes, deterministic=True, warn=False
+            )
+            self.logger.record(f"eval/{split}_return", mean)
+            if split == "train" and mean > self.best:
+                self.best = mean
+                self.model.save(self.run_dir / "best_model.zip")
+        self.logger.dump(self.num_timesteps)
+        return True
+
+
+def _config_file(
+    args: TrainArgs, config: dict[str, Any], n_timesteps: int, n_envs: int, policy: str
+) -> dict[str, Any]:
+    return {
+        "algo": args.algo,
+        "env": args.env,
+        "policy": policy,
+        "n_timesteps": int(n_timesteps),
+        "n_envs": int(n_envs),
+        "seed": args.seed,
+        "hyperparams": config,
+    }
+
+
+def train(args: TrainArgs) -> Path:
+    """Train (or resume) a run; returns its folder. Ctrl-C saves the model and everything needed
+    to ``--resume``."""
+    if args.resume:
+        return _resume(args)
+    check_env_id(args.env)
+    algo, algo_defaults = algo_class(args.algo)
+    config = resolve(args.env, args.algo, algo, args.conf_file, parse_overrides(args.hyperparams))
+    n_timesteps = int(args.timesteps or config.pop("n_timesteps", 100_000))
+    n_envs = int(args.n_envs or config.pop("n_envs", 1))
+    config.pop("n_timesteps", None), config.pop("n_envs", None)
+    policy_name = args.policy or config.pop("policy", "hyper")
+    config.pop("policy", None)
+    run_dir = Path(args.run_dir) if args.run_dir else new_run_dir(Path("runs"), args.algo, args.env)
+    if (run_dir / "config.yml").exists():
+        raise ValueError(
+            f"{run_dir} already holds a run; pass --resume {run_dir} or a new --run-dir"
+        )
+    # build first: a config the env or policy rejects must not leave a half-made run folder
+    model, venv = _build(args, algo, algo_defaults, config, n_envs, policy_name, run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    saved = _config_file(args, dict(config), n_timesteps, n_envs, policy_name)
+    (run_dir / "config.yml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    if args.env in envs.ENVS:
+        space = envs.context_space(args.env)
+        contexts = {
+            f.name: {k: v for k, v in dataclasses.asdict(f).items() if k != "name"}
+            for f in space.features
+        }
+        (run_dir / "contexts.yml").write_text(yaml.safe_dump(contexts, sort_keys=False))
+    return _learn(args, model, venv, n_timesteps, run_dir, resumed=False)
+
+
+def _build(args, algo, algo_defaults, config, n_envs, policy_name, run_dir):
+    config = dict(config)
+    env_kwargs = config.pop("env_kwargs", None) or {}
+    normalize = config.pop("normalize", False)
+    venv = make_envs(args.env, n_envs, args.seed, env_kwargs, split="train")
+    if normalize:
+        keys = (
+            norm_obs_keys(venv.observation_space)
+            if isinstance(venv.observation_space, gym.spaces.Dict)
+            else None
+        )
+        venv = VecNormalize(venv, norm_obs_keys=keys)
+    policy, policy_kwargs = policy_for(algo, policy_name, venv, args.env)
+    policy_kwargs |= config.pop("policy_kwargs", None) or {}
+    device = args.device
+    if device == "auto" and not issubclass(algo, OffPolicyAlgorithm):
+        device = "cpu"  # on-policy SB3 with CPU envs runs faster on the CPU
+    model = algo(
+        policy,
+        venv,
+        policy_kwargs=policy_kwargs,
+        seed=args.seed,
+        device=device,
+        verbose=args.verbose,
+        tensorboard_log=str(run_dir / "tb") if args.tensorboard else None,
+        **(algo_defaults | config),
+    )
+    return model, venv
+
+
+def _callbacks(args: TrainArgs, model: BaseAlgorithm, run_dir: Path) -> list[BaseCallback]:
+    saved = yaml.safe_load((run_dir / "config.yml").read_text())
+    n_envs = model.get_env().num_envs
+    callbacks: list[BaseCallback] = []
+    if args.save_freq > 0:
+        callbacks.append(
+            CheckpointCallback(
+                max(args.save_freq // n_envs, 1),
+                str(run_dir / "checkpoints"),
+                name_prefix="model",
+                save_replay_buffer=True,
+                save_vecnormalize=True,
+            )
+        )
+    if args.eval_freq > 0:
+        env_kwargs = saved["hyperparams"].get("env_kwargs") or {}
+        eval_envs = {}
+        for split in splits_of(saved["env"]):
+            env = make_envs(saved["env"], 1, args.seed + 1000, env_kwargs, split=split)
+            if isinstance(model.get_env(), VecNormalize):
+                env = VecNormalize(
+                    env,
+                    norm_obs_keys=model.get_env().norm_obs_keys,
+                    training=False,
+                    norm_reward=False,
+                )
+            eval_envs[split] = env
+        callbacks.append(
+            SplitEvalCallback(
+                eval_envs, max(args.eval_freq // n_envs, 1), args.eval_episodes, run_dir
+            )
+        )
+    return callbacks
+
+
+def _learn(
+    args: TrainArgs,
+    model: BaseAlgorithm,
+    venv: VecEnv,
+    n_timesteps: int,
+    run_dir: Path,
+    resumed: bool,
+) -> Path:
+    remaining = n_timesteps - (model.num_timesteps if resumed else 0)
+    try:
+        if remaining > 0:
+            model.learn(
+                remaining,
+                callback=_callbacks(args, model, run_dir),
+                progress_bar=args.progress_bar,
+                tb_log_name="run",
+                reset_num_timesteps=not resumed,
+            )
+    except KeyboardInterrupt:
+        print(
+            f"\ninterrupted at {model.num_timesteps} steps; saving. Continue with "
+            f"--resume {run_dir}"
+        )
+    finally:
+        model.save(run_dir / "model.zip")
+        if isinstance(venv, VecNormalize):
+            venv.save(str(run_dir / "vecnormalize.pkl"))
+        if isinstance(model, OffPolicyAlgorithm):
+            model.save_replay_buffer(run_dir / "replay_buffer.pkl")
+    return run_dir
+
+
+def load_model(algo: type[BaseAlgorithm], path: Path, **kwargs: Any) -> BaseAlgorithm:
+    """``algo.load`` with a clear error for a missing or corrupt file."""
+    if not path.is_file():
+        raise ValueError(f"model file {path} does not exist; train a run first")
+    try:
+        return algo.load(path, **kwargs)
+    except Exception as err:  # zip, pickle and torch errors all mean the same to a user
+        raise ValueError(
+            f"model file {path} is corrupt or not an SB3 model ({type(err).__name__}: {err}); "
+            "retrain, or point to another run or checkpoint"
+        ) from None
+
+
+def read_run_config(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "config.yml"
+    if not path.is_file():
+        raise ValueError(f"{run_dir} is not a run folder (no config.yml)")
+    return yaml.safe_load(path.read_text())
+
+
+def _resume(args: TrainArgs) -> Path:
+    run_dir = Path(args.resume)
+    saved = read_run_config(run_dir)
+    algo, algo_defaults = algo_class(saved["algo"])
+    config = dict(saved["hyperparams"])
+    env_kwargs = config.pop("env_kwargs", None) or {}
+    venv = make_envs(saved["env"], saved["n_envs"], saved["seed"], env_kwargs, split="train")
+    if (run_dir / "vecnormalize.pkl").is_file():
+        venv = VecNormalize.load(str(run_dir / "vecnormalize.pkl"), venv)
+    device = args.device if args.device != "auto" or issubclass(algo, OffPolicyAlgorithm) else "cpu"
+    model = load_model(algo, run_dir / "model.zip", env=venv, device=device)
+    if args.tensorboard:
+        model.tensorboard_log = str(run_dir / "tb")
+    if isinstance(model, OffPolicyAlgorithm) and (run_dir / "replay_buffer.pkl").is_file():
+        model.load_replay_buffer(run_dir / "replay_buffer.pkl")
+    resumed_args = dataclasses.replace(args, algo=saved["algo"], env=saved["env"])
+    return _learn(
+        resumed_args,
+        model,
+        venv,
+        int(args.timesteps or saved["n_timesteps"]),
+        run_dir,
+        resumed=True,
+    )

@@ -1,0 +1,50 @@
+"""Evaluate a run per context split: ``python scripts/evaluate.py runs/ppo/<run> --video``.
+
+Writes eval.json, eval.csv and eval.png (return against context) into the run folder, and with
+``--video`` mp4 rollouts (headless: set MUJOCO_GL=egl for MuJoCo envs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+
+from agents.evaluation import evaluate_run  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("run", help="a run folder, or a model .zip inside one")
+    p.add_argument("--splits", nargs="*", default=None)
+    p.add_argument("-n", "--episodes", type=int, default=10, help="per split (or grid point)")
+    p.add_argument("--grid", type=int, default=None, help="points per feature of a context grid")
+    p.add_argument("--grid-features", nargs="*", default=None, help="one or two feature names")
+    p.add_argument("--video", action="store_true")
+    p.add_argument("--max-videos", type=int, default=6)
+    p.add_argument("-o", "--out-dir", default=None, help="default: the run folder")
+    args = p.parse_args(argv)
+    try:
+        result = evaluate_run(
+            args.run,
+            args.splits,
+            args.episodes,
+            args.grid,
+            args.grid_features,
+            args.video,
+            args.max_videos,
+            args.out_dir,
+        )
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(result["summary"], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

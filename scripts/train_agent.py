@@ -1,0 +1,47 @@
+"""Train an agent: ``python scripts/train_agent.py --algo ppo --env hyperrl/ContextualCartPole-v0``.
+
+rl-baselines3-zoo's conventions: presets from ``configs/*.yml``, ``--hyperparams key:value``
+overrides, a run folder with the model, best model, normalisation statistics, resolved config and
+TensorBoard events. Ctrl-C saves; ``--resume RUN_DIR`` continues.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from agents.algos import ALGOS, POLICIES
+from agents.train import TrainArgs, train
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--algo", default="ppo", help=f"one of {list(ALGOS)}")
+    p.add_argument("--env", default="hyperrl/ContextualCartPole-v0", help="gymnasium env id")
+    p.add_argument("--policy", default=None, help=f"one of {list(POLICIES)} (default: hyper)")
+    p.add_argument("-c", "--conf-file", default=None, help="YAML presets (default: configs/*.yml)")
+    p.add_argument("--hyperparams", nargs="*", default=[], metavar="KEY:VALUE")
+    p.add_argument("-n", "--timesteps", type=int, default=None)
+    p.add_argument("--n-envs", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-tensorboard", dest="tensorboard", action="store_false")
+    p.add_argument("--eval-freq", type=int, default=10_000, help="env steps; 0 disables")
+    p.add_argument("--eval-episodes", type=int, default=5)
+    p.add_argument("--save-freq", type=int, default=50_000, help="env steps; 0 disables")
+    p.add_argument("-f", "--run-dir", default=None, help="default: runs/<algo>/<env>_<n>")
+    p.add_argument("--resume", default=None, metavar="RUN_DIR")
+    p.add_argument("--no-progress", dest="progress_bar", action="store_false")
+    p.add_argument("-v", "--verbose", type=int, default=0)
+    args = TrainArgs(**vars(p.parse_args(argv)))
+    try:
+        run_dir = train(args)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"run folder: {run_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""train_agent.py / evaluate.py machinery on tiny budgets, and every error a user can hit."""
+
+import json
+import sys
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import yaml
+from stable_baselines3.common.callbacks import BaseCallback
+
+from agents import train as train_module
+from agents.algos import algo_class, policy_for
+from agents.config import load_preset, parse_overrides, resolve
+from agents.evaluation import evaluate_run
+from agents.train import TrainArgs, load_model, train
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import evaluate as evaluate_script  # noqa: E402
+import train_agent  # noqa: E402
+
+FAST = dict(
+    algo="ppo",
+    env="hyperrl/ContextualCartPole-v0",
+    eval_freq=512,
+    eval_episodes=2,
+    save_freq=512,
+    progress_bar=False,
+    tensorboard=True,
+    hyperparams=["n_steps:64", "batch_size:64", "n_epochs:2"],
+)
+
+
+@pytest.fixture(scope="module")
+def ppo_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("runs") / "ppo"
+    train(TrainArgs(**FAST, timesteps=1024, n_envs=2, run_dir=str(run_dir)))
+    return run_dir
+
+
+def test_a_run_folder_has_everything(ppo_run):
+    names = {p.name for p in ppo_run.iterdir()}
+    assert {
+        "config.yml",
+        "contexts.yml",
+        "model.zip",
+        "best_model.zip",
+        "checkpoints",
+        "tb",
+    } <= names
+    config = yaml.safe_load((ppo_run / "config.yml").read_text())
+    assert config["env"] == "hyperrl/ContextualCartPole-v0" and config["n_envs"] == 2
+    assert config["hyperparams"]["n_steps"] == 64  # the override won over the preset
+    assert "pole_length" in yaml.safe_load((ppo_run / "contexts.yml").read_text())
+    events = list((ppo_run / "tb").rglob("events.out.tfevents*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = EventAccumulator(str(events[0])).Reload().Tags()["scalars"]
+    for split in ("train", "interpolation", "extrapolation"):
+        assert f"eval/{split}_return" in tags
+
+
+def test_resume_continues_the_step_count(ppo_run, tmp_path):
+    copy = tmp_path / "resumed"
+    import shutil
+
+    shutil.copytree(ppo_run, copy)
+    train(TrainArgs(**FAST | {"eval_freq": 0}, resume=str(copy), timesteps=1536))
+    model = load_model(algo_class("ppo")[0], copy / "model.zip")
+    assert model.num_timesteps >= 1536
+
+
+def test_off_policy_resume_keeps_the_replay_buffer(tmp_path):
+    args = dict(
+        algo="sac",
+        env="hyperrl/ContextualPendulum-v0",
+        eval_freq=0,
+        save_freq=0,
+        progress_bar=False,
+        tensorboard=False,
+        hyperparams=["learning_starts:50", "policy_kwargs:{net_arch: [16, 16]}"],
+    )
+    train(TrainArgs(**args, timesteps=120, run_dir=str(tmp_path / "sac")))
+    assert (tmp_path / "sac" / "replay_buffer.pkl").is_file()
+    train(TrainArgs(**args, timesteps=200, resume=str(tmp_path / "sac")))
+    from stable_baselines3 import SAC
+
+    model = SAC.load(tmp_path / "sac" / "model.zip")
+    model.load_replay_buffer(tmp_path / "sac" / "replay_buffer.pkl")
+    assert model.replay_buffer.size() == 200 and model.num_timesteps == 200
+
+
+def test_ctrl_c_saves_a_resumable_model(tmp_path, monkeypatch, capsys):
+    class Interrupt(BaseCallback):
+        def _on_step(self):
+            if self.num_timesteps >= 256:
+                raise KeyboardInterrupt
+            return True
+
+    monkeypatch.setattr(train_module, "_callbacks", lambda *a: [Interrupt()])
+    run_dir = tmp_path / "interrupted"
+    train(TrainArgs(**FAST, timesteps=4096, n_envs=2, run_dir=str(run_dir)))
+    assert "--resume" in capsys.readouterr().out
+    model = load_model(algo_class("ppo")[0], run_dir / "model.zip")
+    assert 256 <= model.num_timesteps < 4096
+
+
+def test_evaluate_writes_results_plot_and_videos(ppo_run, tmp_path):
+    result = evaluate_run(ppo_run, episodes=2, video=True, out_dir=tmp_path)
+    assert set(result["summary"]) == {"train", "interpolation", "extrapolation"}
+    rows = json.loads((tmp_path / "eval.json").read_text())["episodes"]
+    assert len(rows) == 6 and (tmp_path / "eval.csv").read_text().count("\n") == 7
+    assert (tmp_path / "eval.png").stat().st_size > 10_000
+    videos = sorted((tmp_path / "videos").glob("*.mp4"))
+    assert [v.name.split("_")[0] for v in videos] == ["extrapolation", "interpolation", "train"]
+    first = {r["split"]: r for r in reversed(rows)}  # the recorded episode is each split's first
+    for video in videos:
+        frames = iio.imread(video)
+        assert frames.shape[0] == first[video.name.split("_")[0]]["length"]
+        assert "pole_length=" in video.name
+
+
+def test_evaluate_on_a_grid(ppo_run, tmp_path):
+    result = evaluate_run(
+        ppo_run, episodes=1, grid=3, grid_features=["pole_length", "cart_mass"], out_dir=tmp_path
+    )
+    contexts = {
+        (r["context"]["pole_length"], r["context"]["cart_mass"]) for r in result["episodes"]
+    }
+    assert len(contexts) == 9 and (tmp_path / "eval.png").is_file()
+
+
+def test_config_validation():
+    from stable_baselines3 import PPO
+
+    assert load_preset("hyperrl/ContextualCartPole-v0", "ppo")["n_envs"] == 8
+    assert load_preset("CartPole-v1", "ppo") == {}
+    assert parse_overrides(["learning_rate:0.01", "policy_kwargs:{head_arch: [8]}"]) == {
+        "learning_rate": 0.01,
+        "policy_kwargs": {"head_arch": [8]},
+    }
+    with pytest.raises(
+        ValueError,
+        match=r"unknown config key 'learnin_rate' \(did you mean "
+        r"'learning_rate'\?\) for PPO; valid keys: .*n_steps",
+    ):
+        resolve("hyperrl/ContextualCartPole-v0", "ppo", PPO, overrides={"learnin_rate": 1e-3})
+    with pytest.raises(ValueError, match="key:value"):
+        parse_overrides(["learning_rate=0.1"])
+    with pytest.raises(ValueError, match="'n_envs' must be a positive number"):
+        resolve("CartPole-v1", "ppo", PPO, overrides={"n_envs": 0})
+
+
+def test_bad_config_file(tmp_path):
+    bad = tmp_path / "bad.yml"
+    bad.write_text("hyperrl/ContextualCartPole-v0: [unclosed")
+    with pytest.raises(ValueError, match="not valid YAML"):
+        load_preset("hyperrl/ContextualCartPole-v0", "ppo", bad)
+
+
+def test_clear_errors_from_the_command_line(capsys, tmp_path):
+    def error(*argv):
+        assert train_agent.main([*argv, "--no-progress", "-f", str(tmp_path / "x")]) == 2
+        return capsys.readouterr().err
+
+    assert "did you mean 'hyperrl/ContextualCartPole-v0'" in error(
+        "--env", "hyperrl/ContextualCartpole-v0"
+    )
+    assert "unknown algorithm 'ppo2' (did you mean 'ppo'?)" in error("--algo", "ppo2")
+    assert "unknown policy 'hypr'" in error("--policy", "hypr")
+    assert "has no 'context'" in error("--env", "Pendulum-v1", "--algo", "sac")
+    assert "--policy hyper is not" not in error("--env", "CartPole-v1", "--policy", "film")
+
+
+def test_missing_or_corrupt_model(tmp_path, capsys, ppo_run):
+    bad = tmp_path / "run"
+    bad.mkdir()
+    (bad / "config.yml").write_text((ppo_run / "config.yml").read_text())
+    (bad / "model.zip").write_bytes(b"not a zip")
+    assert evaluate_script.main([str(bad)]) == 2
+    assert "corrupt" in capsys.readouterr().err
+    assert evaluate_script.main([str(tmp_path / "nowhere")]) == 2
+    assert "not a run folder" in capsys.readouterr().err
+
+
+def test_policy_must_fit_the_env():
+    import gymnasium as gym
+    from stable_baselines3 import PPO
+
+    env = gym.make("CartPole-v1")
+    assert policy_for(PPO, "mlp", env, "CartPole-v1")[0] == "MlpPolicy"
+    with pytest.raises(ValueError, match="has no 'context'"):
+        policy_for(PPO, "hyper", env, "CartPole-v1")
+    assert np.isfinite(1.0)
