@@ -189,10 +189,11 @@ def _plot(path: Path, rows: list[dict[str, Any]], env_id: str, grid_features) ->
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
     names = list(rows[0]["context"]) if rows and rows[0]["context"] else []
     numeric = [n for n in names if isinstance(rows[0]["context"][n], int | float)]
+    splits = list(dict.fromkeys(r["split"] for r in rows))
     if grid_features and len(grid_features) == 2:
+        fig, ax = plt.subplots(figsize=(7, 4))
         a, b = grid_features
         xs, ys = sorted({r["context"][a] for r in rows}), sorted({r["context"][b] for r in rows})
         heat = np.zeros((len(ys), len(xs)))
@@ -205,19 +206,33 @@ def _plot(path: Path, rows: list[dict[str, Any]], env_id: str, grid_features) ->
         fig.colorbar(im, label="mean return")
         ax.set_xlabel(a)
         ax.set_ylabel(b)
-    elif numeric:
-        feature = grid_features[0] if grid_features else numeric[0]
-        for split in dict.fromkeys(r["split"] for r in rows):
-            pts = sorted((r["context"][feature], r["return"]) for r in rows if r["split"] == split)
-            ax.plot(*zip(*pts, strict=True), "o-" if split == "grid" else "o", label=split)
-        ax.set_xlabel(feature)
-        ax.set_ylabel("return")
-        ax.legend()
+        axes = [ax]
+    elif numeric:  # a panel per feature: a held-out context may differ in any one of them
+        features = list(grid_features) if grid_features else numeric[:4]
+        fig, axes = plt.subplots(
+            1, len(features), figsize=(3.6 * len(features) + 1, 3.8), sharey=True, squeeze=False
+        )
+        axes = list(axes[0])
+        for ax, feature in zip(axes, features, strict=True):
+            for split in splits:
+                pts = sorted(
+                    (r["context"][feature], r["return"]) for r in rows if r["split"] == split
+                )
+                ax.plot(
+                    *zip(*pts, strict=True),
+                    "o-" if split == "grid" else "o",
+                    label=split,
+                    alpha=0.8,
+                )
+            ax.set_xlabel(feature)
+        axes[0].set_ylabel("return")
+        axes[-1].legend()
     else:  # categorical contexts (task suites): a bar per split
-        splits = list(dict.fromkeys(r["split"] for r in rows))
+        fig, ax = plt.subplots(figsize=(7, 4))
         ax.bar(splits, [np.mean([r["return"] for r in rows if r["split"] == s]) for s in splits])
         ax.set_ylabel("mean return")
-    ax.set_title(f"{env_id}: return against context")
+        axes = [ax]
+    fig.suptitle(f"{env_id}: return against context")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -27,6 +27,7 @@ import envs
 from agents.algos import algo_class, close_matches, policy_for
 from agents.config import parse_overrides, resolve
 from hyperrl.policies import norm_obs_keys
+from hyperrl.policies.diagnostics import generated_weight_stats
 
 
 @dataclass
@@ -43,6 +44,7 @@ class TrainArgs:
     seed: int = 0
     device: str = "auto"
     tensorboard: bool = True
+    tensorboard_log: str | None = None
     eval_freq: int = 10_000
     eval_episodes: int = 5
     save_freq: int = 50_000
@@ -114,8 +116,19 @@ class SplitEvalCallback(BaseCallback):
             if split == "train" and mean > self.best:
                 self.best = mean
                 self.model.save(self.run_dir / "best_model.zip")
+        self._log_generated_weights()
         self.logger.dump(self.num_timesteps)
         return True
+
+    def _log_generated_weights(self, contexts: int = 8) -> None:
+        """``hyper/<net>/weight_norm`` and ``weight_spread`` over a few training contexts."""
+        env = self.eval_envs["train"]
+        if not isinstance(env.observation_space, gym.spaces.Dict):
+            return
+        batch = [env.reset() for _ in range(contexts)]
+        obs = {k: np.concatenate([b[k] for b in batch]) for k in batch[0]}
+        for key, value in generated_weight_stats(self.model.policy, obs).items():
+            self.logger.record(f"hyper/{key}", value)
 
 
 def _config_file(
@@ -189,10 +202,19 @@ def _build(args, algo, algo_defaults, config, n_envs, policy_name, run_dir):
         seed=args.seed,
         device=device,
         verbose=args.verbose,
-        tensorboard_log=str(run_dir / "tb") if args.tensorboard else None,
+        tensorboard_log=_tensorboard_dir(args, run_dir),
         **(algo_defaults | config),
     )
     return model, venv
+
+
+def _tensorboard_dir(args: TrainArgs, run_dir: Path) -> str | None:
+    """``run_dir/tb``, or ``--tensorboard-log DIR/<run name>`` (one root for many runs)."""
+    if not args.tensorboard:
+        return None
+    return str(
+        Path(args.tensorboard_log) / run_dir.name if args.tensorboard_log else run_dir / "tb"
+    )
 
 
 def _callbacks(args: TrainArgs, model: BaseAlgorithm, run_dir: Path) -> list[BaseCallback]:
@@ -293,8 +315,7 @@ def _resume(args: TrainArgs) -> Path:
         venv = VecNormalize.load(str(run_dir / "vecnormalize.pkl"), venv)
     device = args.device if args.device != "auto" or issubclass(algo, OffPolicyAlgorithm) else "cpu"
     model = load_model(algo, run_dir / "model.zip", env=venv, device=device)
-    if args.tensorboard:
-        model.tensorboard_log = str(run_dir / "tb")
+    model.tensorboard_log = _tensorboard_dir(args, run_dir)
     if isinstance(model, OffPolicyAlgorithm) and (run_dir / "replay_buffer.pkl").is_file():
         model.load_replay_buffer(run_dir / "replay_buffer.pkl")
     resumed_args = dataclasses.replace(args, algo=saved["algo"], env=saved["env"])

@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--no-tensorboard", dest="tensorboard", action="store_false")
+    p.add_argument("--tensorboard-log", default=None, help="TensorBoard root (default: RUN/tb)")
     p.add_argument("--eval-freq", type=int, default=10_000, help="env steps; 0 disables")
     p.add_argument("--eval-episodes", type=int, default=5)
     p.add_argument("--save-freq", type=int, default=50_000, help="env steps; 0 disables")

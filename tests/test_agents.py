@@ -59,6 +59,7 @@ def test_a_run_folder_has_everything(ppo_run):
     tags = EventAccumulator(str(events[0])).Reload().Tags()["scalars"]
     for split in ("train", "interpolation", "extrapolation"):
         assert f"eval/{split}_return" in tags
+    assert {"hyper/action_net/weight_norm", "hyper/value_net/weight_spread"} <= set(tags)
 
 
 def test_resume_continues_the_step_count(ppo_run, tmp_path):
@@ -193,3 +194,58 @@ def test_policy_must_fit_the_env():
     with pytest.raises(ValueError, match="has no 'context'"):
         policy_for(PPO, "hyper", env, "CartPole-v1")
     assert np.isfinite(1.0)
+
+
+def test_every_shipped_preset_is_valid():
+    import yaml as _yaml
+
+    from agents.config import CONFIG_DIR
+
+    checked = 0
+    for path in CONFIG_DIR.glob("*.yml"):
+        for env_id, sections in _yaml.safe_load(path.read_text()).items():
+            for algo_name in sections:
+                algo, _ = algo_class(algo_name)
+                resolve(env_id, algo_name, algo, conf_file=path)
+                checked += 1
+    assert checked >= 20
+
+
+def test_a_rendering_failure_says_which_backend_to_set(ppo_run, tmp_path, monkeypatch):
+    import gymnasium as gym
+
+    def broken(self):
+        raise RuntimeError("cannot open display")
+
+    monkeypatch.setattr(gym.Wrapper, "render", broken)
+    with pytest.raises(ValueError, match="MUJOCO_GL=egl"):
+        evaluate_run(ppo_run, splits=["train"], episodes=1, video=True, out_dir=tmp_path)
+
+
+def test_her_from_the_command_line(tmp_path):
+    run_dir = tmp_path / "her"
+    code = train_agent.main(
+        [
+            "--algo",
+            "her",
+            "--env",
+            "hyperrl/FetchReach-v0",
+            "-n",
+            "150",
+            "--eval-freq",
+            "0",
+            "--save-freq",
+            "0",
+            "--no-progress",
+            "--tensorboard-log",
+            str(tmp_path / "tb"),
+            "-f",
+            str(run_dir),
+            "--hyperparams",
+            "learning_starts:100",
+            "batch_size:32",
+            "policy_kwargs:{net_arch: [16, 16]}",
+        ]
+    )
+    assert code == 0
+    assert (run_dir / "replay_buffer.pkl").is_file() and (tmp_path / "tb" / "her").is_dir()

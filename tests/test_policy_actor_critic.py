@@ -184,3 +184,16 @@ def test_ppo_trains_on_cuda():
     model.learn(64)
     assert next(model.policy.parameters()).is_cuda
     assert model.predict(obs_with_context(0.3), deterministic=True)[0].shape == (1, 1)
+
+
+def test_generated_weight_diagnostics_see_context_dependence():
+    from hyperrl.policies.diagnostics import generated_weight_stats
+
+    obs = obs_with_context(0.0, 4)
+    obs["context"] = np.linspace(-0.8, 0.8, 4, dtype=np.float32)[:, None]
+    bias_init = PPO(HyperActorCriticPolicy, ContextualTarget()).policy
+    stats = generated_weight_stats(bias_init, obs)
+    assert stats["action_net/weight_norm"] > 0
+    assert stats["action_net/weight_spread"] == 0  # Bias-HyperInit: one head for every context
+    fan = PPO(HyperActorCriticPolicy, ContextualTarget(), policy_kwargs={"init": "hyperfan_in"})
+    assert generated_weight_stats(fan.policy, obs)["action_net/weight_spread"] > 0
