@@ -153,11 +153,11 @@ def train(args: TrainArgs) -> Path:
     check_env_id(args.env)
     algo, algo_defaults = algo_class(args.algo)
     config = resolve(args.env, args.algo, algo, args.conf_file, parse_overrides(args.hyperparams))
-    n_timesteps = int(args.timesteps or config.pop("n_timesteps", 100_000))
-    n_envs = int(args.n_envs or config.pop("n_envs", 1))
-    config.pop("n_timesteps", None), config.pop("n_envs", None)
-    policy_name = args.policy or config.pop("policy", "hyper")
-    config.pop("policy", None)
+    preset_timesteps, preset_envs = config.pop("n_timesteps", 100_000), config.pop("n_envs", 1)
+    n_timesteps = int(args.timesteps or preset_timesteps)
+    n_envs = int(args.n_envs or preset_envs)
+    preset_policy = config.pop("policy", "hyper")
+    policy_name = args.policy or preset_policy
     run_dir = Path(args.run_dir) if args.run_dir else new_run_dir(Path("runs"), args.algo, args.env)
     if (run_dir / "config.yml").exists():
         raise ValueError(
@@ -195,16 +195,23 @@ def _build(args, algo, algo_defaults, config, n_envs, policy_name, run_dir):
     device = args.device
     if device == "auto" and not issubclass(algo, OffPolicyAlgorithm):
         device = "cpu"  # on-policy SB3 with CPU envs runs faster on the CPU
-    model = algo(
-        policy,
-        venv,
-        policy_kwargs=policy_kwargs,
-        seed=args.seed,
-        device=device,
-        verbose=args.verbose,
-        tensorboard_log=_tensorboard_dir(args, run_dir),
-        **(algo_defaults | config),
-    )
+    try:
+        model = algo(
+            policy,
+            venv,
+            policy_kwargs=policy_kwargs,
+            seed=args.seed,
+            device=device,
+            verbose=args.verbose,
+            tensorboard_log=_tensorboard_dir(args, run_dir),
+            **(algo_defaults | config),
+        )
+    except (TypeError, ValueError, AssertionError) as err:  # SB3's own checks of the values
+        venv.close()
+        raise ValueError(
+            f"{algo.__name__} rejected the config {config} with policy_kwargs {policy_kwargs}: "
+            f"{type(err).__name__}: {err}"
+        ) from None
     return model, venv
 
 
