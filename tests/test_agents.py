@@ -248,3 +248,28 @@ def test_her_from_the_command_line(tmp_path):
     )
     assert code == 0
     assert (run_dir / "replay_buffer.pkl").is_file() and (tmp_path / "tb" / "her").is_dir()
+
+
+def test_normalized_runs_keep_the_context_raw_and_evaluate(tmp_path):
+    run_dir = tmp_path / "norm"
+    train(
+        TrainArgs(
+            **FAST
+            | {
+                "eval_freq": 0,
+                "save_freq": 0,
+                "hyperparams": FAST["hyperparams"] + ["normalize:true"],
+            },
+            timesteps=256,
+            n_envs=2,
+            run_dir=str(run_dir),
+        )
+    )
+    import pickle
+
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    vecnorm = pickle.loads((run_dir / "vecnormalize.pkl").read_bytes())
+    assert isinstance(vecnorm, VecNormalize) and vecnorm.norm_obs_keys == ["observation"]
+    result = evaluate_run(run_dir, splits=["train"], episodes=1, out_dir=tmp_path)
+    assert result["summary"]["train"]["episodes"] == 1
