@@ -62,6 +62,7 @@ class HyperActorCriticPolicy(ContextPolicyMixin, ActorCriticPolicy):
     """
 
     _default_net_arch = dict(pi=[64], vf=[64])
+    _adam_eps_1e5 = True
 
     def _build_mlp_extractor(self) -> None:
         self.mlp_extractor = _PassThrough(self.features_dim)
