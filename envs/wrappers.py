@@ -58,7 +58,12 @@ class ContextualEnv(gym.Wrapper):
             low, high = space.observation_bounds()
             spaces["context"] = gym.spaces.Box(low, high, dtype=np.float32)
         self.observation_space = gym.spaces.Dict(spaces)
-        self.context: dict[str, float] = space.nominal
+        self._context_rng = np.random.default_rng()
+        self._set_context(space.nominal)
+
+    def _set_context(self, context: dict[str, float]) -> None:
+        self.context = context
+        self._context_array = self.context_space.to_array(context)  # once, not every step
 
     @abstractmethod
     def apply_context(self, context: Mapping[str, float]) -> None:
@@ -67,7 +72,7 @@ class ContextualEnv(gym.Wrapper):
     def _observe(self, obs: Any) -> dict[str, Any]:
         out = dict(obs) if self._dict_obs else {"observation": obs}
         if not self.hidden_context:
-            out["context"] = self.context_space.to_array(self.context)
+            out["context"] = self._context_array.copy()
         return out
 
     def reset(
@@ -75,17 +80,16 @@ class ContextualEnv(gym.Wrapper):
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         if seed is not None:
             self._context_rng = np.random.default_rng(seed)
-        elif not hasattr(self, "_context_rng"):
-            self._context_rng = np.random.default_rng()
         options = dict(options or {})
         pinned = options.pop("context", None)
         if pinned is not None:
-            self.context = self.context_space.validate(pinned)
+            context = self.context_space.validate(pinned)
         elif self.contexts is not None:
-            self.context = dict(self.contexts[self._context_rng.integers(len(self.contexts))])
+            context = dict(self.contexts[self._context_rng.integers(len(self.contexts))])
         else:
-            self.context = self.context_space.sample(self._context_rng, self.split)
-        self.apply_context(self.context)
+            context = self.context_space.sample(self._context_rng, self.split)
+        self._set_context(context)
+        self.apply_context(context)
         obs, info = self.env.reset(seed=seed, options=options or None)
         return self._observe(obs), info | {"context": dict(self.context)}
 
