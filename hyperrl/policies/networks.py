@@ -108,7 +108,6 @@ class ContextualNet(nn.Module):
         obs, ctx = self.split(features)
         parts = ([obs] if self.trunk_reads_obs else []) + ([] if extra is None else [extra])
         x = self.trunk(parts[0] if len(parts) == 1 else torch.cat(parts, dim=1))
-        cond = {"context": ctx, "observation": obs}.get(self.generator_input)
-        if cond is None:
-            cond = features
-        return self.head(x, cond)
+        if self.generator_input == "context":
+            return self.head(x, ctx)
+        return self.head(x, obs if self.generator_input == "observation" else features)
