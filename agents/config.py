@@ -34,6 +34,7 @@ META_KEYS = {
     "normalize": "VecNormalize observations (not the context) and rewards",
     "env_kwargs": "keywords for gym.make",
 }
+_MERGED = ("policy_kwargs", "env_kwargs", "replay_buffer_kwargs")
 _SET_BY_TRAINER = {
     "self",
     "policy",
@@ -96,11 +97,17 @@ def resolve(
     conf_file: str | Path | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Preset merged with overrides, validated.
+    """Preset merged with overrides (``policy_kwargs``, ``env_kwargs`` and
+    ``replay_buffer_kwargs`` merge key by key), validated.
 
     :raises ValueError: naming an unknown key, its close match, and the valid keys.
     """
-    config = load_preset(env_id, algo_name, conf_file) | (overrides or {})
+    config = load_preset(env_id, algo_name, conf_file)
+    for key, value in (overrides or {}).items():
+        if key in _MERGED and isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key] = config[key] | value  # override single policy/env keywords
+        else:
+            config[key] = value
     valid = valid_keys(algo)
     for key in config:
         if key not in valid:

@@ -148,6 +148,15 @@ def test_config_validation():
         resolve("hyperrl/ContextualCartPole-v0", "ppo", PPO, overrides={"learnin_rate": 1e-3})
     with pytest.raises(ValueError, match="key:value"):
         parse_overrides(["learning_rate=0.1"])
+    from stable_baselines3 import SAC
+
+    merged = resolve(
+        "hyperrl/ContextualPendulum-v0",
+        "sac",
+        SAC,
+        overrides={"policy_kwargs": {"generator": "chunked"}},
+    )
+    assert merged["policy_kwargs"] == {"net_arch": [64, 64], "generator": "chunked"}
     with pytest.raises(ValueError, match="'n_envs' must be a positive number"):
         resolve("CartPole-v1", "ppo", PPO, overrides={"n_envs": 0})
 

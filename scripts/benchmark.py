@@ -1,0 +1,56 @@
+"""The generalisation benchmark of the conditioning ladder.
+
+    python scripts/benchmark.py --suite quick --seeds 5 --jobs 2      # run (resumable)
+    python scripts/benchmark.py --suite quick --report                # aggregate only
+
+Runs land in ``runs/benchmark/<suite>/``; the report (IQM with bootstrap 95% intervals of
+per-env normalised returns, per split) is printed and written next to them as ``results.md``
+and ``results.json``. Needs the ``bench`` extra for the statistics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+from agents.benchmark import SUITES, VARIANTS, aggregate, collect, expand_grid, markdown, run_grid  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--suite", default="quick", choices=list(SUITES))
+    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--variants", nargs="*", default=None, help=f"default: all of {list(VARIANTS)}")
+    p.add_argument("--jobs", type=int, default=1, help="runs in parallel (processes)")
+    p.add_argument("-n", "--timesteps", type=int, default=None, help="override every budget")
+    p.add_argument("--root", default="runs/benchmark")
+    p.add_argument("--report", action="store_true", help="aggregate what has finished; run nothing")
+    args = p.parse_args(argv)
+    root = Path(args.root) / args.suite
+    try:
+        if not args.report:
+            cells = expand_grid(args.suite, args.seeds, args.variants, args.timesteps)
+            print(f"{len(cells)} runs under {root}")
+            run_grid(cells, root, jobs=args.jobs)
+        records = collect(root)
+        if not records:
+            print(f"error: no finished runs under {root}", file=sys.stderr)
+            return 2
+        summary = aggregate(records)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    table = markdown(summary)
+    (root / "results.md").write_text(table + "\n")
+    (root / "results.json").write_text(json.dumps(summary, indent=2))
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
