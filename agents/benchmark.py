@@ -71,11 +71,16 @@ class Cell:
 
 
 def expand_grid(
-    suite: str, seeds: int, variants: Sequence[str] | None = None, timesteps: int | None = None
+    suite: str,
+    seeds: int,
+    variants: Sequence[str] | None = None,
+    timesteps: int | None = None,
+    envs: Sequence[str] | None = None,
 ) -> list[Cell]:
     """Every cell of ``suite`` x ``variants`` x ``range(seeds)``.
 
     :param timesteps: override the suite's budgets (for smoke runs).
+    :param envs: only these env ids of the suite.
     """
     if suite not in SUITES:
         raise ValueError(f"unknown suite {suite!r}; choose one of {list(SUITES)}")
@@ -83,9 +88,12 @@ def expand_grid(
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
+    suite_envs = [e for e in SUITES[suite] if envs is None or e.env in envs]
+    if not suite_envs:
+        raise ValueError(f"none of {list(envs or [])} is in suite {suite!r}")
     return [
         Cell(e.env, e.algo, v, s, timesteps or e.timesteps, tuple(VARIANTS[v][1]))
-        for e in SUITES[suite]
+        for e in suite_envs
         for v in variants
         for s in range(seeds)
     ]

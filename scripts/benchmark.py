@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--suite", default="quick", choices=list(SUITES))
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--variants", nargs="*", default=None, help=f"default: all of {list(VARIANTS)}")
+    p.add_argument("--envs", nargs="*", default=None, help="only these env ids of the suite")
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel (processes)")
     p.add_argument("-n", "--timesteps", type=int, default=None, help="override every budget")
     p.add_argument("--root", default="runs/benchmark")
@@ -34,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(args.root) / args.suite
     try:
         if not args.report:
-            cells = expand_grid(args.suite, args.seeds, args.variants, args.timesteps)
+            cells = expand_grid(args.suite, args.seeds, args.variants, args.timesteps, args.envs)
             print(f"{len(cells)} runs under {root}")
             run_grid(cells, root, jobs=args.jobs)
         records = collect(root)

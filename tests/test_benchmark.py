@@ -25,6 +25,8 @@ def test_grid_expansion():
     chunked = [c for c in cells if c.variant == "chunked_hyper"][0]
     assert chunked.hyperparams == ("policy_kwargs:{generator: chunked}",)
     assert {c.timesteps for c in expand_grid("quick", 1, ["hyper"], timesteps=100)} == {100}
+    only = expand_grid("quick", 2, envs=["hyperrl/ContextualCartPole-v0"])
+    assert {c.env for c in only} == {"hyperrl/ContextualCartPole-v0"} and len(only) == 12
     with pytest.raises(ValueError, match="unknown suite"):
         expand_grid("medium", 1)
     with pytest.raises(ValueError, match=r"unknown variants \['hypernet'\]"):
