@@ -19,7 +19,20 @@ from hyperrl import (
 )
 from hyperrl.conditioning import CONDITIONINGS, HyperHead
 
-SMALL = {"net_arch": [32, 32]}  # SB3 writes into policy_kwargs: always pass a copy
+SMALL = {"net_arch": [32, 32]}
+
+
+def small_model(algo, policy_class, options=None, **kwargs):
+    """A model with small nets that starts learning after 16 steps."""
+    # SB3 writes into the policy_kwargs it is given: always pass a fresh dict
+    return algo(
+        policy_class,
+        ContextualTarget(),
+        learning_starts=16,
+        batch_size=16,
+        policy_kwargs=dict(SMALL) | (options or {}),
+        **kwargs,
+    )
 
 
 def batch(policy, n=5):
@@ -40,14 +53,7 @@ def batch(policy, n=5):
     ],
 )
 def test_sb3_contract(algo, policy_class, options):
-    model = algo(
-        policy_class,
-        ContextualTarget(),
-        learning_starts=16,
-        batch_size=16,
-        policy_kwargs=dict(SMALL) | options,
-        seed=0,
-    )
+    model = small_model(algo, policy_class, options, seed=0)
     model.learn(40)  # a few gradient steps through every loss, target updates included
     policy = model.policy
     obs = batch(policy)
@@ -76,15 +82,7 @@ def test_sb3_contract(algo, policy_class, options):
 @pytest.mark.parametrize("algo,policy_class", [(SAC, HyperSACPolicy), (TD3, HyperTD3Policy)])
 def test_gradients_reach_every_generator_parameter(algo, policy_class):
     extra = {"policy_delay": 1} if algo is TD3 else {}  # update the actor at every step
-    model = algo(
-        policy_class,
-        ContextualTarget(),
-        learning_starts=16,
-        batch_size=16,
-        policy_kwargs=dict(SMALL),
-        seed=0,
-        **extra,
-    )
+    model = small_model(algo, policy_class, seed=0, **extra)
     before = {n: p.detach().clone() for n, p in model.policy.named_parameters()}
     model.learn(48)
     stale = [n for n, p in model.policy.named_parameters() if torch.equal(p, before[n])]
@@ -94,14 +92,7 @@ def test_gradients_reach_every_generator_parameter(algo, policy_class):
 
 
 def test_sde_and_dynamic_critic_shapes():
-    model = SAC(
-        HyperSACPolicy,
-        ContextualTarget(),
-        use_sde=True,
-        learning_starts=16,
-        batch_size=16,
-        policy_kwargs=dict(SMALL) | {"generator_input": "observation"},
-    )
+    model = small_model(SAC, HyperSACPolicy, {"generator_input": "observation"}, use_sde=True)
     model.learn(32)
     q = model.policy.critic.qf0
     # Sarafian et al.: the state generates the weights of a network over the action
@@ -127,14 +118,7 @@ def test_concat_and_film_classes_select_their_rung():
 
 
 def test_save_then_load_in_a_fresh_process_gives_identical_actions(tmp_path):
-    model = SAC(
-        HyperSACPolicy,
-        ContextualTarget(),
-        learning_starts=16,
-        batch_size=16,
-        policy_kwargs=dict(SMALL) | {"head_arch": [16], "generator": "shared"},
-        seed=0,
-    )
+    model = small_model(SAC, HyperSACPolicy, {"head_arch": [16], "generator": "shared"}, seed=0)
     model.learn(40)
     model.save(tmp_path / "sac.zip")
     obs = obs_with_context(-0.4, 3)
@@ -199,14 +183,7 @@ def test_her_with_the_goal_as_descriptor():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("algo,policy_class", [(SAC, HyperSACPolicy), (TD3, HyperTD3Policy)])
 def test_trains_on_cuda(algo, policy_class):
-    model = algo(
-        policy_class,
-        ContextualTarget(),
-        learning_starts=16,
-        batch_size=16,
-        policy_kwargs=dict(SMALL),
-        device="cuda",
-    )
+    model = small_model(algo, policy_class, device="cuda")
     model.learn(40)
     assert next(model.policy.parameters()).is_cuda
     assert model.predict(obs_with_context(0.3), deterministic=True)[0].shape == (1, 1)
