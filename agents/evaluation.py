@@ -9,7 +9,7 @@ features, and writes into ``out_dir`` (the run folder by default):
 - ``eval.png``: return against the first context feature, a series per split (a heat map for a
   two-feature grid);
 - with ``video=True``, ``videos/<split>_<feature>=<value>_....mp4``, one episode per split (or
-  per grid point, at most ``max_videos``), the context written in the file name.
+  per grid point, at most ``max_videos``), the context in the file name and on the frames.
 """
 
 from __future__ import annotations
@@ -45,13 +45,26 @@ def _play(model, env: gym.Env, seed: int, options: dict | None, obs_filter, reco
     while not done:
         if record:
             try:
-                frames.append(env.render())
+                frame = env.render()
             except Exception as err:  # noqa: BLE001 - any GL/SDL failure gets the same advice
                 raise _render_hint(err) from None
+            frames.append(caption(frame, _slug(context, sep="  ")))
         action, _ = model.predict(obs_filter(obs), deterministic=True)
         obs, reward, terminated, truncated, _ = env.step(action)
         total, length, done = total + float(reward), length + 1, terminated or truncated
     return {"context": context, "return": total, "length": length}, frames
+
+
+def caption(frame: np.ndarray, text: str) -> np.ndarray:
+    """``frame (H, W, 3)`` with ``text`` written on a dark band along its top edge."""
+    from PIL import Image, ImageDraw
+
+    image = Image.fromarray(frame)
+    draw = ImageDraw.Draw(image)
+    left, top, right, bottom = draw.textbbox((4, 2), text)
+    draw.rectangle((0, 0, min(right + 4, image.width), bottom + 2), fill=(0, 0, 0))
+    draw.text((4, 2), text, fill=(255, 255, 255))
+    return np.asarray(image)
 
 
 def _obs_filter(run_dir: Path):
@@ -66,8 +79,9 @@ def _obs_filter(run_dir: Path):
     return vecnorm.normalize_obs
 
 
-def _slug(context: dict[str, Any]) -> str:
-    return "_".join(
+def _slug(context: dict[str, Any], sep: str = "_") -> str:
+    """``gravity=9.81_mass_scale=1.2``: a context for a file name (or, with ``sep``, a caption)."""
+    return sep.join(
         f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in context.items()
     )
 

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import imageio.v3 as iio
+import numpy as np
 import pytest
 import yaml
 from stable_baselines3.common.callbacks import BaseCallback
@@ -282,3 +283,14 @@ def test_normalized_runs_keep_the_context_raw_and_evaluate(tmp_path):
     assert isinstance(vecnorm, VecNormalize) and vecnorm.norm_obs_keys == ["observation"]
     result = evaluate_run(run_dir, splits=["train"], episodes=1, out_dir=tmp_path)
     assert result["summary"]["train"]["episodes"] == 1
+
+
+def test_caption_writes_on_a_top_band_only():
+    from agents.evaluation import caption
+
+    frame = np.full((60, 200, 3), 128, np.uint8)
+    out = caption(frame, "gravity=12.3")
+    changed = np.any(out != frame, axis=2)
+    rows = np.nonzero(changed.any(axis=1))[0]
+    assert rows.size and rows.max() < 20  # only the band at the top
+    assert out.shape == frame.shape and out.dtype == np.uint8
