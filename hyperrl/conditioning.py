@@ -261,7 +261,7 @@ class HyperHead(ConditionedHead):
 
     def generate(self, context: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The head's per-layer ``(W (N, out, in), b (N, out))`` for contexts ``(N, C)``."""
-        return self.target.unflatten(self.generator(context))
+        return self._heads(context, factored=False)
 
 
 def make_head(

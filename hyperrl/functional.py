@@ -118,12 +118,16 @@ def mlp_grouped(
     batch, num_groups = x.shape[0], layers[0][0].shape[0]
     if num_groups == 1:
         return mlp_shared(x, [(w[0], b[0]) for w, b in layers], activation)
-    if 2 * num_groups > batch:  # mostly one sample per head: gathering costs what generating did
+
+    def gathered() -> torch.Tensor:
         return mlp_per_sample(x, [(w[group], b[group]) for w, b in layers], activation)
+
+    if 2 * num_groups > batch:  # mostly one sample per head: gathering costs what generating did
+        return gathered()
     counts = torch.bincount(group, minlength=num_groups)
     width = int(counts.max())
     if num_groups * width > MAX_PADDING_RATIO * batch:
-        return mlp_per_sample(x, [(w[group], b[group]) for w, b in layers], activation)
+        return gathered()
     order = torch.argsort(group, stable=True)
     starts = torch.cumsum(counts, 0) - counts
     slot = torch.empty_like(group)
