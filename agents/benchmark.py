@@ -11,6 +11,7 @@ interquartile mean with bootstrap 95 % intervals per variant and split, computed
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -151,8 +152,17 @@ def run_grid(
     todo = [c for c in cells if not (root / c.name / "eval.json").is_file()]
     if jobs <= 1:
         return [runner(c, root) for c in todo]
-    with ProcessPoolExecutor(max_workers=jobs) as pool:
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    pool = ProcessPoolExecutor(jobs, initializer=_limit_threads, initargs=(threads,))
+    with pool:
         return list(pool.map(runner, todo, [root] * len(todo)))
+
+
+def _limit_threads(threads: int) -> None:
+    """Keep ``jobs`` workers from oversubscribing the cores (torch defaults to all of them)."""
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 def collect(root: Path) -> list[dict[str, Any]]:
