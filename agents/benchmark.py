@@ -6,6 +6,9 @@ wall-clock and parameter count. Re-running skips finished cells and resumes inte
 :func:`aggregate` normalises returns per env (min-max over every cell of that env) and reports the
 interquartile mean with bootstrap 95 % intervals per variant and split, computed with ``rliable``
 (``bench`` extra).
+
+:func:`run_grid` runs the cells in local processes, or as Ray tasks on a cluster when given a Ray
+address (``ray`` is in the ``bench`` extra).
 """
 
 from __future__ import annotations
@@ -147,9 +150,26 @@ def run_grid(
     root: Path,
     jobs: int = 1,
     runner: Callable[[Cell, Path], Path] = run_cell,
+    ray_address: str | None = None,
+    ray_cpus_per_run: float = 1,
 ) -> list[Path]:
-    """Run every unfinished cell, ``jobs`` at a time in separate processes."""
+    """Run every unfinished cell (no ``eval.json`` yet), ``jobs`` at a time in separate processes,
+    or as Ray tasks when ``ray_address`` is given.
+
+    :param ray_address: run one Ray task per unfinished cell and let Ray schedule them (``jobs``
+        is then ignored): ``"local"`` starts a Ray instance on this machine, ``"auto"`` joins the
+        cluster this machine belongs to, ``"host:port"`` or ``"ray://host:port"`` joins that one.
+        ``root`` must then be on a filesystem that this machine and every node see at the same
+        path (it is made absolute here), and every node needs this project installed. A process
+        already connected to Ray (``ray.is_initialized()``) keeps and uses its connection;
+        otherwise the connection made here is shut down on return.
+    :param ray_cpus_per_run: the CPUs Ray reserves for each cell (fractions allowed); torch in
+        the task uses that many threads.
+    :raises GridError: after every Ray task has ended, when any cell failed; it names them.
+    """
     todo = [c for c in cells if not (root / c.name / "eval.json").is_file()]
+    if ray_address is not None:
+        return _run_on_ray(todo, root, runner, ray_address, ray_cpus_per_run)
     if jobs <= 1:
         return [runner(c, root) for c in todo]
     threads = max(1, (os.cpu_count() or 1) // jobs)
@@ -163,6 +183,76 @@ def _limit_threads(threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
+
+
+class GridError(RuntimeError):
+    """Cells of a grid failed; ``failures`` maps each failed cell's name to its exception."""
+
+    def __init__(self, failures: dict[str, BaseException], total: int) -> None:
+        self.failures = failures
+        listing = "; ".join(f"{name}: {type(e).__name__}: {e}" for name, e in failures.items())
+        super().__init__(
+            f"{len(failures)} of {total} benchmark cells failed (rerun to retry them; finished "
+            f"cells are kept): {listing}"
+        )
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError as err:
+        raise ImportError(
+            "running the grid on Ray needs the 'ray' package from the 'bench' extra: "
+            "pip install -e '.[bench]'"
+        ) from err
+    return ray
+
+
+def _run_on_ray(
+    todo: Sequence[Cell],
+    root: Path,
+    runner: Callable[[Cell, Path], Path],
+    address: str,
+    cpus_per_run: float,
+) -> list[Path]:
+    """One Ray task per cell, all submitted at once; waits for every one of them."""
+    if cpus_per_run <= 0:
+        raise ValueError(f"ray_cpus_per_run must be positive, not {cpus_per_run}")
+    if not todo:
+        return []
+    ray = _import_ray()
+    connect = not ray.is_initialized()
+    if connect:
+        ray.init(address=address)
+    try:
+        task = ray.remote(num_cpus=cpus_per_run)(_ray_task)
+        # a worker's working directory need not be ours
+        root = root.absolute()
+        threads = max(1, int(cpus_per_run))
+        refs = [task.remote(runner, cell, root, threads) for cell in todo]
+        results: list[Path] = []
+        failures: dict[str, BaseException] = {}
+        first_error: BaseException | None = None
+        for cell, ref in zip(todo, refs, strict=True):
+            try:
+                results.append(ray.get(ref))
+            except ray.exceptions.RayError as err:
+                # a RayTaskError wraps the cell's own exception (and carries the remote
+                # traceback in its message); a dead worker's error has no cause
+                failures[cell.name] = getattr(err, "cause", None) or err
+                first_error = first_error or err
+    finally:
+        if connect:
+            ray.shutdown()
+    if failures:
+        raise GridError(failures, len(todo)) from first_error
+    return results
+
+
+def _ray_task(runner: Callable[[Cell, Path], Path], cell: Cell, root: Path, threads: int) -> Path:
+    """A cell inside a Ray worker, torch held to the CPUs Ray reserved for it."""
+    _limit_threads(threads)
+    return runner(cell, root)
 
 
 def collect(root: Path) -> list[dict[str, Any]]:

@@ -2,10 +2,14 @@
 
     python scripts/benchmark.py --suite quick --seeds 5 --jobs 2      # run (resumable)
     python scripts/benchmark.py --suite quick --report                # aggregate only
+    python scripts/benchmark.py --suite full --ray-address auto --root /shared/benchmark  # on Ray
 
 Runs land in ``runs/benchmark/<suite>/``; the report (IQM with bootstrap 95% intervals of
 per-env normalised returns, per split) is printed and written next to them as ``results.md``
-and ``results.json``. Needs the ``bench`` extra for the statistics.
+and ``results.json``. Needs the ``bench`` extra for the statistics and for Ray. With
+``--ray-address`` every run is a Ray task scheduled by Ray; ``--root`` must then be on a filesystem
+that every node sees at the same path, and every node needs this project installed. (A cluster
+using Ray's token authentication wants ``RAY_AUTH_MODE=token`` and its token here, too.)
 """
 
 from __future__ import annotations
@@ -27,17 +31,42 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--variants", nargs="*", default=None, help=f"default: all of {list(VARIANTS)}")
     p.add_argument("--envs", nargs="*", default=None, help="only these env ids of the suite")
-    p.add_argument("--jobs", type=int, default=1, help="runs in parallel (processes)")
+    p.add_argument("--jobs", type=int, default=1, help="runs in parallel (local processes)")
+    p.add_argument(
+        "--ray-address",
+        metavar="ADDR",
+        default=None,
+        help="run on Ray instead of local processes: 'local' starts an instance here, 'auto' joins "
+        "this machine's cluster, host:port or ray://host:port that cluster; --root must be on a "
+        "filesystem every node sees at the same path, and every node needs hyperrl installed",
+    )
+    p.add_argument(
+        "--ray-cpus-per-run",
+        metavar="N",
+        type=float,
+        default=None,
+        help="CPUs Ray reserves for each run (default 1; fractions allowed)",
+    )
     p.add_argument("-n", "--timesteps", type=int, default=None, help="override every budget")
     p.add_argument("--root", default="runs/benchmark")
     p.add_argument("--report", action="store_true", help="aggregate what has finished; run nothing")
     args = p.parse_args(argv)
+    if args.ray_address is None and args.ray_cpus_per_run is not None:
+        p.error("--ray-cpus-per-run needs --ray-address")
+    if args.ray_address is not None and args.jobs != 1:
+        p.error("--jobs is for local processes; on Ray use --ray-cpus-per-run")
     root = Path(args.root) / args.suite
     try:
         if not args.report:
             cells = expand_grid(args.suite, args.seeds, args.variants, args.timesteps, args.envs)
             print(f"{len(cells)} runs under {root}")
-            run_grid(cells, root, jobs=args.jobs)
+            run_grid(
+                cells,
+                root,
+                jobs=args.jobs,
+                ray_address=args.ray_address,
+                ray_cpus_per_run=1 if args.ray_cpus_per_run is None else args.ray_cpus_per_run,
+            )
         records = collect(root)
         if not records:
             print(f"error: no finished runs under {root}", file=sys.stderr)

@@ -1,6 +1,11 @@
 """The benchmark machinery (grid, resume, aggregation), not learning outcomes."""
 
+import dataclasses
+import functools
+import importlib.util
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,6 +14,7 @@ from agents.benchmark import (
     SUITES,
     VARIANTS,
     Cell,
+    GridError,
     aggregate,
     collect,
     expand_grid,
@@ -16,6 +22,14 @@ from agents.benchmark import (
     run_cell,
     run_grid,
 )
+
+_spec = importlib.util.spec_from_file_location(
+    "benchmark_script", Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
+)
+benchmark_script = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(benchmark_script)
+
+TINY_PPO = ("n_steps:32", "batch_size:64", "n_epochs:1")
 
 
 def test_grid_expansion():
@@ -95,7 +109,7 @@ def test_one_real_cell_end_to_end(tmp_path):
         "hyper",
         0,
         256,
-        ("n_steps:32", "batch_size:64", "n_epochs:1"),
+        TINY_PPO,
     )
     run_dir = run_cell(cell, tmp_path, eval_episodes=1)
     meta = json.loads((run_dir / "meta.json").read_text())
@@ -107,3 +121,75 @@ def test_one_real_cell_end_to_end(tmp_path):
         "interpolation",
         "extrapolation",
     }
+
+
+@pytest.fixture
+def ray_module():
+    """``ray``, shut down afterwards whatever the test left connected."""
+    ray = pytest.importorskip("ray")
+    yield ray
+    ray.shutdown()
+
+
+def test_grid_on_a_local_ray_instance(ray_module, tmp_path):
+    """Real cells in Ray workers: they import the project, write the run folders; a failing cell
+    is named once the others have finished; a second call finds nothing to do."""
+    cells = [
+        dataclasses.replace(c, hyperparams=c.hyperparams + TINY_PPO)
+        for c in expand_grid(
+            "quick",
+            seeds=2,
+            variants=["hyper"],
+            timesteps=256,
+            envs=["hyperrl/ContextualCartPole-v0"],
+        )
+    ]
+    broken = dataclasses.replace(cells[0], algo="no_such_algo", seed=7)
+    runner = functools.partial(run_cell, eval_episodes=1)
+    with pytest.raises(GridError, match=r"1 of 3 .*/seed7: ValueError: unknown algorithm") as err:
+        run_grid([*cells, broken], tmp_path, runner=runner, ray_address="local")
+    assert list(err.value.failures) == [broken.name]
+    assert not ray_module.is_initialized()  # the connection run_grid made is closed
+    for cell in cells:
+        meta = json.loads((tmp_path / cell.name / "meta.json").read_text())
+        assert meta["cell"]["seed"] == cell.seed and meta["params"] > 10_000
+        assert (tmp_path / cell.name / "eval.json").is_file()
+    assert len(collect(tmp_path)) == 2
+
+    files = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+    assert run_grid(cells, tmp_path, runner=runner, ray_address="local") == []
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == files
+
+
+def test_ray_connection_of_the_caller_is_used_and_kept(ray_module, tmp_path):
+    ray_module.init(num_cpus=1, include_dashboard=False)
+    broken = Cell("hyperrl/ContextualCartPole-v0", "no_such_algo", "hyper", 0, 256)
+    with pytest.raises(GridError, match="seed0: ValueError"):
+        run_grid([broken], tmp_path, ray_address="ray://nowhere:1")  # not connected to
+    assert ray_module.is_initialized()
+
+
+def test_ray_missing_or_misconfigured(monkeypatch, tmp_path):
+    cells = expand_grid("quick", seeds=1, variants=["hyper"])
+    with pytest.raises(ValueError, match="ray_cpus_per_run must be positive"):
+        run_grid(cells, tmp_path, ray_address="local", ray_cpus_per_run=0)
+    monkeypatch.setitem(sys.modules, "ray", None)  # makes ``import ray`` fail
+    with pytest.raises(ImportError, match="'bench' extra"):
+        run_grid(cells, tmp_path, ray_address="local")
+
+
+def test_cli_passes_ray_options(monkeypatch, tmp_path, capsys):
+    calls = []
+    monkeypatch.setattr(benchmark_script, "run_grid", lambda *a, **kw: calls.append(kw))
+    argv = ["--seeds", "1", "--variants", "hyper", "--root", str(tmp_path)]
+    assert benchmark_script.main([*argv, "--ray-address", "auto", "--ray-cpus-per-run", "2"]) == 2
+    assert calls[-1] == {"jobs": 1, "ray_address": "auto", "ray_cpus_per_run": 2.0}
+    assert benchmark_script.main(argv) == 2  # nothing ran, nothing to report
+    assert calls[-1] == {"jobs": 1, "ray_address": None, "ray_cpus_per_run": 1}
+    for bad, message in [
+        (["--ray-cpus-per-run", "2"], "--ray-cpus-per-run needs --ray-address"),
+        (["--ray-address", "auto", "--jobs", "2"], "--jobs is for local processes"),
+    ]:
+        with pytest.raises(SystemExit):
+            benchmark_script.main([*argv, *bad])
+        assert message in capsys.readouterr().err
