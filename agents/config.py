@@ -33,6 +33,7 @@ META_KEYS = {
     "policy": "hyper | lowrank_hyper | film | concat | none | mlp",
     "normalize": "VecNormalize observations (not the context) and rewards",
     "env_kwargs": "keywords for gym.make",
+    "policy_kwargs": "keywords for the policy class",
 }
 _MERGED = ("policy_kwargs", "env_kwargs", "replay_buffer_kwargs")
 _SET_BY_TRAINER = {

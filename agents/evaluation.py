@@ -119,7 +119,7 @@ def evaluate_run(
         )
     )
     model = load_model(algo, model_path, device="cpu")
-    env_id = config["env"]
+    env_id = envs.cpu_twin(config["env"])  # a batched env is evaluated on its CPU twin
     env_kwargs = dict(config["hyperparams"].get("env_kwargs") or {})
     if video:
         env_kwargs["render_mode"] = "rgb_array"

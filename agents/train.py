@@ -148,6 +148,12 @@ def _config_file(
 def train(args: TrainArgs) -> Path:
     """Train (or resume) a run; returns its folder. Ctrl-C saves the model and everything needed
     to ``--resume``."""
+    if args.env in envs.BATCHED_ENVS or (
+        args.resume and read_run_config(Path(args.resume)).get("trainer") == "device"
+    ):
+        from agents.device_train import train_on_device
+
+        return train_on_device(args)
     if args.resume:
         return _resume(args)
     check_env_id(args.env)

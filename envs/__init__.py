@@ -4,12 +4,22 @@ Importing the package registers its envs with gymnasium: ``gym.make("hyperrl/...
 """
 
 from envs.context import SPLITS, ContextFeature, ContextSpace, scaled_feature
-from envs.registration import ENVS, SUITES, context_space, describe_envs, register_envs
+from envs.registration import (
+    BATCHED_ENVS,
+    ENVS,
+    SUITES,
+    context_space,
+    cpu_twin,
+    describe_envs,
+    make_batched,
+    register_envs,
+)
 from envs.wrappers import ContextualEnv
 
 register_envs()
 
 __all__ = [
+    "BATCHED_ENVS",
     "ENVS",
     "SUITES",
     "SPLITS",
@@ -17,7 +27,9 @@ __all__ = [
     "ContextSpace",
     "ContextualEnv",
     "context_space",
+    "cpu_twin",
     "describe_envs",
+    "make_batched",
     "register_envs",
     "scaled_feature",
 ]

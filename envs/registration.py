@@ -67,6 +67,48 @@ SUITES: dict[str, dict[str, Any]] = {
 }
 
 
+@dataclass(frozen=True)
+class BatchedSpec:
+    """A batched on-device env (:mod:`envs.batched`): its class, keywords, and the CPU env with
+    the same spaces and contexts, on which its runs are evaluated and filmed."""
+
+    entry_point: str
+    cpu_twin: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+#: batched envs for the on-device trainer (``train_agent.py --env <id>``); not gymnasium envs
+BATCHED_ENVS: dict[str, BatchedSpec] = {
+    f"{NAMESPACE}/TorchPendulum-v0": BatchedSpec(
+        "envs.batched:TorchPendulum", f"{NAMESPACE}/ContextualPendulum-v0"
+    ),
+}
+
+
+def make_batched(
+    env_id: str,
+    num_envs: int,
+    split: str = "train",
+    device: str = "cpu",
+    seed: int | None = None,
+    **kwargs: Any,
+):
+    """Build a batched env of :data:`BATCHED_ENVS` with ``num_envs`` worlds on ``device``."""
+    import importlib
+
+    if env_id not in BATCHED_ENVS:
+        raise ValueError(f"{env_id!r} is not a batched env; choose one of {sorted(BATCHED_ENVS)}")
+    spec = BATCHED_ENVS[env_id]
+    module, name = spec.entry_point.split(":")
+    cls = getattr(importlib.import_module(module), name)
+    return cls(num_envs=num_envs, split=split, device=device, seed=seed, **(spec.kwargs | kwargs))
+
+
+def cpu_twin(env_id: str) -> str:
+    """The gymnasium env a batched env id is evaluated on (any other id: itself)."""
+    return BATCHED_ENVS[env_id].cpu_twin if env_id in BATCHED_ENVS else env_id
+
+
 def register_envs() -> None:
     """Register every env of :data:`ENVS` and :data:`SUITES` (idempotent)."""
     for env_id, spec in ENVS.items():
@@ -81,6 +123,7 @@ def register_envs() -> None:
 
 def context_space(env_id: str) -> ContextSpace:
     """The context space of one of this package's env ids."""
+    env_id = cpu_twin(env_id)
     if env_id not in ENVS:
         raise ValueError(f"{env_id!r} is not one of this package's envs: {sorted(ENVS)}")
     return ENVS[env_id].context_space
@@ -96,6 +139,8 @@ def describe_envs() -> str:
                 f"    {f.name:<16} nominal {f.nominal:<6.4g} train {_fmt(f.train)}  "
                 f"holdout {_fmt(f.holdout)}  bounds {_fmt(f.bounds)}"
             )
+    for env_id, spec in BATCHED_ENVS.items():
+        lines.append(f"{env_id}\n    batched on-device twin of {spec.cpu_twin} (PPO on the GPU)")
     lines.append(f"{GOAL_ONLY}\n    goal only (desired_goal); FetchReach-v4 fixed for MuJoCo 4")
     for env_id, kwargs in SUITES.items():
         lines.append(

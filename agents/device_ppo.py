@@ -1,0 +1,397 @@
+"""PPO whose rollouts, storage, GAE and minibatches stay on one device (the GPU path).
+
+Read top to bottom: :class:`RunningNorm` (observation and return normalisation in torch),
+:class:`DevicePPO` (collect a rollout from a :class:`~envs.batched.BatchedContextualEnv`, compute
+advantages, update in minibatches laid out by env). The policy is an ordinary SB3 policy object
+(by default :class:`hyperrl.HyperActorCriticPolicy`) held by an ``stable_baselines3.PPO``, so the
+checkpoint this writes is what ``PPO.load`` opens and ``scripts/evaluate.py`` evaluates on the CPU
+env; ``vecnormalize.pkl`` carries the observation statistics in SB3's format.
+
+Why minibatches are laid out by env: a minibatch is every step of a subset of the worlds, so it
+holds about as many distinct contexts as worlds in it (one per episode), and a hypernetwork policy
+generates one head per distinct context instead of one per sample. During the rollout the
+policies reuse the heads generated at the first step until a world resets (``reuse_heads``).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from stable_baselines3 import PPO
+from stable_baselines3.common.logger import Logger
+
+from envs.batched import BatchedContextualEnv, Obs
+from hyperrl import HyperActorCriticPolicy
+from hyperrl.policies import norm_obs_keys
+
+
+@dataclass
+class DevicePPOConfig:
+    """PPO hyperparameters (SB3's names). A rollout is ``n_steps`` x ``num_envs`` samples, split
+    into ``n_minibatches`` minibatches of whole worlds."""
+
+    n_steps: int = 32
+    n_epochs: int = 5
+    n_minibatches: int = 4
+    learning_rate: float = 3e-4
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    clip_range: float = 0.2
+    ent_coef: float = 0.0
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    normalize_advantage: bool = True
+    normalize_obs: bool = True
+    normalize_reward: bool = True
+    clip_obs: float = 10.0
+    clip_reward: float = 10.0
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> DevicePPOConfig:
+        """:raises ValueError: naming unknown keys and the valid ones."""
+        valid = set(cls.__dataclass_fields__)
+        unknown = sorted(set(values) - valid)
+        if unknown:
+            raise ValueError(f"unknown device-PPO keys {unknown}; valid keys are {sorted(valid)}")
+        return cls(**values)
+
+
+class RunningNorm:
+    """Running mean and variance of ``(..., dim)`` samples (parallel-variance update, as SB3's
+    ``RunningMeanStd``), on the device."""
+
+    def __init__(self, shape: tuple[int, ...], device: torch.device, epsilon: float = 1e-4) -> None:
+        self.mean = torch.zeros(shape, dtype=torch.float64, device=device)
+        self.var = torch.ones(shape, dtype=torch.float64, device=device)
+        self.count = torch.tensor(epsilon, dtype=torch.float64, device=device)
+
+    def update(self, x: torch.Tensor) -> None:
+        x = x.reshape(-1, *self.mean.shape).double()
+        batch_mean, batch_var, n = x.mean(0), x.var(0, unbiased=False), x.shape[0]
+        delta, total = batch_mean - self.mean, self.count + n
+        self.mean = self.mean + delta * n / total
+        m2 = self.var * self.count + batch_var * n + delta**2 * self.count * n / total
+        self.var, self.count = m2 / total, total
+
+    def normalize(self, x: torch.Tensor, clip: float) -> torch.Tensor:
+        scaled = (x - self.mean.float()) / torch.sqrt(self.var.float() + 1e-8)
+        return scaled.clamp(-clip, clip)
+
+
+class _SpacesOnly(gym.Env):
+    """Carries the spaces SB3 needs to build a policy; never stepped."""
+
+    def __init__(self, observation_space: gym.Space, action_space: gym.Space) -> None:
+        self.observation_space, self.action_space = observation_space, action_space
+
+    def reset(self, *, seed=None, options=None):  # pragma: no cover - never called
+        raise RuntimeError("the device trainer steps its batched env, not this one")
+
+    def step(self, action):  # pragma: no cover - never called
+        raise RuntimeError("the device trainer steps its batched env, not this one")
+
+
+class DevicePPO:
+    """PPO on a batched on-device env.
+
+    :param env: the batched env (its ``device`` is where everything runs).
+    :param policy_class: an SB3 actor-critic policy class for Dict observations.
+    :param policy_kwargs: its keywords (``conditioning``, ``context_keys``, ``net_arch``...).
+    :param config: the PPO hyperparameters.
+    :param seed: seeds torch (policy init, action sampling) and the env.
+    """
+
+    def __init__(
+        self,
+        env: BatchedContextualEnv,
+        policy_class: type = HyperActorCriticPolicy,
+        policy_kwargs: dict[str, Any] | None = None,
+        config: DevicePPOConfig | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.env, self.config, self.seed = env, config or DevicePPOConfig(), seed
+        cfg, device = self.config, env.device
+        if (env.num_envs % cfg.n_minibatches) != 0:
+            raise ValueError(
+                f"num_envs ({env.num_envs}) must be a multiple of n_minibatches "
+                f"({cfg.n_minibatches}): minibatches hold whole worlds"
+            )
+        torch.manual_seed(seed)
+        # the SB3 container: policy construction, optimizer, and a checkpoint PPO.load opens
+        with warnings.catch_warnings():  # it sees one world; the batch size is for all of them
+            warnings.filterwarnings("ignore", "You have specified a mini-batch size")
+            self.model = PPO(
+                policy_class,
+                _SpacesOnly(env.observation_space, env.action_space),
+                learning_rate=cfg.learning_rate,
+                n_steps=cfg.n_steps,
+                batch_size=cfg.n_steps * env.num_envs // cfg.n_minibatches,
+                n_epochs=cfg.n_epochs,
+                gamma=cfg.gamma,
+                gae_lambda=cfg.gae_lambda,
+                clip_range=cfg.clip_range,
+                ent_coef=cfg.ent_coef,
+                vf_coef=cfg.vf_coef,
+                max_grad_norm=cfg.max_grad_norm,
+                policy_kwargs=policy_kwargs or {},
+                device=device,
+                seed=seed,
+            )
+        self.policy = self.model.policy
+        self.norm_keys = norm_obs_keys(env.observation_space) if cfg.normalize_obs else []
+        self.obs_norm = {
+            k: RunningNorm(env.observation_space[k].shape, device) for k in self.norm_keys
+        }
+        self.ret_norm = RunningNorm((), device)
+        self.returns = torch.zeros(env.num_envs, device=device)
+        self.num_timesteps = 0
+        self._obs: Obs | None = None
+
+    # --- rollout ---------------------------------------------------------------------------
+
+    def _normalize(self, obs: Obs, update: bool) -> Obs:
+        out = dict(obs)
+        for k, norm in self.obs_norm.items():
+            if update:
+                norm.update(obs[k])
+            out[k] = norm.normalize(obs[k], self.config.clip_obs)
+        return out
+
+    def _scale_reward(self, reward: torch.Tensor, done: torch.Tensor) -> torch.Tensor:
+        if not self.config.normalize_reward:
+            return reward
+        self.returns = self.returns * self.config.gamma + reward
+        self.ret_norm.update(self.returns)
+        self.returns = self.returns * ~done
+        scaled = reward / torch.sqrt(self.ret_norm.var.float() + 1e-8)
+        return scaled.clamp(-self.config.clip_reward, self.config.clip_reward)
+
+    @torch.no_grad()
+    def collect(self) -> dict[str, Any]:
+        """One rollout: ``n_steps`` steps of every world. Returns the storage, ``(T, N, ...)``
+        tensors, with advantages and returns computed by GAE, and episode statistics."""
+        cfg, env, T, N = self.config, self.env, self.config.n_steps, self.env.num_envs
+        if self._obs is None:
+            self._obs = env.reset(seed=self.seed)
+            self._episode_return = torch.zeros(N, device=env.device)
+        low = torch.as_tensor(env.action_space.low, device=env.device)
+        high = torch.as_tensor(env.action_space.high, device=env.device)
+        obs_buf = {k: torch.empty(T, *v.shape, device=env.device) for k, v in self._obs.items()}
+        actions_buf = torch.empty(T, N, *env.action_space.shape, device=env.device)
+        logp_buf, values_buf, rewards_buf, dones_buf = (
+            torch.empty(T, N, device=env.device) for _ in range(4)
+        )
+        finished_sum = torch.zeros((), device=env.device)
+        finished_n = torch.zeros((), device=env.device)
+        self.policy.set_training_mode(False)
+        for t in range(T):
+            obs = self._normalize(self._obs, update=True)
+            actions, values, logp = self.policy(obs)
+            next_obs, reward, terminated, truncated, info = env.step(
+                torch.maximum(torch.minimum(actions, high), low)
+            )
+            done = terminated | truncated
+            self._episode_return += reward
+            finished_sum += (self._episode_return * done).sum()
+            finished_n += done.sum()
+            self._episode_return *= ~done
+            # a truncated episode goes on in value: bootstrap from its last observation
+            final_values = self.policy.predict_values(
+                self._normalize(info["final_observation"], update=False)
+            ).flatten()
+            reward = self._scale_reward(reward, done)
+            reward = reward + cfg.gamma * final_values * truncated
+            for k in obs_buf:
+                obs_buf[k][t] = obs[k]
+            actions_buf[t], logp_buf[t], values_buf[t] = actions, logp, values.flatten()
+            rewards_buf[t], dones_buf[t] = reward, done.float()
+            self._obs = next_obs
+        last_values = self.policy.predict_values(self._normalize(self._obs, update=False)).flatten()
+        advantages = gae(rewards_buf, values_buf, dones_buf, last_values, cfg.gamma, cfg.gae_lambda)
+        self.num_timesteps += T * N
+        return {
+            "obs": obs_buf,
+            "actions": actions_buf,
+            "logp": logp_buf,
+            "values": values_buf,
+            "advantages": advantages,
+            "returns": advantages + values_buf,
+            "episode_return_sum": finished_sum,
+            "episodes": finished_n,
+        }
+
+    # --- update ----------------------------------------------------------------------------
+
+    def update(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """``n_epochs`` passes over the rollout in minibatches of whole worlds (env-major)."""
+        cfg, N = self.config, self.env.num_envs
+        policy, optimizer = self.policy, self.policy.optimizer
+        policy.set_training_mode(True)
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.learning_rate
+        per_mb = N // cfg.n_minibatches
+        stats: dict[str, list[torch.Tensor]] = {
+            k: [] for k in ("policy", "value", "entropy", "clip")
+        }
+        for _ in range(cfg.n_epochs):
+            perm = torch.randperm(N, device=self.env.device)
+            for i in range(cfg.n_minibatches):
+                worlds = perm[i * per_mb : (i + 1) * per_mb]
+                mb = {
+                    k: _env_major(v, worlds)
+                    for k, v in batch.items()
+                    if k != "obs" and torch.is_tensor(v) and v.dim() >= 2
+                }
+                obs = {k: _env_major(v, worlds) for k, v in batch["obs"].items()}
+                values, logp, entropy = policy.evaluate_actions(obs, mb["actions"])
+                adv = mb["advantages"]
+                if cfg.normalize_advantage and adv.numel() > 1:
+                    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+                ratio = torch.exp(logp - mb["logp"])
+                clipped = torch.clamp(ratio, 1 - cfg.clip_range, 1 + cfg.clip_range)
+                policy_loss = -torch.min(adv * ratio, adv * clipped).mean()
+                value_loss = torch.nn.functional.mse_loss(mb["returns"], values.flatten())
+                entropy_loss = -entropy.mean() if entropy is not None else -(-logp).mean()
+                loss = policy_loss + cfg.ent_coef * entropy_loss + cfg.vf_coef * value_loss
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                stats["policy"].append(policy_loss.detach())
+                stats["value"].append(value_loss.detach())
+                stats["entropy"].append(-entropy_loss.detach())
+                stats["clip"].append(((ratio - 1).abs() > cfg.clip_range).float().mean().detach())
+        return {k: torch.stack(v).mean() for k, v in stats.items()}
+
+    # --- loop ------------------------------------------------------------------------------
+
+    def learn(
+        self,
+        total_timesteps: int,
+        logger: Logger | None = None,
+        callback: Callable[[DevicePPO, dict[str, float]], bool | None] | None = None,
+        progress_bar: bool = False,
+    ) -> DevicePPO:
+        """Alternate rollouts and updates until ``total_timesteps`` env steps more.
+
+        :param logger: an SB3 logger (TensorBoard): ``rollout/ep_rew_mean``, ``train/*``,
+            ``time/fps`` once per rollout (the only host sync of the loop).
+        :param callback: called after every update with the logged values; ``False`` stops.
+        """
+        target = self.num_timesteps + total_timesteps
+        per_rollout = self.config.n_steps * self.env.num_envs
+        bar = _progress(total_timesteps) if progress_bar else None
+        start, start_steps = time.perf_counter(), self.num_timesteps
+        while self.num_timesteps < target:
+            batch = self.collect()
+            losses = self.update(batch)
+            episodes = float(batch["episodes"])
+            values = {
+                "rollout/ep_rew_mean": float(batch["episode_return_sum"]) / episodes
+                if episodes
+                else float("nan"),
+                "time/fps": (self.num_timesteps - start_steps) / (time.perf_counter() - start),
+                **{
+                    f"train/{k}_loss" if k != "clip" else "train/clip_fraction": float(v)
+                    for k, v in losses.items()
+                },
+            }
+            if logger is not None:
+                for key, value in values.items():
+                    if not (key == "rollout/ep_rew_mean" and np.isnan(value)):
+                        logger.record(key, value)
+                logger.dump(self.num_timesteps)
+            if bar is not None:
+                bar.update(per_rollout)
+            if callback is not None and callback(self, values) is False:
+                break
+        if bar is not None:
+            bar.close()
+        self.model.num_timesteps = self.num_timesteps
+        return self
+
+    # --- checkpoints -----------------------------------------------------------------------
+
+    def save(self, run_dir: str | Path, cpu_env: gym.Env | None = None) -> None:
+        """``model.zip`` (``PPO.load`` opens it) and, with observation normalisation,
+        ``vecnormalize.pkl`` built around ``cpu_env`` (the CPU twin evaluation runs on)."""
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.model.num_timesteps = self.num_timesteps
+        self.model.save(run_dir / "model.zip")
+        if self.obs_norm and cpu_env is not None:
+            self.vecnormalize(cpu_env).save(str(run_dir / "vecnormalize.pkl"))
+
+    def vecnormalize(self, cpu_env: gym.Env):
+        """An SB3 ``VecNormalize`` around ``cpu_env`` holding this trainer's statistics."""
+        from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+        vec = VecNormalize(
+            DummyVecEnv([lambda: cpu_env]),
+            norm_obs_keys=self.norm_keys,
+            training=False,
+            norm_reward=self.config.normalize_reward,
+            clip_obs=self.config.clip_obs,
+            clip_reward=self.config.clip_reward,
+            gamma=self.config.gamma,
+        )
+        for k, norm in self.obs_norm.items():
+            vec.obs_rms[k].mean = norm.mean.cpu().numpy()
+            vec.obs_rms[k].var = norm.var.cpu().numpy()
+            vec.obs_rms[k].count = float(norm.count)
+        vec.ret_rms.mean = float(self.ret_norm.mean)
+        vec.ret_rms.var = float(self.ret_norm.var)
+        vec.ret_rms.count = float(self.ret_norm.count)
+        return vec
+
+    def norm_state(self) -> dict[str, Any]:
+        """The normalisation statistics (for resuming)."""
+        norms = {"ret": self.ret_norm, **{f"obs.{k}": v for k, v in self.obs_norm.items()}}
+        return {k: (n.mean, n.var, n.count) for k, n in norms.items()}
+
+    def load_norm_state(self, state: dict[str, Any]) -> None:
+        norms = {"ret": self.ret_norm, **{f"obs.{k}": v for k, v in self.obs_norm.items()}}
+        for k, (mean, var, count) in state.items():
+            norms[k].mean, norms[k].var, norms[k].count = mean, var, count
+
+
+def gae(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    dones: torch.Tensor,
+    last_values: torch.Tensor,
+    gamma: float,
+    lam: float,
+) -> torch.Tensor:
+    """Generalised advantage estimates, ``(T, N)``. ``dones[t]`` marks that the step ``t`` ended
+    its episode, so nothing after it flows back (truncations are bootstrapped in the reward)."""
+    advantages = torch.empty_like(rewards)
+    running = torch.zeros_like(last_values)
+    next_values = last_values
+    for t in reversed(range(rewards.shape[0])):
+        live = 1.0 - dones[t]
+        delta = rewards[t] + gamma * next_values * live - values[t]
+        running = delta + gamma * lam * live * running
+        advantages[t] = running
+        next_values = values[t]
+    return advantages
+
+
+def _env_major(x: torch.Tensor, worlds: torch.Tensor) -> torch.Tensor:
+    """``(T, N, ...)`` -> ``(len(worlds) * T, ...)``: each world's steps contiguous."""
+    picked = x[:, worlds].transpose(0, 1)
+    return picked.reshape(-1, *x.shape[2:])
+
+
+def _progress(total: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="step", unit_scale=True, dynamic_ncols=True)

@@ -1,0 +1,200 @@
+"""The run folder around :class:`agents.device_ppo.DevicePPO`: what ``train_agent.py`` does when
+``--env`` names a batched env (:data:`envs.BATCHED_ENVS`).
+
+Same folder as the SB3 path (``config.yml``, ``contexts.yml``, ``model.zip``, ``best_model.zip``,
+``vecnormalize.pkl``, ``checkpoints/``, ``tb/``), so ``scripts/evaluate.py`` evaluates and films
+the run on the batched env's CPU twin. Evaluation during training runs on batched envs of each
+split (one deterministic episode per world), logged as ``eval/<split>_return``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from stable_baselines3 import PPO
+from stable_baselines3.common.logger import configure
+
+import envs
+from agents.algos import policy_for
+from agents.config import resolve
+from agents.device_ppo import DevicePPO, DevicePPOConfig
+from envs.batched import BatchedContextualEnv
+
+
+def device_of(name: str) -> str:
+    """``auto`` -> ``cuda`` when there is one, else ``cpu``."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def build(
+    env_id: str, config: dict[str, Any], n_envs: int, policy_name: str, device: str, seed: int
+) -> DevicePPO:
+    """The batched env and the trainer for a resolved config (validated keys)."""
+    config = dict(config)
+    env_kwargs = config.pop("env_kwargs", None) or {}
+    if "normalize" in config:  # the SB3 path's switch: observations and rewards
+        config["normalize_obs"] = config["normalize_reward"] = bool(config.pop("normalize"))
+    extra_policy_kwargs = config.pop("policy_kwargs", None) or {}
+    env = envs.make_batched(env_id, n_envs, "train", device, seed, **env_kwargs)
+    policy, policy_kwargs = policy_for(PPO, policy_name, env, env_id)
+    if isinstance(policy, str):
+        from stable_baselines3.common.policies import MultiInputActorCriticPolicy
+
+        policy = MultiInputActorCriticPolicy
+    return DevicePPO(
+        env,
+        policy,
+        policy_kwargs | extra_policy_kwargs,
+        DevicePPOConfig.from_dict(config),
+        seed=seed,
+    )
+
+
+def evaluate_batched(algo: DevicePPO, env: BatchedContextualEnv, seed: int = 1000) -> float:
+    """Mean return of one deterministic episode in each world of ``env`` (its split)."""
+    worlds = env.num_envs
+    obs = env.reset(seed=seed)
+    total = torch.zeros(worlds, device=env.device)
+    live = torch.ones(worlds, dtype=torch.bool, device=env.device)
+    low = torch.as_tensor(env.action_space.low, device=env.device)
+    high = torch.as_tensor(env.action_space.high, device=env.device)
+    algo.policy.set_training_mode(False)
+    with torch.no_grad():
+        for _ in range(env.max_episode_steps):
+            actions = algo.policy._predict(algo._normalize(obs, update=False), deterministic=True)
+            obs, reward, terminated, truncated, _ = env.step(
+                torch.maximum(torch.minimum(actions, high), low)
+            )
+            total += reward * live
+            live &= ~(terminated | truncated)
+            if not bool(live.any()):
+                break
+    return float(total.mean())
+
+
+def train_on_device(args, run_dir: Path | None = None) -> Path:
+    """Train (or, with ``args.resume``, continue) a device-PPO run; Ctrl-C saves."""
+    from agents.train import _tensorboard_dir, new_run_dir, read_run_config
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        saved = read_run_config(run_dir)
+    else:
+        if args.algo != "ppo":
+            raise ValueError(
+                f"batched env {args.env} trains with --algo ppo (the on-device trainer), "
+                f"not {args.algo!r}; use its CPU twin {envs.cpu_twin(args.env)} for SB3 algorithms"
+            )
+        config = resolve(args.env, "ppo", DevicePPOConfig, args.conf_file, _overrides(args))
+        n_timesteps = int(args.timesteps or config.pop("n_timesteps", 1_000_000))
+        n_envs = int(args.n_envs or config.pop("n_envs", 4096))
+        config.pop("n_timesteps", None), config.pop("n_envs", None)
+        saved = {
+            "algo": "ppo",
+            "env": args.env,
+            "policy": args.policy or config.pop("policy", "hyper"),
+            "n_timesteps": n_timesteps,
+            "n_envs": n_envs,
+            "seed": args.seed,
+            "trainer": "device",
+            "hyperparams": config,
+        }
+        config.pop("policy", None)
+        run_dir = Path(args.run_dir) if args.run_dir else new_run_dir(Path("runs"), "ppo", args.env)
+        if (run_dir / "config.yml").exists():
+            raise ValueError(
+                f"{run_dir} already holds a run; pass --resume {run_dir} or a new --run-dir"
+            )
+    device = device_of(args.device)
+    algo = build(
+        saved["env"], saved["hyperparams"], saved["n_envs"], saved["policy"], device, saved["seed"]
+    )
+    env_kwargs = saved["hyperparams"].get("env_kwargs") or {}
+    eval_envs = (
+        {
+            split: envs.make_batched(saved["env"], 32, split, device, None, **env_kwargs)
+            for split in envs.SPLITS
+        }
+        if args.eval_freq > 0
+        else {}
+    )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if args.resume:
+        _restore(algo, run_dir)
+    else:
+        (run_dir / "config.yml").write_text(yaml.safe_dump(saved, sort_keys=False))
+        space = envs.context_space(saved["env"])
+        contexts = {
+            f.name: {k: v for k, v in dataclasses.asdict(f).items() if k != "name"}
+            for f in space.features
+        }
+        (run_dir / "contexts.yml").write_text(yaml.safe_dump(contexts, sort_keys=False))
+    tb = _tensorboard_dir(args, run_dir)
+    logger = configure(f"{tb}/run_1" if tb else None, ["tensorboard"] if tb else [])
+    cpu_env = _cpu_env(saved)
+    every = {"eval": args.eval_freq, "save": args.save_freq}
+    last = {k: algo.num_timesteps for k in every}
+    best = [-float("inf")]
+
+    def periodic(algo: DevicePPO, values: dict[str, float]) -> None:
+        if every["eval"] > 0 and algo.num_timesteps - last["eval"] >= every["eval"]:
+            last["eval"] = algo.num_timesteps
+            for split, env in eval_envs.items():
+                value = evaluate_batched(algo, env, seed=algo.seed + 1000)
+                logger.record(f"eval/{split}_return", value)
+                if split == "train" and value > best[0]:
+                    best[0] = value
+                    algo.model.num_timesteps = algo.num_timesteps
+                    algo.model.save(run_dir / "best_model.zip")
+            logger.dump(algo.num_timesteps)
+        if every["save"] > 0 and algo.num_timesteps - last["save"] >= every["save"]:
+            last["save"] = algo.num_timesteps
+            algo.save(run_dir / "checkpoints" / f"step_{algo.num_timesteps}", cpu_env)
+
+    remaining = saved["n_timesteps"] - algo.num_timesteps
+    try:
+        if remaining > 0:
+            algo.learn(remaining, logger=logger, callback=periodic, progress_bar=args.progress_bar)
+    except KeyboardInterrupt:
+        print(
+            f"\ninterrupted at {algo.num_timesteps} steps; saving. Continue with --resume {run_dir}"
+        )
+    finally:
+        algo.save(run_dir, cpu_env)
+        torch.save(
+            {"optimizer": algo.policy.optimizer.state_dict(), "norms": algo.norm_state()},
+            run_dir / "trainer_state.pt",
+        )
+    return run_dir
+
+
+def _overrides(args) -> dict[str, Any]:
+    from agents.config import parse_overrides
+
+    return parse_overrides(args.hyperparams)
+
+
+def _cpu_env(saved: dict[str, Any]):
+    import gymnasium as gym
+
+    kwargs = saved["hyperparams"].get("env_kwargs") or {}
+    return gym.make(envs.cpu_twin(saved["env"]), **kwargs)
+
+
+def _restore(algo: DevicePPO, run_dir: Path) -> None:
+    from agents.train import load_model
+
+    model = load_model(PPO, run_dir / "model.zip", device=algo.env.device)
+    algo.policy.load_state_dict(model.policy.state_dict())
+    algo.num_timesteps = algo.model.num_timesteps = model.num_timesteps
+    state_path = run_dir / "trainer_state.pt"
+    if state_path.is_file():
+        state = torch.load(state_path, map_location=algo.env.device, weights_only=False)
+        algo.policy.optimizer.load_state_dict(state["optimizer"])
+        algo.load_norm_state(state["norms"])

@@ -1,0 +1,248 @@
+"""Batched contextual envs whose state lives in torch tensors on one device (the GPU path).
+
+A :class:`BatchedContextualEnv` steps ``num_envs`` worlds at once, each with its own context drawn
+from the same :class:`~envs.context.ContextSpace` as the CPU env, and resets finished worlds by
+itself with freshly drawn contexts. Everything it returns is a tensor on ``device``; nothing goes
+through numpy, so a trainer can keep its whole loop on the GPU.
+
+The contract (shapes for ``N = num_envs``):
+
+- ``observation_space`` / ``action_space``: the *single-world* gymnasium spaces, identical to the
+  CPU env's (``Dict(observation=..., context=...)``), so the same policy class serves both;
+- ``reset(seed) -> obs``: ``{"observation": (N, obs_dim), "context": (N, k)}`` float32;
+- ``step(actions (N, act_dim)) -> obs, reward (N,), terminated (N,) bool, truncated (N,) bool,
+  info``: ``obs`` is already the first observation of the next episode for finished worlds;
+  ``info["final_observation"]`` holds every world's observation *before* that auto-reset (for
+  bootstrapping truncated episodes) and ``info["context"]`` the raw ``(N, k)`` context values
+  that produced this step.
+
+:class:`TorchPendulum` implements it for gymnasium's Pendulum-v1 in plain torch: the fast
+contextual task on which the on-device trainers are tested.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from envs.classic import PENDULUM_CONTEXT
+from envs.context import SPLITS, ContextSpace
+
+Obs = dict[str, torch.Tensor]
+
+
+def sample_contexts(
+    space: ContextSpace, n: int, split: str, generator: torch.Generator, device: torch.device
+) -> torch.Tensor:
+    """``(n, len(space))`` raw context values drawn like :meth:`ContextSpace.sample`, vectorised:
+    every feature uniform over its train pieces; for held-out splits one random feature per row
+    (among those that have such values) drawn from its held-out pieces instead."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
+    out = torch.empty(n, len(space), dtype=torch.float64)
+    for i, f in enumerate(space.features):
+        out[:, i] = _sample_pieces(_pieces(f, "train"), n, generator)
+    if split != "train":
+        held = [i for i, f in enumerate(space.features) if _pieces(f, split)]
+        if not held:
+            raise ValueError(f"no feature of this space has {split} values")
+        which = torch.tensor(held)[torch.randint(len(held), (n,), generator=generator)]
+        for i in held:
+            rows = which == i
+            values = _sample_pieces(_pieces(space.features[i], split), n, generator)
+            out[rows, i] = values[rows]
+    return out.to(device=device, dtype=torch.float32)
+
+
+def _pieces(feature, split: str) -> list[tuple[float, float]]:
+    (b0, b1), (t0, t1), (h0, h1) = feature.bounds, feature.train, feature.holdout
+    pieces = {
+        "train": [(t0, h0), (h1, t1)],
+        "interpolation": [(h0, h1)],
+        "extrapolation": [(b0, t0), (t1, b1)],
+    }[split]
+    return [(lo, hi) for lo, hi in pieces if hi > lo]
+
+
+def _sample_pieces(pieces, n: int, generator: torch.Generator) -> torch.Tensor:
+    """``(n,)`` float64 uniform over the union of ``pieces`` (by length)."""
+    lengths = torch.tensor([hi - lo for lo, hi in pieces], dtype=torch.float64)
+    starts = torch.tensor([lo for lo, _ in pieces], dtype=torch.float64)
+    # position along the concatenated pieces, then back to the piece it falls in
+    u = torch.rand(n, generator=generator, dtype=torch.float64) * lengths.sum()
+    edges = torch.cumsum(lengths, 0)
+    k = torch.searchsorted(edges, u, right=True).clamp(max=len(pieces) - 1)
+    return starts[k] + u - (edges[k] - lengths[k])
+
+
+def scale_contexts(space: ContextSpace, values: torch.Tensor) -> torch.Tensor:
+    """``(N, k)`` raw values -> what the observation carries (train interval -> [-1, 1]), as
+    :meth:`ContextSpace.to_array`."""
+    center = torch.tensor([sum(f.train) / 2 for f in space.features], device=values.device)
+    half = torch.tensor(
+        [(f.train[1] - f.train[0]) / 2 for f in space.features], device=values.device
+    )
+    return (values - center) / half
+
+
+class BatchedContextualEnv(ABC):
+    """Base class: context sampling, auto-reset and the observation dict; subclasses hold the
+    physics (:meth:`_reset_worlds`, :meth:`_step_worlds`, :meth:`_observe`).
+
+    :param num_envs: worlds stepped together.
+    :param space: the context space (the CPU env's).
+    :param split: which split contexts are drawn from at every (auto-)reset.
+    :param max_episode_steps: truncation horizon.
+    :param device: where every tensor lives.
+    :param seed: seeds the context and initial-state generator (``reset(seed=...)`` re-seeds).
+    """
+
+    observation_space: gym.spaces.Dict
+    action_space: gym.spaces.Box
+
+    def __init__(
+        self,
+        num_envs: int,
+        space: ContextSpace,
+        split: str = "train",
+        max_episode_steps: int = 1000,
+        device: str | torch.device = "cpu",
+        seed: int | None = None,
+    ) -> None:
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
+        self.num_envs, self.context_space, self.split = num_envs, space, split
+        self.max_episode_steps = max_episode_steps
+        self.device = torch.device(device)
+        self.generator = torch.Generator()
+        if seed is not None:
+            self.generator.manual_seed(seed)
+        self.contexts = torch.zeros(num_envs, len(space), device=self.device)
+        self.episode_steps = torch.zeros(num_envs, dtype=torch.long, device=self.device)
+
+    @property
+    def context_names(self) -> tuple[str, ...]:
+        return self.context_space.names
+
+    def _context_box(self) -> gym.spaces.Box:
+        low, high = self.context_space.observation_bounds()
+        return gym.spaces.Box(low, high, dtype=np.float32)
+
+    def reset(self, seed: int | None = None, contexts: torch.Tensor | None = None) -> Obs:
+        """Reset every world. ``contexts`` ``(N, k)`` raw values pins them (else drawn)."""
+        if seed is not None:
+            self.generator.manual_seed(seed)
+        everyone = torch.ones(self.num_envs, dtype=torch.bool, device=self.device)
+        self._reset(everyone, contexts)
+        return self._obs()
+
+    def step(
+        self, actions: torch.Tensor
+    ) -> tuple[Obs, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]]:
+        """Step every world with ``actions`` ``(N, act_dim)``; finished worlds auto-reset."""
+        low = torch.as_tensor(self.action_space.low, device=self.device)
+        high = torch.as_tensor(self.action_space.high, device=self.device)
+        actions = torch.maximum(torch.minimum(actions.to(self.device), high), low)
+        context = self.contexts.clone()
+        reward, terminated = self._step_worlds(actions)
+        self.episode_steps += 1
+        truncated = (self.episode_steps >= self.max_episode_steps) & ~terminated
+        final = self._obs()
+        done = terminated | truncated
+        if bool(done.any()):
+            self._reset(done, None)
+        return (
+            self._obs(),
+            reward,
+            terminated,
+            truncated,
+            {"final_observation": final, "context": context},
+        )
+
+    def _reset(self, mask: torch.Tensor, contexts: torch.Tensor | None) -> None:
+        n = int(mask.sum())
+        if contexts is None:
+            contexts = sample_contexts(
+                self.context_space, n, self.split, self.generator, self.device
+            )
+        else:
+            contexts = torch.as_tensor(contexts, dtype=torch.float32, device=self.device)
+            if contexts.shape != (n, len(self.context_space)):
+                raise ValueError(
+                    f"contexts must be ({n}, {len(self.context_space)}) raw values "
+                    f"{self.context_names}, got {tuple(contexts.shape)}"
+                )
+        self.contexts[mask] = contexts
+        self.episode_steps[mask] = 0
+        self._reset_worlds(mask)
+
+    def _obs(self) -> Obs:
+        return {
+            "observation": self._observe(),
+            "context": scale_contexts(self.context_space, self.contexts),
+        }
+
+    @abstractmethod
+    def _reset_worlds(self, mask: torch.Tensor) -> None:
+        """Draw initial states for the worlds in ``mask`` ``(N,)`` bool (contexts already set)."""
+
+    @abstractmethod
+    def _step_worlds(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Advance every world; return ``reward (N,)`` and ``terminated (N,)`` bool."""
+
+    @abstractmethod
+    def _observe(self) -> torch.Tensor:
+        """``(N, obs_dim)`` float32 observation of every world."""
+
+
+class TorchPendulum(BatchedContextualEnv):
+    """Pendulum-v1 (gravity, mass, length as context), batched in torch: same dynamics, reward,
+    initial-state distribution and 200-step horizon as :class:`envs.classic.ContextualPendulum`."""
+
+    max_speed, max_torque, dt = 8.0, 2.0, 0.05
+
+    def __init__(
+        self,
+        num_envs: int,
+        split: str = "train",
+        device: str | torch.device = "cpu",
+        seed: int | None = None,
+    ) -> None:
+        super().__init__(num_envs, PENDULUM_CONTEXT, split, 200, device, seed)
+        high = np.array([1.0, 1.0, self.max_speed], dtype=np.float32)
+        self.observation_space = gym.spaces.Dict(
+            {
+                "observation": gym.spaces.Box(-high, high, dtype=np.float32),
+                "context": self._context_box(),
+            }
+        )
+        self.action_space = gym.spaces.Box(-self.max_torque, self.max_torque, (1,), np.float32)
+        self.state = torch.zeros(num_envs, 2, device=self.device)  # theta, theta_dot
+
+    def _reset_worlds(self, mask: torch.Tensor) -> None:
+        n = int(mask.sum())
+        high = torch.tensor([math.pi, 1.0], dtype=torch.float64)
+        init = (torch.rand(n, 2, generator=self.generator, dtype=torch.float64) * 2 - 1) * high
+        self.state[mask] = init.to(self.device, torch.float32)
+
+    def _step_worlds(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        g, m, length = self.contexts.unbind(-1)
+        th, thdot = self.state.unbind(-1)
+        u = actions[:, 0]
+        angle = torch.remainder(th + math.pi, 2 * math.pi) - math.pi
+        cost = angle**2 + 0.1 * thdot**2 + 0.001 * u**2
+        thdot = thdot + (3 * g / (2 * length) * torch.sin(th) + 3.0 / (m * length**2) * u) * self.dt
+        thdot = thdot.clamp(-self.max_speed, self.max_speed)
+        self.state = torch.stack([th + thdot * self.dt, thdot], -1)
+        return -cost, torch.zeros_like(cost, dtype=torch.bool)
+
+    def _observe(self) -> torch.Tensor:
+        th, thdot = self.state.unbind(-1)
+        return torch.stack([torch.cos(th), torch.sin(th), thdot], -1)
