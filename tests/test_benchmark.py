@@ -38,6 +38,9 @@ def test_grid_expansion():
     assert len({c.name for c in cells}) == len(cells)
     chunked = [c for c in cells if c.variant == "chunked_hyper"][0]
     assert chunked.hyperparams == ("policy_kwargs:{generator: chunked}",)
+    cheetah = [c for c in cells if "HalfCheetah" in c.env and c.variant == "chunked_hyper"][0]
+    assert cheetah.hyperparams[-1] == "policy_kwargs:{generator: chunked}"
+    assert "n_envs:4" in cheetah.hyperparams  # the suite's overrides come first
     assert {c.timesteps for c in expand_grid("quick", 1, ["hyper"], timesteps=100)} == {100}
     only = expand_grid("quick", 2, envs=["hyperrl/ContextualCartPole-v0"])
     assert {c.env for c in only} == {"hyperrl/ContextualCartPole-v0"} and len(only) == 12
@@ -111,6 +114,9 @@ def test_one_real_cell_end_to_end(tmp_path):
         256,
         TINY_PPO,
     )
+    # a run killed before its first save leaves only config.yml: started over, not resumed
+    (tmp_path / cell.name).mkdir(parents=True)
+    (tmp_path / cell.name / "config.yml").write_text("algo: ppo\n")
     run_dir = run_cell(cell, tmp_path, eval_episodes=1)
     meta = json.loads((run_dir / "meta.json").read_text())
     assert meta["params"] > 10_000 and meta["train_seconds"] > 0
