@@ -23,6 +23,13 @@ from pathlib import Path
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 from agents.benchmark import SUITES, VARIANTS, aggregate, collect, expand_grid, markdown, run_grid  # noqa: E402
+from agents.benchmark_report import (  # noqa: E402
+    per_env_markdown,
+    plot_iqm,
+    plot_learning_curves,
+    plot_return_vs_context,
+    ratios_markdown,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,10 +82,15 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    table = markdown(summary)
+    table = "\n\n".join([markdown(summary), ratios_markdown(summary), per_env_markdown(records)])
     (root / "results.md").write_text(table + "\n")
-    (root / "results.json").write_text(json.dumps(summary, indent=2))
+    (root / "results.json").write_text(json.dumps(summary | {"records": records}, indent=2))
     print(table)
+    plot_iqm(summary, root / "iqm.png")
+    figures = [root / "iqm.png", *plot_return_vs_context(root, root)]
+    curves = plot_learning_curves(root, root)
+    figures += [curves] if curves else []
+    print("figures: " + ", ".join(str(f) for f in figures))
     return 0
 
 

@@ -199,3 +199,57 @@ def test_cli_passes_ray_options(monkeypatch, tmp_path, capsys):
         with pytest.raises(SystemExit):
             benchmark_script.main([*argv, *bad])
         assert message in capsys.readouterr().err
+
+
+def test_report_tables_and_figures_from_finished_cells(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    from agents.benchmark_report import (
+        _curve,
+        per_env_markdown,
+        plot_iqm,
+        plot_learning_curves,
+        plot_return_vs_context,
+        ratios_markdown,
+    )
+
+    env = "hyperrl/ContextualPendulum-v0"
+    for variant, returns in (("hyper", [-200.0, -300.0]), ("concat", [-400.0, -600.0])):
+        for seed, ret in enumerate(returns):
+            run = tmp_path / f"x/{variant}/seed{seed}"
+            (run / "tb" / "run_1").mkdir(parents=True)
+            cell = {"env": env, "variant": variant, "seed": seed, "timesteps": 100}
+            (run / "meta.json").write_text(
+                json.dumps({"cell": cell, "train_seconds": 1.0, "params": 7})
+            )
+            episodes = [
+                {
+                    "split": "train",
+                    "context": {"gravity": g, "mass": 1.0, "length": 1.0},
+                    "return": ret,
+                    "length": 200,
+                }
+                for g in (6.0, 12.0)
+            ]
+            summary = {"train": {"mean_return": ret, "std_return": 0.0, "episodes": 2}}
+            (run / "eval.json").write_text(json.dumps({"summary": summary, "episodes": episodes}))
+            with SummaryWriter(str(run / "tb" / "run_1")) as writer:
+                for step in (10, 50, 100):
+                    writer.add_scalar("rollout/ep_rew_mean", ret * 100 / step, step)
+    records = collect(tmp_path)
+    table = per_env_markdown(records)
+    # mean and standard error (std with ddof=1 over sqrt(n)) over the two seeds
+    assert "| hyper | -250.0 ± 50.0 (2) |" in table
+    assert "| concat | -500.0 ± 100.0 (2) |" in table
+    summary = aggregate(records, reps=100)
+    ratios = ratios_markdown(summary)
+    hyper, concat = (summary["splits"]["train"][v]["iqm"] for v in ("hyper", "concat"))
+    assert f"| concat | {hyper / concat:.2f} |" in ratios and "| film | – |" in ratios
+    plot_iqm(summary, tmp_path / "iqm.png")
+    figures = plot_return_vs_context(tmp_path, tmp_path)
+    curves = plot_learning_curves(tmp_path, tmp_path)
+    for path in (tmp_path / "iqm.png", *figures, curves):
+        assert path.is_file() and path.stat().st_size > 5_000
+    assert [f.name for f in figures] == ["return_vs_context_ContextualPendulum-v0.png"]
+    steps, values = _curve(tmp_path / "x/hyper/seed1")
+    assert steps.tolist() == [10, 50, 100] and values.tolist() == [-3000.0, -600.0, -300.0]

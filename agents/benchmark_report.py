@@ -1,0 +1,176 @@
+"""Figures and per-env tables of a benchmark root (see :mod:`agents.benchmark`).
+
+- :func:`per_env_markdown`: mean return +- standard error over seeds, per env, variant and split
+  (raw returns, the numbers to compare against published ones);
+- :func:`ratios_markdown`: one variant's IQM over others' (hyper / concat, hyper / FiLM);
+- :func:`plot_iqm`: the aggregate IQM with its 95 % interval per variant, a panel per split;
+- :func:`plot_return_vs_context`: per env, evaluation return against each context feature,
+  binned over the feature's bounds, a line per variant (every episode of every seed);
+- :func:`plot_learning_curves`: per env, the training return (TensorBoard ``rollout/ep_rew_mean``)
+  against env steps, mean over seeds, a line per variant.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def per_env_markdown(records: Sequence[dict[str, Any]]) -> str:
+    """A Markdown table per env: rows are variants, columns splits, ``mean ± s.e. (n)``."""
+    out = []
+    for env in sorted({r["env"] for r in records}):
+        rows = [r for r in records if r["env"] == env]
+        splits = list(dict.fromkeys(s for r in rows for s in r["returns"]))
+        out += [f"**{env}**", "", "| variant | " + " | ".join(splits) + " |"]
+        out.append("| --- |" + " ---: |" * len(splits))
+        for variant in dict.fromkeys(r["variant"] for r in rows):
+            cells = []
+            for split in splits:
+                vals = np.array([r["returns"][split] for r in rows if r["variant"] == variant])
+                se = vals.std(ddof=1) / np.sqrt(len(vals)) if len(vals) > 1 else float("nan")
+                cells.append(f"{vals.mean():.1f} ± {se:.1f} ({len(vals)})")
+            out.append(f"| {variant} | " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+def ratios_markdown(
+    summary: dict[str, Any], variant: str = "hyper", against: Sequence[str] = ("concat", "film")
+) -> str:
+    """``variant``'s IQM divided by each of ``against``'s, per split (the issue's targets)."""
+    lines = [f"| {variant} / | " + " | ".join(summary["splits"]) + " |"]
+    lines.append("| --- |" + " ---: |" * len(summary["splits"]))
+    for other in against:
+        cells = []
+        for entries in summary["splits"].values():
+            if variant in entries and other in entries and entries[other]["iqm"] > 0:
+                cells.append(f"{entries[variant]['iqm'] / entries[other]['iqm']:.2f}")
+            else:
+                cells.append("–")
+        lines.append(f"| {other} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_iqm(summary: dict[str, Any], path: Path) -> None:
+    """Horizontal IQM bars with 95 % intervals, a panel per split."""
+    plt = _pyplot()
+    splits = list(summary["splits"])
+    fig, axes = plt.subplots(1, len(splits), figsize=(4 * len(splits), 3), sharey=True)
+    for ax, split in zip(np.atleast_1d(axes), splits, strict=True):
+        entries = summary["splits"][split]
+        names = list(entries)
+        iqm = np.array([entries[v]["iqm"] for v in names])
+        ci = np.array([entries[v]["ci"] for v in names]).T
+        ax.barh(names, iqm, xerr=np.abs(ci - iqm), color="tab:blue", alpha=0.7, capsize=3)
+        ax.set_title(split)
+        ax.set_xlabel("IQM normalised return")
+        ax.set_xlim(0, 1.05)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _episodes(root: Path) -> dict[str, list[dict[str, Any]]]:
+    """env -> every evaluation episode of every finished cell, tagged with its variant."""
+    out: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for meta_path in sorted(root.rglob("meta.json")):
+        cell = json.loads(meta_path.read_text())["cell"]
+        for ep in json.loads((meta_path.parent / "eval.json").read_text())["episodes"]:
+            out[cell["env"]].append({"variant": cell["variant"], **ep})
+    return out
+
+
+def plot_return_vs_context(root: Path, out_dir: Path, bins: int = 8) -> list[Path]:
+    """One figure per env (``return_vs_context_<env>.png``), a panel per context feature."""
+    import envs
+
+    plt = _pyplot()
+    written = []
+    for env, episodes in _episodes(root).items():
+        space = envs.context_space(env)
+        fig, axes = plt.subplots(1, len(space), figsize=(4 * len(space), 3), sharey=True)
+        for ax, feature in zip(np.atleast_1d(axes), space.features, strict=True):
+            edges = np.linspace(*feature.bounds, bins + 1)
+            centers = (edges[:-1] + edges[1:]) / 2
+            for variant in dict.fromkeys(e["variant"] for e in episodes):
+                x = np.array(
+                    [e["context"][feature.name] for e in episodes if e["variant"] == variant]
+                )
+                y = np.array([e["return"] for e in episodes if e["variant"] == variant])
+                which = np.clip(np.digitize(x, edges) - 1, 0, bins - 1)
+                means = [
+                    y[which == b].mean() if (which == b).any() else np.nan for b in range(bins)
+                ]
+                ax.plot(centers, means, marker="o", ms=3, label=variant)
+            ax.axvspan(*feature.train, color="0.9", zorder=0)
+            ax.axvspan(*feature.holdout, color="0.75", zorder=0)
+            ax.set_xlabel(feature.name)
+        np.atleast_1d(axes)[0].set_ylabel("return (binned mean)")
+        np.atleast_1d(axes)[-1].legend(fontsize=7)
+        fig.suptitle(f"{env}: light = train range, dark = interpolation hole", fontsize=9)
+        fig.tight_layout()
+        path = out_dir / f"return_vs_context_{env.split('/')[-1]}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def _curve(run_dir: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    steps, values = [], []
+    for events in sorted((run_dir / "tb").rglob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(events.parent), size_guidance={"scalars": 0})
+        acc.Reload()
+        if "rollout/ep_rew_mean" in acc.Tags()["scalars"]:
+            for s in acc.Scalars("rollout/ep_rew_mean"):
+                steps.append(s.step)
+                values.append(s.value)
+    if not steps:
+        return None
+    order = np.argsort(steps)
+    return np.array(steps)[order], np.array(values)[order]
+
+
+def plot_learning_curves(root: Path, out_dir: Path, points: int = 50) -> Path | None:
+    """``learning_curves.png``: a panel per env, mean over seeds per variant."""
+    curves: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    for meta_path in sorted(root.rglob("meta.json")):
+        cell = json.loads(meta_path.read_text())["cell"]
+        curve = _curve(meta_path.parent)
+        if curve is not None:
+            curves[cell["env"]][cell["variant"]].append((cell["timesteps"], curve))
+    if not curves:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(curves), figsize=(4.5 * len(curves), 3.2))
+    for ax, (env, by_variant) in zip(np.atleast_1d(axes), sorted(curves.items()), strict=True):
+        for variant, runs in by_variant.items():
+            grid = np.linspace(0, max(t for t, _ in runs), points)
+            ys = np.array([np.interp(grid, s, v, left=np.nan) for _, (s, v) in runs])
+            ax.plot(grid, np.nanmean(ys, 0), label=variant)
+        ax.set_title(env, fontsize=9)
+        ax.set_xlabel("env steps")
+    np.atleast_1d(axes)[0].set_ylabel("training return")
+    np.atleast_1d(axes)[0].legend(fontsize=7)
+    fig.tight_layout()
+    path = out_dir / "learning_curves.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
