@@ -82,6 +82,14 @@ BATCHED_ENVS: dict[str, BatchedSpec] = {
     f"{NAMESPACE}/TorchPendulum-v0": BatchedSpec(
         "envs.batched:TorchPendulum", f"{NAMESPACE}/ContextualPendulum-v0"
     ),
+    **{
+        f"{NAMESPACE}/Warp{name}-v0": BatchedSpec(
+            "envs.warp_locomotion:WarpLocomotion",
+            f"{NAMESPACE}/Contextual{name}-v0",
+            {"env_id": f"{name}-v5", "features": tuple(PHYSICS_FEATURES)},
+        )
+        for name in ("HalfCheetah", "Hopper", "Walker2d", "Ant")
+    },
 }
 
 

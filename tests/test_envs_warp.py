@@ -1,0 +1,293 @@
+"""MuJoCo Warp locomotion (envs.warp_locomotion) against the CPU envs it mirrors, on Warp's CPU.
+
+Parity is checked step by step: before every step the CPU env's state is rounded to float32 and
+written into both simulators, then both take the same action. Free-running rollouts are not
+compared: contacts are chaotic, and the float32 / float64 gap grows past any useful tolerance
+within a few steps (from 1e-6 to 1e-2 within six steps in one HalfCheetah run). From a shared
+state the largest differences seen over these rollouts were 5e-4 in observations (joint
+velocities on contact steps: MuJoCo Warp's solver stops at a tolerance of 1e-6, MuJoCo's at
+1e-8) and 4e-6 in rewards; leaving out one context feature, or the derived masses
+(``set_const``), moves them by 0.7 or more.
+"""
+
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("mujoco_warp")
+
+from envs.batched import scale_contexts  # noqa: E402
+from envs.locomotion import PHYSICS_FEATURES, ContextualLocomotion  # noqa: E402
+from envs.warp_backend import DERIVED_FIELDS  # noqa: E402
+from envs.warp_locomotion import WarpLocomotion  # noqa: E402
+
+OBS_ATOL = 1e-3
+# float32 x positions (~5e-7 m resolution at a few metres) over dt = 0.05 give ~1e-5 alone
+REWARD_ATOL = 1e-4
+
+FEATURES = tuple(PHYSICS_FEATURES)  # gravity, mass, friction, damping, actuator
+# nominal, then two worlds with every feature off nominal (float32-exact where possible)
+CONTEXTS = np.array(
+    [
+        [9.81, 1.0, 1.0, 1.0, 1.0],
+        [6.5, 1.375, 0.625, 1.25, 0.75],
+        [13.0, 0.75, 1.5, 0.625, 1.25],
+    ],
+    dtype=np.float32,
+)
+
+
+@pytest.fixture(scope="module")
+def cheetah():
+    """One HalfCheetah Warp env for the module (the first one compiles MuJoCo Warp's kernels)."""
+    return WarpLocomotion("HalfCheetah-v5", len(CONTEXTS), seed=0)
+
+
+def named(context, features=FEATURES):
+    return {name: float(v) for name, v in zip(features, context, strict=True)}
+
+
+def cpu_envs(env_id, contexts, features=FEATURES, **kwargs):
+    """One CPU env per world, reset to that world's context."""
+    out = []
+    for i, context in enumerate(contexts):
+        env = ContextualLocomotion(env_id, features, **kwargs)
+        env.reset(seed=i, options={"context": named(context, features)})
+        out.append(env)
+    return out
+
+
+def check_parity(warp, cpus, contexts, steps, seed=0):
+    """Step every CPU env and its Warp world from the same state with the same action; return
+    the Warp observations ``(steps, N, obs_dim)``."""
+    warp.reset(contexts=torch.as_tensor(contexts))
+    rng = np.random.default_rng(seed)
+    low, high = warp.action_space.low, warp.action_space.high
+    seen = []
+    for t in range(steps):
+        qpos = np.stack([env.unwrapped.data.qpos for env in cpus]).astype(np.float32)
+        qvel = np.stack([env.unwrapped.data.qvel for env in cpus]).astype(np.float32)
+        for env, q, v in zip(cpus, qpos, qvel, strict=True):
+            env.unwrapped.set_state(q.astype(np.float64), v.astype(np.float64))
+        warp.set_state(torch.from_numpy(qpos), torch.from_numpy(qvel))
+        actions = rng.uniform(low, high, (len(cpus), len(low))).astype(np.float32)
+        _, reward, terminated, _, info = warp.step(torch.from_numpy(actions))
+        final = info["final_observation"]
+        for i, env in enumerate(cpus):
+            obs, cpu_reward, cpu_terminated, _, _ = env.step(actions[i])
+            where = f"step {t}, world {i}"
+            np.testing.assert_allclose(
+                final["observation"][i], obs["observation"], rtol=0, atol=OBS_ATOL, err_msg=where
+            )
+            np.testing.assert_allclose(final["context"][i], obs["context"], atol=1e-6)
+            assert abs(float(reward[i]) - cpu_reward) <= REWARD_ATOL, where
+            assert bool(terminated[i]) == cpu_terminated, where
+        seen.append(final["observation"].numpy())
+    return np.stack(seen)
+
+
+def test_halfcheetah_matches_the_cpu_env_step_by_step(cheetah):
+    check_parity(cheetah, cpu_envs("HalfCheetah-v5", CONTEXTS), CONTEXTS, steps=40)
+
+
+def test_task_feature_replaces_the_forward_reward():
+    contexts = np.array([[0.5], [2.75]], dtype=np.float32)
+    features = ("target_velocity",)
+    warp = WarpLocomotion("HalfCheetah-v5", len(contexts), features=features, seed=0)
+    check_parity(warp, cpu_envs("HalfCheetah-v5", contexts, features), contexts, steps=10)
+
+
+def test_context_is_written_into_the_model_and_the_derived_masses(cheetah):
+    cheetah.reset(contexts=torch.from_numpy(CONTEXTS))
+    fields = ("body_mass", "body_inertia", "geom_friction", "dof_damping", "actuator_gear")
+    for i, context in enumerate(CONTEXTS):
+        cpu = ContextualLocomotion("HalfCheetah-v5")
+        cpu.apply_context(cpu.context_space.validate(named(context)))  # runs mj_setConst
+        model = cpu.unwrapped.model
+        got = cheetah.worlds.field("gravity")[i].numpy()
+        np.testing.assert_allclose(got, model.opt.gravity, rtol=1e-6)
+        for name in fields + DERIVED_FIELDS[:4]:
+            got = cheetah.worlds.field(name)[i].numpy().reshape(-1)
+            np.testing.assert_allclose(
+                got, getattr(model, name).reshape(-1), rtol=1e-5, atol=1e-7, err_msg=name
+            )
+
+
+def test_shapes_dtypes_devices_and_spaces(cheetah):
+    n = cheetah.num_envs
+    cpu = ContextualLocomotion("HalfCheetah-v5")
+    assert cheetah.observation_space == cpu.observation_space
+    assert cheetah.action_space == cpu.action_space
+    obs = cheetah.reset(seed=3)
+    actions = torch.zeros(n, 6)
+    obs, reward, terminated, truncated, info = cheetah.step(actions)
+    for o in (obs, info["final_observation"]):
+        assert set(o) == {"observation", "context"}
+        assert o["observation"].shape == (n, 17) and o["context"].shape == (n, len(FEATURES))
+    tensors = [*obs.values(), reward, terminated, truncated, info["context"]]
+    assert all(t.device == torch.device("cpu") for t in tensors)
+    assert obs["observation"].dtype == obs["context"].dtype == reward.dtype == torch.float32
+    assert reward.shape == terminated.shape == truncated.shape == (n,)
+    assert terminated.dtype == truncated.dtype == torch.bool
+    assert info["context"].shape == (n, len(FEATURES))
+    # the state is shared with Warp, the observation is a copy of it
+    assert cheetah.worlds.qpos.data_ptr() == cheetah.worlds.data.qpos.ptr
+    assert cheetah.worlds.ctrl.data_ptr() == cheetah.worlds.data.ctrl.ptr
+    assert cheetah.worlds.field("body_mass").data_ptr() == cheetah.worlds.model.body_mass.ptr
+    before = obs["observation"].clone()
+    cheetah.step(actions)
+    assert torch.equal(obs["observation"], before)
+
+
+def test_reset_draws_states_from_the_gymnasium_noise_and_is_seeded():
+    warp = WarpLocomotion("HalfCheetah-v5", 512, features=("gravity",), seed=0)
+    obs = warp.reset(seed=5)
+    qpos, qvel = warp.worlds.qpos - torch.from_numpy(warp.mj_model.qpos0).float(), warp.worlds.qvel
+    # HalfCheetah-v5: qpos + U(-0.1, 0.1), qvel + 0.1 N(0, 1)
+    assert qpos.abs().max() <= 0.1 + 1e-6
+    assert abs(qpos.std().item() - 0.1 / np.sqrt(3)) < 0.05 * 0.1 / np.sqrt(3)
+    assert abs(qvel.std().item() - 0.1) < 0.05 * 0.1
+    assert torch.equal(obs["observation"], torch.cat([warp.worlds.qpos[:, 1:], qvel], -1))
+    again = warp.reset(seed=5)
+    assert torch.equal(again["observation"], obs["observation"])
+    assert torch.equal(again["context"], obs["context"])
+
+
+@pytest.mark.parametrize("split", ["interpolation", "extrapolation"])
+def test_auto_reset_draws_new_contexts_from_the_split(split):
+    warp = WarpLocomotion("HalfCheetah-v5", 8, split=split, seed=1, max_episode_steps=2)
+    space = warp.context_space
+    obs = warp.reset()
+    first = warp.contexts.clone()
+    assert all(space.split_of(named(c)) == split for c in first.tolist())
+    actions = torch.zeros(8, 6)
+    _, _, terminated, truncated, _ = warp.step(actions)
+    assert not truncated.any() and (warp.episode_steps == 1).all()
+    obs, _, terminated, truncated, info = warp.step(actions)
+    assert truncated.all() and not terminated.any()
+    assert (warp.episode_steps == 0).all()
+    assert torch.equal(info["context"], first)
+    assert not torch.equal(warp.contexts, first)
+    assert all(space.split_of(named(c)) == split for c in warp.contexts.tolist())
+    torch.testing.assert_close(obs["context"], scale_contexts(space, warp.contexts))
+    assert not torch.equal(obs["observation"], info["final_observation"]["observation"])
+    # the new contexts reached the physics
+    gravity = warp.worlds.field("gravity")[:, 2]
+    torch.testing.assert_close(gravity, -warp.contexts[:, 0], rtol=1e-6, atol=0)
+    mass = warp.worlds.field("body_mass")
+    torch.testing.assert_close(mass, mass[:1] / warp.contexts[:1, 1:2] * warp.contexts[:, 1:2])
+
+
+def test_clear_errors():
+    with pytest.raises(ValueError, match="supports .*HalfCheetah-v5.*not 'Humanoid-v5'"):
+        WarpLocomotion("Humanoid-v5", 2)
+    with pytest.raises(ValueError, match="unknown locomotion features \\['gravityy'\\]"):
+        WarpLocomotion("HalfCheetah-v5", 2, features=("gravityy",))
+    with pytest.raises(ValueError, match="'direction' needs an env that reports y_velocity"):
+        WarpLocomotion("HalfCheetah-v5", 2, features=("direction",))
+
+
+def test_pinned_context_out_of_bounds_names_the_feature(cheetah):
+    contexts = torch.from_numpy(CONTEXTS).clone()
+    contexts[1, 2] = 9.0
+    with pytest.raises(ValueError, match="'friction_scale'=9.0 is outside its allowed range"):
+        cheetah.reset(contexts=contexts)
+    with pytest.raises(ValueError, match="contexts must be"):
+        cheetah.reset(contexts=torch.from_numpy(CONTEXTS[:2]))
+
+
+@pytest.mark.parametrize("env_id", ["Hopper-v5", "Walker2d-v5"])
+def test_hopper_walker_match_the_cpu_env(env_id):
+    # no termination, so every world keeps its context; the healthy reward is still compared
+    kwargs = {"terminate_when_unhealthy": False}
+    warp = WarpLocomotion(env_id, len(CONTEXTS), seed=0, **kwargs)
+    check_parity(warp, cpu_envs(env_id, CONTEXTS, **kwargs), CONTEXTS, steps=40)
+
+
+@pytest.mark.parametrize("env_id", ["Hopper-v5", "Walker2d-v5"])
+def test_unhealthy_worlds_terminate_and_reset(env_id):
+    warp = WarpLocomotion(env_id, 2, seed=0)
+    (cpu,) = cpu_envs(env_id, CONTEXTS[1:2])
+    warp.reset(contexts=torch.from_numpy(CONTEXTS[1:3]))
+    pinned = warp.contexts.clone()
+    qpos = np.tile(warp.mj_model.qpos0, (2, 1)).astype(np.float32)
+    qpos[0, 2] = 1.2  # torso angle far outside both envs' healthy range
+    qvel = np.zeros((2, warp.mj_model.nv), np.float32)
+    warp.set_state(torch.from_numpy(qpos), torch.from_numpy(qvel))
+    cpu.unwrapped.set_state(qpos[0].astype(np.float64), qvel[0].astype(np.float64))
+    actions = np.zeros((2, warp.action_space.shape[0]), np.float32)
+    obs, reward, terminated, truncated, info = warp.step(torch.from_numpy(actions))
+    cpu_obs, cpu_reward, cpu_terminated, _, _ = cpu.step(actions[0])
+    assert cpu_terminated and terminated.tolist() == [True, False] and not truncated.any()
+    assert abs(float(reward[0]) - cpu_reward) <= REWARD_ATOL  # no healthy reward
+    final = info["final_observation"]["observation"][0].numpy()
+    np.testing.assert_allclose(final, cpu_obs["observation"], atol=OBS_ATOL)
+    assert warp.episode_steps.tolist() == [0, 1]
+    assert torch.equal(warp.contexts[1], pinned[1]) and not torch.equal(warp.contexts[0], pinned[0])
+    assert warp.context_space.split_of(named(warp.contexts[0].tolist())) == "train"
+    init = torch.from_numpy(warp.mj_model.qpos0).float()
+    assert (warp.worlds.qpos[0] - init).abs().max() <= 5e-3 + 1e-6  # a fresh reset state
+    nq = warp.mj_model.nq
+    assert torch.equal(obs["observation"][0, : nq - 1], warp.worlds.qpos[0, 1:])
+
+
+def test_ant_matches_the_cpu_env_with_an_elliptic_cone(tmp_path):
+    """Ant's obs (contact forces), contact cost, body-based velocity and health, step by step.
+
+    With Ant's own pyramidal friction cone MuJoCo Warp 4.0 does not match MuJoCo: for a capsule
+    touching the floor at more than 60 degrees from horizontal it takes a fixed tangent for the
+    contact frame where MuJoCo follows the capsule's axis, and a pyramid's friction depends on
+    that frame. An elliptic cone with isotropic friction is independent of it, so this test
+    compares the env code on that variant of the model.
+    """
+    xml = Path(gym.make("Ant-v5").unwrapped.fullpath).read_text()
+    xml = xml.replace('<option integrator="RK4"', '<option cone="elliptic" integrator="RK4"')
+    assert 'cone="elliptic"' in xml
+    path = tmp_path / "ant_elliptic.xml"
+    path.write_text(xml)
+    kwargs = {"terminate_when_unhealthy": False, "xml_file": str(path)}
+    warp = WarpLocomotion("Ant-v5", len(CONTEXTS), seed=0, **kwargs)
+    obs = check_parity(warp, cpu_envs("Ant-v5", CONTEXTS, **kwargs), CONTEXTS, steps=30)
+    assert np.abs(obs[..., 27:]).max() > 0.5  # contact forces were compared, not just zeros
+
+
+def test_ant_default_model_runs():
+    warp = WarpLocomotion("Ant-v5", 2, seed=0)
+    obs = warp.reset()
+    assert obs["observation"].shape == (2, 105)
+    assert not obs["observation"][:, 27:].any()  # like mj_resetData + mj_forward
+    for _ in range(20):
+        obs, reward, terminated, truncated, info = warp.step(torch.zeros(2, 8))
+    assert torch.isfinite(obs["observation"]).all() and torch.isfinite(reward).all()
+    forces = info["final_observation"]["observation"][:, 27:]
+    assert forces.abs().max() <= 1.0 and forces.any()  # clipped contact forces of the feet
+
+
+def test_train_agent_runs_device_ppo_on_warp_and_evaluates_on_the_cpu_twin(tmp_path):
+    from stable_baselines3 import PPO
+
+    from agents.evaluation import evaluate_run
+    from agents.train import TrainArgs, train
+
+    run_dir = tmp_path / "run"
+    train(
+        TrainArgs(
+            env="hyperrl/WarpHalfCheetah-v0",
+            n_envs=4,
+            timesteps=64,
+            hyperparams=["n_steps:8", "n_minibatches:2", "n_epochs:1"],
+            eval_freq=0,
+            save_freq=0,
+            progress_bar=False,
+            device="cpu",
+            run_dir=str(run_dir),
+        )
+    )
+    model = PPO.load(run_dir / "model.zip", device="cpu")
+    assert model.num_timesteps == 64
+    result = evaluate_run(run_dir, splits=["extrapolation"], episodes=1)
+    assert result["env"] == "hyperrl/ContextualHalfCheetah-v0"
+    assert result["episodes"][0]["length"] == 1000
