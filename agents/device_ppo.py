@@ -25,6 +25,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
+import torch.distributed as dist
 from stable_baselines3 import PPO
 from stable_baselines3.common.logger import Logger
 
@@ -74,8 +75,15 @@ class RunningNorm:
         self.count = torch.tensor(epsilon, dtype=torch.float64, device=device)
 
     def update(self, x: torch.Tensor) -> None:
+        """Fold in a batch; under ``torch.distributed``, the batches of every rank."""
         x = x.reshape(-1, *self.mean.shape).double()
-        batch_mean, batch_var, n = x.mean(0), x.var(0, unbiased=False), x.shape[0]
+        moments = torch.stack([torch.full_like(self.mean, x.shape[0]), x.sum(0), (x**2).sum(0)])
+        if _distributed():
+            dist.all_reduce(moments)
+        n, total_sum, total_sq = moments
+        batch_mean = total_sum / n
+        batch_var = (total_sq / n - batch_mean**2).clamp(min=0)
+        n = n.reshape(-1)[0]
         delta, total = batch_mean - self.mean, self.count + n
         self.mean = self.mean + delta * n / total
         m2 = self.var * self.count + batch_var * n + delta**2 * self.count * n / total
@@ -84,6 +92,10 @@ class RunningNorm:
     def normalize(self, x: torch.Tensor, clip: float) -> torch.Tensor:
         scaled = (x - self.mean.float()) / torch.sqrt(self.var.float() + 1e-8)
         return scaled.clamp(-clip, clip)
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 class _SpacesOnly(gym.Env):
@@ -146,6 +158,11 @@ class DevicePPO:
                 seed=seed,
             )
         self.policy = self.model.policy
+        self.rank = dist.get_rank() if _distributed() else 0
+        self.world_size = dist.get_world_size() if _distributed() else 1
+        if _distributed():  # every rank starts from rank 0's parameters
+            for tensor in self.policy.state_dict().values():
+                dist.broadcast(tensor, 0)
         self.norm_keys = norm_obs_keys(env.observation_space) if cfg.normalize_obs else []
         self.obs_norm = {
             k: RunningNorm(env.observation_space[k].shape, device) for k in self.norm_keys
@@ -180,7 +197,7 @@ class DevicePPO:
         tensors, with advantages and returns computed by GAE, and episode statistics."""
         cfg, env, T, N = self.config, self.env, self.config.n_steps, self.env.num_envs
         if self._obs is None:
-            self._obs = env.reset(seed=self.seed)
+            self._obs = env.reset(seed=self.seed + 1000 * self.rank)
             self._episode_return = torch.zeros(N, device=env.device)
         low = torch.as_tensor(env.action_space.low, device=env.device)
         high = torch.as_tensor(env.action_space.high, device=env.device)
@@ -216,7 +233,7 @@ class DevicePPO:
             self._obs = next_obs
         last_values = self.policy.predict_values(self._normalize(self._obs, update=False)).flatten()
         advantages = gae(rewards_buf, values_buf, dones_buf, last_values, cfg.gamma, cfg.gae_lambda)
-        self.num_timesteps += T * N
+        self.num_timesteps += T * N * self.world_size  # every rank's steps
         return {
             "obs": obs_buf,
             "actions": actions_buf,
@@ -263,6 +280,8 @@ class DevicePPO:
                 loss = policy_loss + cfg.ent_coef * entropy_loss + cfg.vf_coef * value_loss
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if _distributed():
+                    _average_gradients(policy)
                 torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
                 optimizer.step()
                 stats["policy"].append(policy_loss.detach())
@@ -287,12 +306,16 @@ class DevicePPO:
         :param callback: called after every update with the logged values; ``False`` stops.
         """
         target = self.num_timesteps + total_timesteps
-        per_rollout = self.config.n_steps * self.env.num_envs
+        per_rollout = self.config.n_steps * self.env.num_envs * self.world_size
         bar = _progress(total_timesteps) if progress_bar else None
         start, start_steps = time.perf_counter(), self.num_timesteps
         while self.num_timesteps < target:
             batch = self.collect()
             losses = self.update(batch)
+            if _distributed():  # episode statistics of every rank
+                episodes = torch.stack([batch["episode_return_sum"], batch["episodes"]])
+                dist.all_reduce(episodes)
+                batch["episode_return_sum"], batch["episodes"] = episodes
             episodes = float(batch["episodes"])
             values = {
                 "rollout/ep_rew_mean": float(batch["episode_return_sum"]) / episodes
@@ -383,6 +406,18 @@ def gae(
         advantages[t] = running
         next_values = values[t]
     return advantages
+
+
+def _average_gradients(module: torch.nn.Module) -> None:
+    """All-reduce the gradients as one flat buffer and divide by the world size."""
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
 
 
 def _env_major(x: torch.Tensor, worlds: torch.Tensor) -> torch.Tensor:

@@ -78,9 +78,33 @@ def evaluate_batched(algo: DevicePPO, env: BatchedContextualEnv, seed: int = 100
     return float(total.mean())
 
 
+def init_distributed(device: str) -> tuple[int, str]:
+    """Under ``torchrun`` (``WORLD_SIZE`` > 1): join the process group (NCCL on GPUs, gloo on the
+    CPU) and return ``(rank, this rank's device)``; otherwise ``(0, device)``."""
+    import os
+
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, device
+    cuda = device.startswith("cuda")
+    if cuda:
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return dist.get_rank(), device
+
+
 def train_on_device(args, run_dir: Path | None = None) -> Path:
-    """Train (or, with ``args.resume``, continue) a device-PPO run; Ctrl-C saves."""
+    """Train (or, with ``args.resume``, continue) a device-PPO run; Ctrl-C saves.
+
+    Under ``torchrun --nproc-per-node K`` every rank steps its own ``n_envs`` worlds and the
+    gradients are averaged (:class:`DevicePPO`); rank 0 writes the run folder, logs and
+    evaluates. ``n_timesteps`` counts the steps of all ranks."""
     from agents.train import _tensorboard_dir, new_run_dir, read_run_config
+
+    rank, device = init_distributed(device_of(args.device))
 
     if args.resume:
         run_dir = Path(args.resume)
@@ -107,11 +131,11 @@ def train_on_device(args, run_dir: Path | None = None) -> Path:
         }
         config.pop("policy", None)
         run_dir = Path(args.run_dir) if args.run_dir else new_run_dir(Path("runs"), "ppo", args.env)
-        if (run_dir / "config.yml").exists():
+        run_dir = _same_on_every_rank(run_dir)
+        if rank == 0 and (run_dir / "config.yml").exists():
             raise ValueError(
                 f"{run_dir} already holds a run; pass --resume {run_dir} or a new --run-dir"
             )
-    device = device_of(args.device)
     algo = build(
         saved["env"], saved["hyperparams"], saved["n_envs"], saved["policy"], device, saved["seed"]
     )
@@ -121,13 +145,16 @@ def train_on_device(args, run_dir: Path | None = None) -> Path:
             split: envs.make_batched(saved["env"], 32, split, device, None, **env_kwargs)
             for split in envs.SPLITS
         }
-        if args.eval_freq > 0
+        if args.eval_freq > 0 and rank == 0
         else {}
     )
-    run_dir.mkdir(parents=True, exist_ok=True)
     if args.resume:
         _restore(algo, run_dir)
-    else:
+    if rank != 0:  # the other ranks only step worlds and share gradients
+        algo.learn(saved["n_timesteps"] - algo.num_timesteps)
+        return run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not args.resume:
         (run_dir / "config.yml").write_text(yaml.safe_dump(saved, sort_keys=False))
         space = envs.context_space(saved["env"])
         contexts = {
@@ -172,6 +199,17 @@ def train_on_device(args, run_dir: Path | None = None) -> Path:
             run_dir / "trainer_state.pt",
         )
     return run_dir
+
+
+def _same_on_every_rank(path: Path) -> Path:
+    """Rank 0's ``path`` on every rank (a new run folder's name depends on what exists)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return path
+    box = [str(path)]
+    dist.broadcast_object_list(box, 0)
+    return Path(box[0])
 
 
 def _overrides(args) -> dict[str, Any]:
