@@ -1,0 +1,140 @@
+"""Throughput of the on-device path against SB3 PPO on the same machine.
+
+For each number of worlds: env-steps/s of the batched env alone (random actions), of a rollout
+with the hyper policy (``DevicePPO.collect``), and of training end to end (rollout + update);
+then SB3 PPO with the same hyper policy on the CPU twin (``--sb3-envs`` subprocess envs) as the
+reference. Prints a Markdown table with ratios to SB3 (``--out`` also writes it).
+
+    python scripts/bench_gpu.py --env hyperrl/WarpHalfCheetah-v0 --envs 1024 4096 16384
+    python scripts/bench_gpu.py --device cpu --envs 16 64 --steps 8 --sb3-envs 2   # a smoke run
+
+The generated-head minibatch cost alone: ``python scripts/bench_hypernet.py --sizes 64 256 256 8
+--batches 16384 --contexts 512 --device cuda`` (one head per world over its 32 samples).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import envs  # noqa: E402
+from agents.device_ppo import DevicePPO, DevicePPOConfig  # noqa: E402
+from hyperrl import HyperActorCriticPolicy  # noqa: E402
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def rate(fn: Callable[[], int], device: torch.device, repeats: int) -> float:
+    """env-steps/s of ``fn`` (which returns the env steps it took), after one warm-up call."""
+    fn()
+    _sync(device)
+    start, steps = time.perf_counter(), 0
+    for _ in range(repeats):
+        steps += fn()
+    _sync(device)
+    return steps / (time.perf_counter() - start)
+
+
+def device_rates(env_id: str, n: int, device: str, steps: int, repeats: int) -> dict[str, float]:
+    env = envs.make_batched(env_id, n, "train", device, seed=0)
+    dev = env.device
+    env.reset()
+    low = torch.as_tensor(env.action_space.low, device=dev)
+    high = torch.as_tensor(env.action_space.high, device=dev)
+
+    def physics() -> int:
+        for _ in range(steps):
+            env.step(low + (high - low) * torch.rand(n, *low.shape, device=dev))
+        return steps * n
+
+    cfg = DevicePPOConfig(n_steps=steps, n_minibatches=max(1, n * steps // 16384), n_epochs=5)
+    policy_kwargs = {"conditioning": "hyper", "context_keys": ("context",)}
+    algo = DevicePPO(env, HyperActorCriticPolicy, policy_kwargs, cfg)
+
+    def rollout() -> int:
+        algo.collect()
+        return steps * n
+
+    def train() -> int:
+        algo.update(algo.collect())
+        return steps * n
+
+    return {
+        "physics": rate(physics, dev, repeats),
+        "rollout": rate(rollout, dev, repeats),
+        "train": rate(train, dev, repeats),
+    }
+
+
+def sb3_rate(env_id: str, n_envs: int, steps: int) -> float:
+    """SB3 PPO (hyper policy, CPU envs in subprocesses, its default device choice: CPU)."""
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import SubprocVecEnv
+
+    vec_cls = SubprocVecEnv if n_envs > 1 else None
+    venv = make_vec_env(envs.cpu_twin(env_id), n_envs=n_envs, seed=0, vec_env_cls=vec_cls)
+    model = PPO(
+        HyperActorCriticPolicy,
+        venv,
+        n_steps=max(64, 2048 // n_envs),
+        batch_size=64,
+        policy_kwargs={"context_keys": ("context",)},
+        device="cpu",
+    )
+    model.learn(model.n_steps * n_envs)  # warm-up
+    start = time.perf_counter()
+    model.learn(steps, reset_num_timesteps=False)
+    seconds = time.perf_counter() - start
+    venv.close()
+    return steps / seconds
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--env", default="hyperrl/WarpHalfCheetah-v0", choices=sorted(envs.BATCHED_ENVS))
+    p.add_argument("--envs", type=int, nargs="+", default=[1024, 4096, 16384])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--steps", type=int, default=32, help="rollout length (n_steps)")
+    p.add_argument("--repeats", type=int, default=3, help="timed calls after one warm-up")
+    p.add_argument("--sb3-envs", type=int, default=16)
+    p.add_argument("--sb3-steps", type=int, default=8192)
+    p.add_argument("--out", default=None, help="also write the table here")
+    args = p.parse_args(argv)
+    reference = sb3_rate(args.env, args.sb3_envs, args.sb3_steps)
+    name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
+    lines = [
+        f"{args.env} on {args.device} ({name}), torch {torch.__version__}, rollout "
+        f"{args.steps} steps; SB3 PPO reference ({args.sb3_envs} CPU envs): {reference:,.0f} "
+        "env-steps/s",
+        "",
+        "| worlds | physics steps/s | rollout steps/s | train steps/s | train × SB3 |",
+        "| ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for n in args.envs:
+        r = device_rates(args.env, n, args.device, args.steps, args.repeats)
+        lines.append(
+            f"| {n:,} | {r['physics']:,.0f} | {r['rollout']:,.0f} | {r['train']:,.0f} | "
+            f"{r['train'] / reference:.1f} |"
+        )
+        print(lines[-1], flush=True)
+    table = "\n".join(lines)
+    print("\n" + table)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
