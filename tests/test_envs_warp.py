@@ -10,6 +10,7 @@ velocities on contact steps: MuJoCo Warp's solver stops at a tolerance of 1e-6, 
 (``set_const``), moves them by 0.7 or more.
 """
 
+import os
 from pathlib import Path
 
 import gymnasium as gym
@@ -23,6 +24,9 @@ from envs.batched import scale_contexts  # noqa: E402
 from envs.locomotion import PHYSICS_FEATURES, ContextualLocomotion  # noqa: E402
 from envs.warp_backend import DERIVED_FIELDS  # noqa: E402
 from envs.warp_locomotion import WarpLocomotion  # noqa: E402
+
+#: where the worlds run: Warp's CPU here and in CI; HYPERRL_WARP_DEVICE=cuda on a GPU machine
+DEVICE = os.environ.get("HYPERRL_WARP_DEVICE", "cpu")
 
 OBS_ATOL = 1e-3
 # float32 x positions (~5e-7 m resolution at a few metres) over dt = 0.05 give ~1e-5 alone
@@ -43,7 +47,7 @@ CONTEXTS = np.array(
 @pytest.fixture(scope="module")
 def cheetah():
     """One HalfCheetah Warp env for the module (the first one compiles MuJoCo Warp's kernels)."""
-    return WarpLocomotion("HalfCheetah-v5", len(CONTEXTS), seed=0)
+    return WarpLocomotion("HalfCheetah-v5", len(CONTEXTS), device=DEVICE, seed=0)
 
 
 def named(context, features=FEATURES):
@@ -85,7 +89,7 @@ def check_parity(warp, cpus, contexts, steps, seed=0):
             np.testing.assert_allclose(final["context"][i], obs["context"], atol=1e-6)
             assert abs(float(reward[i]) - cpu_reward) <= REWARD_ATOL, where
             assert bool(terminated[i]) == cpu_terminated, where
-        seen.append(final["observation"].numpy())
+        seen.append(final["observation"].cpu().numpy())
     return np.stack(seen)
 
 
@@ -96,7 +100,7 @@ def test_halfcheetah_matches_the_cpu_env_step_by_step(cheetah):
 def test_task_feature_replaces_the_forward_reward():
     contexts = np.array([[0.5], [2.75]], dtype=np.float32)
     features = ("target_velocity",)
-    warp = WarpLocomotion("HalfCheetah-v5", len(contexts), features=features, seed=0)
+    warp = WarpLocomotion("HalfCheetah-v5", len(contexts), features=features, device=DEVICE, seed=0)
     check_parity(warp, cpu_envs("HalfCheetah-v5", contexts, features), contexts, steps=10)
 
 
@@ -107,10 +111,10 @@ def test_context_is_written_into_the_model_and_the_derived_masses(cheetah):
         cpu = ContextualLocomotion("HalfCheetah-v5")
         cpu.apply_context(cpu.context_space.validate(named(context)))  # runs mj_setConst
         model = cpu.unwrapped.model
-        got = cheetah.worlds.field("gravity")[i].numpy()
+        got = cheetah.worlds.field("gravity")[i].cpu().numpy()
         np.testing.assert_allclose(got, model.opt.gravity, rtol=1e-6)
         for name in fields + DERIVED_FIELDS[:4]:
-            got = cheetah.worlds.field(name)[i].numpy().reshape(-1)
+            got = cheetah.worlds.field(name)[i].cpu().cpu().numpy().reshape(-1)
             np.testing.assert_allclose(
                 got, getattr(model, name).reshape(-1), rtol=1e-5, atol=1e-7, err_msg=name
             )
@@ -128,7 +132,7 @@ def test_shapes_dtypes_devices_and_spaces(cheetah):
         assert set(o) == {"observation", "context"}
         assert o["observation"].shape == (n, 17) and o["context"].shape == (n, len(FEATURES))
     tensors = [*obs.values(), reward, terminated, truncated, info["context"]]
-    assert all(t.device == torch.device("cpu") for t in tensors)
+    assert all(t.device.type == torch.device(DEVICE).type for t in tensors)
     assert obs["observation"].dtype == obs["context"].dtype == reward.dtype == torch.float32
     assert reward.shape == terminated.shape == truncated.shape == (n,)
     assert terminated.dtype == truncated.dtype == torch.bool
@@ -143,14 +147,19 @@ def test_shapes_dtypes_devices_and_spaces(cheetah):
 
 
 def test_reset_draws_states_from_the_gymnasium_noise_and_is_seeded():
-    warp = WarpLocomotion("HalfCheetah-v5", 512, features=("gravity",), seed=0)
+    warp = WarpLocomotion("HalfCheetah-v5", 512, features=("gravity",), device=DEVICE, seed=0)
     obs = warp.reset(seed=5)
-    qpos, qvel = warp.worlds.qpos - torch.from_numpy(warp.mj_model.qpos0).float(), warp.worlds.qvel
+    qpos, qvel = (
+        warp.worlds.qpos.cpu() - torch.from_numpy(warp.mj_model.qpos0).float(),
+        warp.worlds.qvel.cpu(),
+    )
     # HalfCheetah-v5: qpos + U(-0.1, 0.1), qvel + 0.1 N(0, 1)
     assert qpos.abs().max() <= 0.1 + 1e-6
     assert abs(qpos.std().item() - 0.1 / np.sqrt(3)) < 0.05 * 0.1 / np.sqrt(3)
     assert abs(qvel.std().item() - 0.1) < 0.05 * 0.1
-    assert torch.equal(obs["observation"], torch.cat([warp.worlds.qpos[:, 1:], qvel], -1))
+    assert torch.equal(
+        obs["observation"], torch.cat([warp.worlds.qpos[:, 1:], warp.worlds.qvel], -1)
+    )
     again = warp.reset(seed=5)
     assert torch.equal(again["observation"], obs["observation"])
     assert torch.equal(again["context"], obs["context"])
@@ -158,7 +167,9 @@ def test_reset_draws_states_from_the_gymnasium_noise_and_is_seeded():
 
 @pytest.mark.parametrize("split", ["interpolation", "extrapolation"])
 def test_auto_reset_draws_new_contexts_from_the_split(split):
-    warp = WarpLocomotion("HalfCheetah-v5", 8, split=split, seed=1, max_episode_steps=2)
+    warp = WarpLocomotion(
+        "HalfCheetah-v5", 8, split=split, device=DEVICE, seed=1, max_episode_steps=2
+    )
     space = warp.context_space
     obs = warp.reset()
     first = warp.contexts.clone()
@@ -203,13 +214,13 @@ def test_pinned_context_out_of_bounds_names_the_feature(cheetah):
 def test_hopper_walker_match_the_cpu_env(env_id):
     # no termination, so every world keeps its context; the healthy reward is still compared
     kwargs = {"terminate_when_unhealthy": False}
-    warp = WarpLocomotion(env_id, len(CONTEXTS), seed=0, **kwargs)
+    warp = WarpLocomotion(env_id, len(CONTEXTS), device=DEVICE, seed=0, **kwargs)
     check_parity(warp, cpu_envs(env_id, CONTEXTS, **kwargs), CONTEXTS, steps=40)
 
 
 @pytest.mark.parametrize("env_id", ["Hopper-v5", "Walker2d-v5"])
 def test_unhealthy_worlds_terminate_and_reset(env_id):
-    warp = WarpLocomotion(env_id, 2, seed=0)
+    warp = WarpLocomotion(env_id, 2, device=DEVICE, seed=0)
     (cpu,) = cpu_envs(env_id, CONTEXTS[1:2])
     warp.reset(contexts=torch.from_numpy(CONTEXTS[1:3]))
     pinned = warp.contexts.clone()
@@ -223,12 +234,12 @@ def test_unhealthy_worlds_terminate_and_reset(env_id):
     cpu_obs, cpu_reward, cpu_terminated, _, _ = cpu.step(actions[0])
     assert cpu_terminated and terminated.tolist() == [True, False] and not truncated.any()
     assert abs(float(reward[0]) - cpu_reward) <= REWARD_ATOL  # no healthy reward
-    final = info["final_observation"]["observation"][0].numpy()
+    final = info["final_observation"]["observation"][0].cpu().numpy()
     np.testing.assert_allclose(final, cpu_obs["observation"], atol=OBS_ATOL)
     assert warp.episode_steps.tolist() == [0, 1]
     assert torch.equal(warp.contexts[1], pinned[1]) and not torch.equal(warp.contexts[0], pinned[0])
     assert warp.context_space.split_of(named(warp.contexts[0].tolist())) == "train"
-    init = torch.from_numpy(warp.mj_model.qpos0).float()
+    init = torch.from_numpy(warp.mj_model.qpos0).float().to(warp.device)
     assert (warp.worlds.qpos[0] - init).abs().max() <= 5e-3 + 1e-6  # a fresh reset state
     nq = warp.mj_model.nq
     assert torch.equal(obs["observation"][0, : nq - 1], warp.worlds.qpos[0, 1:])
@@ -249,13 +260,13 @@ def test_ant_matches_the_cpu_env_with_an_elliptic_cone(tmp_path):
     path = tmp_path / "ant_elliptic.xml"
     path.write_text(xml)
     kwargs = {"terminate_when_unhealthy": False, "xml_file": str(path)}
-    warp = WarpLocomotion("Ant-v5", len(CONTEXTS), seed=0, **kwargs)
+    warp = WarpLocomotion("Ant-v5", len(CONTEXTS), device=DEVICE, seed=0, **kwargs)
     obs = check_parity(warp, cpu_envs("Ant-v5", CONTEXTS, **kwargs), CONTEXTS, steps=30)
     assert np.abs(obs[..., 27:]).max() > 0.5  # contact forces were compared, not just zeros
 
 
 def test_ant_default_model_runs():
-    warp = WarpLocomotion("Ant-v5", 2, seed=0)
+    warp = WarpLocomotion("Ant-v5", 2, device=DEVICE, seed=0)
     obs = warp.reset()
     assert obs["observation"].shape == (2, 105)
     assert not obs["observation"][:, 27:].any()  # like mj_resetData + mj_forward
@@ -282,7 +293,7 @@ def test_train_agent_runs_device_ppo_on_warp_and_evaluates_on_the_cpu_twin(tmp_p
             eval_freq=0,
             save_freq=0,
             progress_bar=False,
-            device="cpu",
+            device=DEVICE,
             run_dir=str(run_dir),
         )
     )

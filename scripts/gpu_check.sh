@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The one prepared run for a lent GPU machine (issue 6): Warp parity on CUDA, the throughput table,
+# the generated-head minibatch cost, and a short training run of hyper PPO on contextual
+# HalfCheetah. Writes everything under OUT (default: $OUT, the device tool's output folder).
+#
+#   bash ../shared/gpu/stage-warp.sh            # here, first: stages MuJoCo Warp (two uploads)
+#   bash scripts/gpu_check.sh [OUT] [TRAIN_SECONDS]   # there, after the staging commands
+#
+# Each part has its own time limit (150 + 180 + 60 + TRAIN_SECONDS s at most), so one slow part
+# cannot eat the others' budget and the whole fits one 600 s device call.
+set -uo pipefail
+out=${1:-${OUT:?give an output folder}}
+train_seconds=${2:-180}
+mkdir -p "$out"
+export MUJOCO_GL=egl PYTHONPATH=${PYTHONPATH:-/tmp/devsite:$PWD}
+log() { printf '[gpu_check %s] %s\n' "$(date +%T)" "$*" | tee -a "$out/log.txt"; }
+
+nvidia-smi > "$out/nvidia-smi.txt" 2>&1
+python -c "import torch, warp, mujoco_warp; print(torch.__version__, warp.__version__)" \
+  > "$out/versions.txt" 2>&1
+log "parity on CUDA"
+HYPERRL_WARP_DEVICE=cuda timeout 150 python -m pytest -q -x -p no:cacheprovider \
+  tests/test_envs_warp.py > "$out/parity.txt" 2>&1; log "parity rc=$?"
+log "throughput"
+timeout 180 python scripts/bench_gpu.py --envs 1024 4096 16384 --out "$out/bench_gpu.md" \
+  > "$out/bench_gpu.txt" 2>&1; log "bench rc=$?"
+timeout 60 python scripts/bench_hypernet.py --sizes 64 256 256 8 --batches 16384 \
+  --contexts 512 --device cuda > "$out/bench_hypernet.txt" 2>&1; log "hypernet rc=$?"
+log "training for ${train_seconds}s"
+timeout --signal=INT "$train_seconds" python scripts/train_agent.py \
+  --env hyperrl/WarpHalfCheetah-v0 --device cuda --eval-freq 2000000 --save-freq 0 \
+  --no-progress -f "$out/run" > "$out/train.txt" 2>&1; log "train rc=$?"
+rm -rf "$out/run/checkpoints"
+log "done"
