@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -164,7 +165,9 @@ def plot_learning_curves(root: Path, out_dir: Path, points: int = 50) -> Path | 
         for variant, runs in by_variant.items():
             grid = np.linspace(0, max(t for t, _ in runs), points)
             ys = np.array([np.interp(grid, s, v, left=np.nan) for _, (s, v) in runs])
-            ax.plot(grid, np.nanmean(ys, 0), label=variant)
+            with warnings.catch_warnings():  # before the first logged episode: nothing to average
+                warnings.simplefilter("ignore", RuntimeWarning)
+                ax.plot(grid, np.nanmean(ys, 0), label=variant)
         ax.set_title(env, fontsize=9)
         ax.set_xlabel("env steps")
     np.atleast_1d(axes)[0].set_ylabel("training return")
