@@ -163,6 +163,7 @@ class DevicePPO:
         if _distributed():  # every rank starts from rank 0's parameters
             for tensor in self.policy.state_dict().values():
                 dist.broadcast(tensor, 0)
+            torch.manual_seed(seed + self.rank)  # but explores with its own action noise
         self.norm_keys = norm_obs_keys(env.observation_space) if cfg.normalize_obs else []
         self.obs_norm = {
             k: RunningNorm(env.observation_space[k].shape, device) for k in self.norm_keys
@@ -199,8 +200,6 @@ class DevicePPO:
         if self._obs is None:
             self._obs = env.reset(seed=self.seed + 1000 * self.rank)
             self._episode_return = torch.zeros(N, device=env.device)
-        low = torch.as_tensor(env.action_space.low, device=env.device)
-        high = torch.as_tensor(env.action_space.high, device=env.device)
         obs_buf = {k: torch.empty(T, *v.shape, device=env.device) for k, v in self._obs.items()}
         actions_buf = torch.empty(T, N, *env.action_space.shape, device=env.device)
         logp_buf, values_buf, rewards_buf, dones_buf = (
@@ -212,9 +211,8 @@ class DevicePPO:
         for t in range(T):
             obs = self._normalize(self._obs, update=True)
             actions, values, logp = self.policy(obs)
-            next_obs, reward, terminated, truncated, info = env.step(
-                torch.maximum(torch.minimum(actions, high), low)
-            )
+            # the env clips to its bounds; the buffer keeps the sampled action, as SB3 does
+            next_obs, reward, terminated, truncated, info = env.step(actions)
             done = terminated | truncated
             self._episode_return += reward
             finished_sum += (self._episode_return * done).sum()
@@ -302,7 +300,8 @@ class DevicePPO:
         """Alternate rollouts and updates until ``total_timesteps`` env steps more.
 
         :param logger: an SB3 logger (TensorBoard): ``rollout/ep_rew_mean``, ``train/*``,
-            ``time/fps`` once per rollout (the only host sync of the loop).
+            ``time/fps`` once per rollout (the trainer's only host sync; the env and the
+            hyper heads' context deduplication add small ones per step).
         :param callback: called after every update with the logged values; ``False`` stops.
         """
         target = self.num_timesteps + total_timesteps

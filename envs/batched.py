@@ -2,8 +2,10 @@
 
 A :class:`BatchedContextualEnv` steps ``num_envs`` worlds at once, each with its own context drawn
 from the same :class:`~envs.context.ContextSpace` as the CPU env, and resets finished worlds by
-itself with freshly drawn contexts. Everything it returns is a tensor on ``device``; nothing goes
-through numpy, so a trainer can keep its whole loop on the GPU.
+itself with freshly drawn contexts. Everything it returns is a tensor on ``device`` and nothing goes
+through numpy. Two host synchronisations remain per step, both small: whether any world finished
+(``done.any()``), and, when one did, drawing its new contexts and initial states with a CPU
+``torch.Generator`` (seeded, so runs reproduce across devices) and copying them over.
 
 The contract (shapes for ``N = num_envs``):
 
@@ -22,6 +24,7 @@ contextual task on which the on-device trainers are tested.
 
 from __future__ import annotations
 
+import functools
 import math
 from abc import ABC, abstractmethod
 from typing import Any
@@ -127,6 +130,13 @@ class BatchedContextualEnv(ABC):
         self.contexts = torch.zeros(num_envs, len(space), device=self.device)
         self.episode_steps = torch.zeros(num_envs, dtype=torch.long, device=self.device)
 
+    @functools.cached_property
+    def action_bounds(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(low, high)`` of the action space on the device, ``(act_dim,)`` each."""
+        low = torch.as_tensor(self.action_space.low, dtype=torch.float32, device=self.device)
+        high = torch.as_tensor(self.action_space.high, dtype=torch.float32, device=self.device)
+        return low, high
+
     @property
     def context_names(self) -> tuple[str, ...]:
         return self.context_space.names
@@ -146,9 +156,9 @@ class BatchedContextualEnv(ABC):
     def step(
         self, actions: torch.Tensor
     ) -> tuple[Obs, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]]:
-        """Step every world with ``actions`` ``(N, act_dim)``; finished worlds auto-reset."""
-        low = torch.as_tensor(self.action_space.low, device=self.device)
-        high = torch.as_tensor(self.action_space.high, device=self.device)
+        """Step every world with ``actions`` ``(N, act_dim)``, clipped here to the action space;
+        finished worlds auto-reset."""
+        low, high = self.action_bounds
         actions = torch.maximum(torch.minimum(actions.to(self.device), high), low)
         context = self.contexts.clone()
         reward, terminated = self._step_worlds(actions)

@@ -13,8 +13,8 @@ given a leading world dimension; task features replace the forward reward the sa
 ``mj_setConst`` derives from masses and gears and MuJoCo Warp reads while stepping
 (:data:`envs.warp_backend.DERIVED_FIELDS`) is recomputed on the device by MuJoCo Warp's
 ``set_const`` whenever worlds reset, for every world at once (a world whose context did not
-change gets its old values back). That keeps resets on the device with no host round trip; its
-cost is a fixed number of kernel launches per reset step (dozens of small solves, independent of
+change gets its old values back). That keeps the derived masses on the device (no MjModel per
+world on the host); its cost is a fixed number of kernel launches per reset step (dozens of small solves, independent of
 the number of worlds), paid only when ``mass_scale`` or ``actuator_scale`` is a feature.
 
 Known, deliberate differences from the CPU env: the simulation is float32 (MuJoCo's is float64)

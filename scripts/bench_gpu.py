@@ -3,7 +3,9 @@
 For each number of worlds: env-steps/s of the batched env alone (random actions), of a rollout
 with the hyper policy (``DevicePPO.collect``), and of training end to end (rollout + update);
 then SB3 PPO with the same hyper policy on the CPU twin (``--sb3-envs`` subprocess envs) as the
-reference. Prints a Markdown table with ratios to SB3 (``--out`` also writes it).
+reference. Prints a Markdown table with ratios to SB3 (``--out`` also writes it). The ratio is
+of throughput under each path's own settings, not of equal work per sample: the device path
+updates 5 epochs of ~16k-sample minibatches, SB3 its defaults (10 epochs of 64 samples).
 
     python scripts/bench_gpu.py --env hyperrl/WarpHalfCheetah-v0 --envs 1024 4096 16384
     python scripts/bench_gpu.py --device cpu --envs 16 64 --steps 8 --sb3-envs 2   # a smoke run
@@ -57,7 +59,10 @@ def device_rates(env_id: str, n: int, device: str, steps: int, repeats: int) -> 
             env.step(low + (high - low) * torch.rand(n, *low.shape, device=dev))
         return steps * n
 
-    cfg = DevicePPOConfig(n_steps=steps, n_minibatches=max(1, n * steps // 16384), n_epochs=5)
+    # minibatches of about 16,384 samples, made of whole worlds
+    wanted = max(1, n * steps // 16384)
+    n_minibatches = max(k for k in range(1, wanted + 1) if n % k == 0)
+    cfg = DevicePPOConfig(n_steps=steps, n_minibatches=n_minibatches, n_epochs=5)
     policy_kwargs = {"conditioning": "hyper", "context_keys": ("context",)}
     algo = DevicePPO(env, HyperActorCriticPolicy, policy_kwargs, cfg)
 
@@ -77,7 +82,8 @@ def device_rates(env_id: str, n: int, device: str, steps: int, repeats: int) -> 
 
 
 def sb3_rate(env_id: str, n_envs: int, steps: int) -> float:
-    """SB3 PPO (hyper policy, CPU envs in subprocesses, its default device choice: CPU)."""
+    """SB3 PPO (hyper policy, CPU envs in subprocesses, the policy on the CPU: faster than CUDA
+    for SB3's one-step-at-a-time rollouts)."""
     from stable_baselines3 import PPO
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.vec_env import SubprocVecEnv

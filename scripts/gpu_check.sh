@@ -12,7 +12,9 @@ set -uo pipefail
 out=${1:-${OUT:?give an output folder}}
 train_seconds=${2:-180}
 mkdir -p "$out"
-export MUJOCO_GL=egl PYTHONPATH=${PYTHONPATH:-/tmp/devsite:$PWD}
+# where stage-warp.sh's commands unpacked MuJoCo Warp (machines with it installed need nothing)
+[ -d /tmp/devsite ] && export PYTHONPATH=/tmp/devsite:$PWD${PYTHONPATH:+:$PYTHONPATH}
+export MUJOCO_GL=egl
 log() { printf '[gpu_check %s] %s\n' "$(date +%T)" "$*" | tee -a "$out/log.txt"; }
 
 nvidia-smi > "$out/nvidia-smi.txt" 2>&1

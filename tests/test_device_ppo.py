@@ -9,7 +9,14 @@ import torch
 from stable_baselines3 import PPO
 
 import envs
-from agents.device_ppo import DevicePPO, DevicePPOConfig, RunningNorm, _env_major, gae
+from agents.device_ppo import (
+    DevicePPO,
+    DevicePPOConfig,
+    RunningNorm,
+    _average_gradients,
+    _env_major,
+    gae,
+)
 from agents.evaluation import evaluate_run
 from agents.train import TrainArgs, train
 from envs.batched import TorchPendulum, sample_contexts, scale_contexts
@@ -148,6 +155,19 @@ def test_rollout_generates_heads_once_while_contexts_stay():
     assert len(calls) == len(heads)  # without reuse: 25 calls
 
 
+def test_saved_vecnormalize_normalises_like_the_trainer():
+    algo = _trainer(n_steps=8)
+    algo.collect()
+    cpu = ContextualPendulum()
+    vec = algo.vecnormalize(cpu)
+    obs = algo.env.reset(seed=9)
+    ours = algo._normalize(obs, update=False)
+    theirs = vec.normalize_obs({k: v.numpy() for k, v in obs.items()})
+    for key in obs:  # the context passes through both untouched
+        np.testing.assert_allclose(ours[key].numpy(), theirs[key], atol=1e-5)
+    assert not np.allclose(theirs["observation"], obs["observation"].numpy())
+
+
 def test_trainer_rejects_minibatches_that_split_worlds():
     with pytest.raises(ValueError, match="multiple of n_minibatches"):
         _trainer(num_envs=10)
@@ -223,10 +243,16 @@ def _data_parallel_worker(rank: int, store: str, out: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     try:
         algo = _trainer(num_envs=16, n_steps=8, seed=0)
-        algo.learn(2 * 8 * 16)
+        algo.learn(2 * 2 * 8 * 16)  # two updates: each counts both ranks' steps
         params = torch.nn.utils.parameters_to_vector(algo.policy.parameters()).detach()
+        probe = torch.nn.Linear(3, 2)
+        for p in probe.parameters():
+            p.grad = torch.full_like(p, float(rank + 1))
+        _average_gradients(probe)
+        grads = torch.cat([p.grad.flatten() for p in probe.parameters()])
         torch.save(
-            {"params": params, "obs_mean": algo.obs_norm["observation"].mean}, f"{out}{rank}"
+            {"params": params, "obs_mean": algo.obs_norm["observation"].mean, "grads": grads},
+            f"{out}{rank}",
         )
     finally:
         dist.destroy_process_group()
@@ -242,6 +268,10 @@ def test_data_parallel_ranks_stay_in_step(tmp_path):
     rank0, rank1 = torch.load(f"{out}0"), torch.load(f"{out}1")
     assert torch.equal(rank0["params"], rank1["params"])
     assert torch.equal(rank0["obs_mean"], rank1["obs_mean"])
+    # gradients of 1 and 2 average to 1.5 on both ranks (a sum would give 3)
+    assert torch.equal(rank0["grads"], torch.full((8,), 1.5)) and torch.equal(
+        rank1["grads"], rank0["grads"]
+    )
     alone = _trainer(num_envs=16, n_steps=8, seed=0)
     initial = torch.nn.utils.parameters_to_vector(alone.policy.parameters()).detach().clone()
     alone.learn(2 * 8 * 16)

@@ -79,7 +79,7 @@ def check_parity(warp, cpus, contexts, steps, seed=0):
         warp.set_state(torch.from_numpy(qpos), torch.from_numpy(qvel))
         actions = rng.uniform(low, high, (len(cpus), len(low))).astype(np.float32)
         _, reward, terminated, _, info = warp.step(torch.from_numpy(actions))
-        final = info["final_observation"]
+        final = {k: v.cpu().numpy() for k, v in info["final_observation"].items()}
         for i, env in enumerate(cpus):
             obs, cpu_reward, cpu_terminated, _, _ = env.step(actions[i])
             where = f"step {t}, world {i}"
@@ -89,7 +89,7 @@ def check_parity(warp, cpus, contexts, steps, seed=0):
             np.testing.assert_allclose(final["context"][i], obs["context"], atol=1e-6)
             assert abs(float(reward[i]) - cpu_reward) <= REWARD_ATOL, where
             assert bool(terminated[i]) == cpu_terminated, where
-        seen.append(final["observation"].cpu().numpy())
+        seen.append(final["observation"])
     return np.stack(seen)
 
 
