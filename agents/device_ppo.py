@@ -243,6 +243,12 @@ class DevicePPO:
             "episodes": finished_n,
         }
 
+    @torch.no_grad()
+    def act(self, obs: Obs, deterministic: bool = False) -> torch.Tensor:
+        """``(N, act_dim)`` actions for raw observations (normalised here, not updating the
+        statistics)."""
+        return self.policy._predict(self._normalize(obs, update=False), deterministic)
+
     # --- update ----------------------------------------------------------------------------
 
     def update(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -343,14 +349,44 @@ class DevicePPO:
     # --- checkpoints -----------------------------------------------------------------------
 
     def save(self, run_dir: str | Path, cpu_env: gym.Env | None = None) -> None:
-        """``model.zip`` (``PPO.load`` opens it) and, with observation normalisation,
+        """``model.zip`` (``PPO.load`` opens it), ``trainer_state.pt`` (optimizer and running
+        statistics, for :meth:`restore`) and, with observation normalisation,
         ``vecnormalize.pkl`` built around ``cpu_env`` (the CPU twin evaluation runs on)."""
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         self.model.num_timesteps = self.num_timesteps
         self.model.save(run_dir / "model.zip")
+        state = {"optimizer": self.policy.optimizer.state_dict(), "norms": self.norm_state()}
+        torch.save(state, run_dir / "trainer_state.pt")
         if self.obs_norm and cpu_env is not None:
             self.vecnormalize(cpu_env).save(str(run_dir / "vecnormalize.pkl"))
+
+    def restore(self, run_dir: str | Path) -> None:
+        """Continue from what :meth:`save` wrote: parameters, step count, optimizer and running
+        statistics (from ``vecnormalize.pkl`` when ``trainer_state.pt`` is missing)."""
+        run_dir = Path(run_dir)
+        model = PPO.load(run_dir / "model.zip", device=self.env.device)
+        self.policy.load_state_dict(model.policy.state_dict())
+        self.num_timesteps = self.model.num_timesteps = model.num_timesteps
+        state_path, vec_path = run_dir / "trainer_state.pt", run_dir / "vecnormalize.pkl"
+        if state_path.is_file():
+            state = torch.load(state_path, map_location=self.env.device, weights_only=False)
+            self.policy.optimizer.load_state_dict(state["optimizer"])
+            self.load_norm_state(state["norms"])
+        elif vec_path.is_file():
+            import pickle
+
+            with open(vec_path, "rb") as f:
+                vec = pickle.load(f)
+            to = dict(dtype=torch.float64, device=self.env.device)
+            rms = {f"obs.{k}": vec.obs_rms[k] for k in self.obs_norm} | {"ret": vec.ret_rms}
+            self.load_norm_state(
+                {
+                    k: (torch.as_tensor(r.mean, **to), torch.as_tensor(r.var, **to),
+                        torch.as_tensor(r.count, **to))
+                    for k, r in rms.items()
+                }
+            )  # fmt: skip
 
     def vecnormalize(self, cpu_env: gym.Env):
         """An SB3 ``VecNormalize`` around ``cpu_env`` holding this trainer's statistics."""
@@ -375,12 +411,16 @@ class DevicePPO:
         return vec
 
     def norm_state(self) -> dict[str, Any]:
-        """The normalisation statistics (for resuming)."""
+        """The normalisation statistics (for resuming); ``"ret"`` also carries the running
+        discounted returns."""
         norms = {"ret": self.ret_norm, **{f"obs.{k}": v for k, v in self.obs_norm.items()}}
-        return {k: (n.mean, n.var, n.count) for k, n in norms.items()}
+        return {k: (n.mean, n.var, n.count) for k, n in norms.items()} | {"returns": self.returns}
 
     def load_norm_state(self, state: dict[str, Any]) -> None:
         norms = {"ret": self.ret_norm, **{f"obs.{k}": v for k, v in self.obs_norm.items()}}
+        state = dict(state)
+        if "returns" in state:
+            self.returns = state.pop("returns").to(self.env.device)
         for k, (mean, var, count) in state.items():
             norms[k].mean, norms[k].var, norms[k].count = mean, var, count
 

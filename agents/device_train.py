@@ -1,5 +1,6 @@
-"""The run folder around :class:`agents.device_ppo.DevicePPO`: what ``train_agent.py`` does when
-``--env`` names a batched env (:data:`envs.BATCHED_ENVS`).
+"""The run folder around :class:`agents.device_ppo.DevicePPO` (``--algo ppo``, the default) and
+:class:`agents.device_sac.DeviceSAC` (``--algo sac``): what ``train_agent.py`` does when ``--env``
+names a batched env (:data:`envs.BATCHED_ENVS`).
 
 Same folder as the SB3 path (``config.yml``, ``contexts.yml``, ``model.zip``, ``best_model.zip``,
 ``vecnormalize.pkl``, ``checkpoints/``, ``tb/``), so ``scripts/evaluate.py`` evaluates and films
@@ -15,14 +16,21 @@ from typing import Any
 
 import torch
 import yaml
-from stable_baselines3 import PPO
+from stable_baselines3 import PPO, SAC
 from stable_baselines3.common.logger import configure
 
 import envs
 from agents.algos import policy_for
 from agents.config import resolve
 from agents.device_ppo import DevicePPO, DevicePPOConfig
+from agents.device_sac import DeviceSAC, DeviceSACConfig
 from envs.batched import BatchedContextualEnv
+
+#: --algo -> (the SB3 class its checkpoints load with, the trainer, the trainer's config)
+TRAINERS: dict[str, tuple[type, type, type]] = {
+    "ppo": (PPO, DevicePPO, DevicePPOConfig),
+    "sac": (SAC, DeviceSAC, DeviceSACConfig),
+}
 
 
 def device_of(name: str) -> str:
@@ -33,44 +41,54 @@ def device_of(name: str) -> str:
 
 
 def build(
-    env_id: str, config: dict[str, Any], n_envs: int, policy_name: str, device: str, seed: int
-) -> DevicePPO:
-    """The batched env and the trainer for a resolved config (validated keys)."""
+    env_id: str,
+    config: dict[str, Any],
+    n_envs: int,
+    policy_name: str,
+    device: str,
+    seed: int,
+    algo: str = "ppo",
+) -> DevicePPO | DeviceSAC:
+    """The batched env and the trainer (:data:`TRAINERS`) for a resolved config."""
     config = dict(config)
+    sb3_class, trainer, config_class = TRAINERS[algo]
     env_kwargs = config.pop("env_kwargs", None) or {}
     if "normalize" in config:  # the SB3 path's switch: observations and rewards
-        config["normalize_obs"] = config["normalize_reward"] = bool(config.pop("normalize"))
+        normalize = bool(config.pop("normalize"))
+        if algo == "sac" and normalize:
+            raise ValueError("the device SAC does not normalise observations; drop 'normalize'")
+        if algo == "ppo":
+            config["normalize_obs"] = config["normalize_reward"] = normalize
     extra_policy_kwargs = config.pop("policy_kwargs", None) or {}
     env = envs.make_batched(env_id, n_envs, "train", device, seed, **env_kwargs)
-    policy, policy_kwargs = policy_for(PPO, policy_name, env, env_id)
+    policy, policy_kwargs = policy_for(sb3_class, policy_name, env, env_id)
     if isinstance(policy, str):
         from stable_baselines3.common.policies import MultiInputActorCriticPolicy
+        from stable_baselines3.sac.policies import MultiInputPolicy
 
-        policy = MultiInputActorCriticPolicy
-    return DevicePPO(
+        policy = MultiInputPolicy if algo == "sac" else MultiInputActorCriticPolicy
+    return trainer(
         env,
         policy,
         policy_kwargs | extra_policy_kwargs,
-        DevicePPOConfig.from_dict(config),
+        config_class.from_dict(config),
         seed=seed,
     )
 
 
-def evaluate_batched(algo: DevicePPO, env: BatchedContextualEnv, seed: int = 1000) -> float:
+def evaluate_batched(
+    algo: DevicePPO | DeviceSAC, env: BatchedContextualEnv, seed: int = 1000
+) -> float:
     """Mean return of one deterministic episode in each world of ``env`` (its split)."""
     worlds = env.num_envs
     obs = env.reset(seed=seed)
     total = torch.zeros(worlds, device=env.device)
     live = torch.ones(worlds, dtype=torch.bool, device=env.device)
-    low = torch.as_tensor(env.action_space.low, device=env.device)
-    high = torch.as_tensor(env.action_space.high, device=env.device)
     algo.policy.set_training_mode(False)
     with torch.no_grad():
         for _ in range(env.max_episode_steps):
-            actions = algo.policy._predict(algo._normalize(obs, update=False), deterministic=True)
-            obs, reward, terminated, truncated, _ = env.step(
-                torch.maximum(torch.minimum(actions, high), low)
-            )
+            actions = algo.act(obs, deterministic=True)
+            obs, reward, terminated, truncated, _ = env.step(actions)
             total += reward * live
             live &= ~(terminated | truncated)
             if not bool(live.any()):
@@ -97,11 +115,11 @@ def init_distributed(device: str) -> tuple[int, str]:
 
 
 def train_on_device(args, run_dir: Path | None = None) -> Path:
-    """Train (or, with ``args.resume``, continue) a device-PPO run; Ctrl-C saves.
+    """Train (or, with ``args.resume``, continue) a device-PPO or device-SAC run; Ctrl-C saves.
 
     Under ``torchrun --nproc-per-node K`` every rank steps its own ``n_envs`` worlds and the
-    gradients are averaged (:class:`DevicePPO`); rank 0 writes the run folder, logs and
-    evaluates. ``n_timesteps`` counts the steps of all ranks."""
+    gradients are averaged (:class:`DevicePPO`, :class:`DeviceSAC`); rank 0 writes the run
+    folder, logs and evaluates. ``n_timesteps`` counts the steps of all ranks."""
     from agents.train import _tensorboard_dir, new_run_dir, read_run_config
 
     rank, device = init_distributed(device_of(args.device))
@@ -110,17 +128,19 @@ def train_on_device(args, run_dir: Path | None = None) -> Path:
         run_dir = Path(args.resume)
         saved = read_run_config(run_dir)
     else:
-        if args.algo != "ppo":
+        if args.algo not in TRAINERS:
             raise ValueError(
-                f"batched env {args.env} trains with --algo ppo (the on-device trainer), "
-                f"not {args.algo!r}; use its CPU twin {envs.cpu_twin(args.env)} for SB3 algorithms"
+                f"batched env {args.env} trains with --algo ppo or --algo sac (the on-device "
+                f"trainers), not {args.algo!r}; use its CPU twin {envs.cpu_twin(args.env)} for "
+                "other SB3 algorithms"
             )
-        config = resolve(args.env, "ppo", DevicePPOConfig, args.conf_file, _overrides(args))
+        config_class = TRAINERS[args.algo][2]
+        config = resolve(args.env, args.algo, config_class, args.conf_file, _overrides(args))
         n_timesteps = int(args.timesteps or config.pop("n_timesteps", 1_000_000))
         n_envs = int(args.n_envs or config.pop("n_envs", 4096))
         config.pop("n_timesteps", None), config.pop("n_envs", None)
         saved = {
-            "algo": "ppo",
+            "algo": args.algo,
             "env": args.env,
             "policy": args.policy or config.pop("policy", "hyper"),
             "n_timesteps": n_timesteps,
@@ -130,26 +150,36 @@ def train_on_device(args, run_dir: Path | None = None) -> Path:
             "hyperparams": config,
         }
         config.pop("policy", None)
-        run_dir = Path(args.run_dir) if args.run_dir else new_run_dir(Path("runs"), "ppo", args.env)
+        run_dir = (
+            Path(args.run_dir) if args.run_dir else new_run_dir(Path("runs"), args.algo, args.env)
+        )
         run_dir = _same_on_every_rank(run_dir)
         if rank == 0 and (run_dir / "config.yml").exists():
             raise ValueError(
                 f"{run_dir} already holds a run; pass --resume {run_dir} or a new --run-dir"
             )
     algo = build(
-        saved["env"], saved["hyperparams"], saved["n_envs"], saved["policy"], device, saved["seed"]
+        saved["env"],
+        saved["hyperparams"],
+        saved["n_envs"],
+        saved["policy"],
+        device,
+        saved["seed"],
+        saved.get("algo", "ppo"),
     )
     env_kwargs = saved["hyperparams"].get("env_kwargs") or {}
     eval_envs = (
         {
-            split: envs.make_batched(saved["env"], 32, split, device, None, **env_kwargs)
+            split: envs.make_batched(
+                saved["env"], args.eval_episodes, split, device, None, **env_kwargs
+            )
             for split in envs.SPLITS
         }
         if args.eval_freq > 0 and rank == 0
         else {}
     )
     if args.resume:
-        _restore(algo, run_dir)
+        _restore(algo, run_dir, TRAINERS[saved["algo"]][0])
     if rank != 0:  # the other ranks only step worlds and share gradients
         algo.learn(saved["n_timesteps"] - algo.num_timesteps)
         return run_dir
@@ -169,7 +199,7 @@ def train_on_device(args, run_dir: Path | None = None) -> Path:
     last = {k: algo.num_timesteps for k in every}
     best = [-float("inf")]
 
-    def periodic(algo: DevicePPO, values: dict[str, float]) -> None:
+    def periodic(algo: DevicePPO | DeviceSAC, values: dict[str, float]) -> None:
         if every["eval"] > 0 and algo.num_timesteps - last["eval"] >= every["eval"]:
             last["eval"] = algo.num_timesteps
             for split, env in eval_envs.items():
@@ -194,10 +224,6 @@ def train_on_device(args, run_dir: Path | None = None) -> Path:
         )
     finally:
         algo.save(run_dir, cpu_env)
-        torch.save(
-            {"optimizer": algo.policy.optimizer.state_dict(), "norms": algo.norm_state()},
-            run_dir / "trainer_state.pt",
-        )
     return run_dir
 
 
@@ -221,18 +247,12 @@ def _overrides(args) -> dict[str, Any]:
 def _cpu_env(saved: dict[str, Any]):
     import gymnasium as gym
 
-    kwargs = saved["hyperparams"].get("env_kwargs") or {}
+    kwargs = envs.twin_kwargs(saved["env"], saved["hyperparams"].get("env_kwargs") or {})
     return gym.make(envs.cpu_twin(saved["env"]), **kwargs)
 
 
-def _restore(algo: DevicePPO, run_dir: Path) -> None:
+def _restore(algo: DevicePPO | DeviceSAC, run_dir: Path, sb3_class: type) -> None:
     from agents.train import load_model
 
-    model = load_model(PPO, run_dir / "model.zip", device=algo.env.device)
-    algo.policy.load_state_dict(model.policy.state_dict())
-    algo.num_timesteps = algo.model.num_timesteps = model.num_timesteps
-    state_path = run_dir / "trainer_state.pt"
-    if state_path.is_file():
-        state = torch.load(state_path, map_location=algo.env.device, weights_only=False)
-        algo.policy.optimizer.load_state_dict(state["optimizer"])
-        algo.load_norm_state(state["norms"])
+    load_model(sb3_class, run_dir / "model.zip", device="cpu")  # a clear error for a bad file
+    algo.restore(run_dir)

@@ -120,7 +120,7 @@ def evaluate_run(
     )
     model = load_model(algo, model_path, device="cpu")
     env_id = envs.cpu_twin(config["env"])  # a batched env is evaluated on its CPU twin
-    env_kwargs = dict(config["hyperparams"].get("env_kwargs") or {})
+    env_kwargs = envs.twin_kwargs(config["env"], config["hyperparams"].get("env_kwargs") or {})
     if video:
         env_kwargs["render_mode"] = "rgb_array"
     obs_filter = _obs_filter(run_dir)

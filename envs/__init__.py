@@ -13,6 +13,7 @@ from envs.registration import (
     describe_envs,
     make_batched,
     register_envs,
+    twin_kwargs,
 )
 from envs.wrappers import ContextualEnv
 
@@ -32,4 +33,5 @@ __all__ = [
     "make_batched",
     "register_envs",
     "scaled_feature",
+    "twin_kwargs",
 ]

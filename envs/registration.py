@@ -112,6 +112,17 @@ def make_batched(
     return cls(num_envs=num_envs, split=split, device=device, seed=seed, **(spec.kwargs | kwargs))
 
 
+#: keywords of batched envs that their CPU twins do not take (MuJoCo Warp buffer sizes)
+DEVICE_ONLY_KWARGS = ("nconmax", "njmax")
+
+
+def twin_kwargs(env_id: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``env_kwargs`` of a run, less what only its batched env takes (any other id: as given)."""
+    if env_id not in BATCHED_ENVS:
+        return dict(kwargs)
+    return {k: v for k, v in kwargs.items() if k not in DEVICE_ONLY_KWARGS}
+
+
 def cpu_twin(env_id: str) -> str:
     """The gymnasium env a batched env id is evaluated on (any other id: itself)."""
     return BATCHED_ENVS[env_id].cpu_twin if env_id in BATCHED_ENVS else env_id

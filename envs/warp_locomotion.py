@@ -14,8 +14,9 @@ given a leading world dimension; task features replace the forward reward the sa
 (:data:`envs.warp_backend.DERIVED_FIELDS`) is recomputed on the device by MuJoCo Warp's
 ``set_const`` whenever worlds reset, for every world at once (a world whose context did not
 change gets its old values back). That keeps the derived masses on the device (no MjModel per
-world on the host); its cost is a fixed number of kernel launches per reset step (dozens of small solves, independent of
-the number of worlds), paid only when ``mass_scale`` or ``actuator_scale`` is a feature.
+world on the host); its cost is a fixed number of kernel launches per reset step (dozens of
+small solves, independent of the number of worlds), paid only when ``mass_scale`` or
+``actuator_scale`` is a feature.
 
 Known, deliberate differences from the CPU env: the simulation is float32 (MuJoCo's is float64)
 and MuJoCo Warp's solver tolerance is at least 1e-6 (1e-8 in MuJoCo); the initial-state noise has

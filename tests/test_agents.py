@@ -216,10 +216,10 @@ def test_every_shipped_preset_is_valid():
         for env_id, sections in _yaml.safe_load(path.read_text()).items():
             for algo_name in sections:
                 algo, _ = algo_class(algo_name)
-                if env_id in envs.BATCHED_ENVS:  # trained by the on-device PPO
-                    from agents.device_ppo import DevicePPOConfig
+                if env_id in envs.BATCHED_ENVS:  # trained by the on-device PPO or SAC
+                    from agents.device_train import TRAINERS
 
-                    algo = DevicePPOConfig
+                    algo = TRAINERS[algo_name][2]
                 resolve(env_id, algo_name, algo, conf_file=path)
                 checked += 1
     assert checked >= 20

@@ -99,6 +99,13 @@ def test_batched_env_errors_name_the_fix():
         envs.make_batched("hyperrl/TorchPendulum-v1", 2)
 
 
+def test_cpu_twin_gets_the_run_env_kwargs_less_warp_buffer_sizes():
+    kwargs = {"nconmax": 64, "njmax": 128, "ctrl_cost_weight": 0.2}
+    assert envs.cpu_twin("hyperrl/WarpAnt-v0") == "hyperrl/ContextualAnt-v0"
+    assert envs.twin_kwargs("hyperrl/WarpAnt-v0", kwargs) == {"ctrl_cost_weight": 0.2}
+    assert envs.twin_kwargs("hyperrl/ContextualAnt-v0", kwargs) == kwargs
+
+
 def test_gae_matches_a_direct_sum():
     g = torch.Generator().manual_seed(0)
     T, N, gamma, lam = 7, 3, 0.9, 0.8
@@ -223,9 +230,9 @@ def test_run_folder_loads_in_sb3_evaluates_on_the_cpu_twin_and_resumes(tmp_path)
     assert PPO.load(run_dir / "model.zip", device="cpu").num_timesteps == 320
 
 
-def test_batched_env_trains_only_with_device_ppo(tmp_path):
-    with pytest.raises(ValueError, match="--algo ppo"):
-        train(TrainArgs(algo="sac", env="hyperrl/TorchPendulum-v0", run_dir=str(tmp_path / "r")))
+def test_batched_env_trains_only_with_the_device_trainers(tmp_path):
+    with pytest.raises(ValueError, match="--algo ppo or --algo sac"):
+        train(TrainArgs(algo="td3", env="hyperrl/TorchPendulum-v0", run_dir=str(tmp_path / "r")))
     with pytest.raises(ValueError, match="unknown config key"):
         train(
             TrainArgs(
@@ -303,3 +310,23 @@ def test_train_agent_under_torchrun_writes_one_run_counting_every_rank(tmp_path)
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
         "config.yml", "contexts.yml", "model.zip", "tb", "trainer_state.pt", "vecnormalize.pkl",
     ]  # fmt: skip
+
+
+def test_restore_brings_back_optimizer_and_statistics(tmp_path):
+    algo = _trainer(n_steps=8)
+    algo.learn(3 * 8 * 16)
+    algo.save(tmp_path, ContextualPendulum())
+    fresh = _trainer(n_steps=8, seed=1)
+    fresh.restore(tmp_path)
+    assert fresh.num_timesteps == algo.num_timesteps == 3 * 8 * 16
+    torch.testing.assert_close(fresh.policy.state_dict(), algo.policy.state_dict())
+    old, new = algo.policy.optimizer.state_dict(), fresh.policy.optimizer.state_dict()
+    torch.testing.assert_close(new["state"], old["state"])
+    torch.testing.assert_close(fresh.norm_state(), algo.norm_state())
+    # a run killed before trainer_state.pt was written: statistics from vecnormalize.pkl
+    (tmp_path / "trainer_state.pt").unlink()
+    again = _trainer(n_steps=8, seed=2)
+    again.restore(tmp_path)
+    ours, theirs = again.obs_norm["observation"], algo.obs_norm["observation"]
+    torch.testing.assert_close(ours.mean, theirs.mean)
+    torch.testing.assert_close(ours.var, theirs.var)

@@ -1,0 +1,466 @@
+"""SAC whose replay buffer, sampling and updates stay on one device (the GPU path).
+
+The FastSAC / FastTD3 recipe: many parallel worlds of a
+:class:`~envs.batched.BatchedContextualEnv` fill a replay buffer of device tensors, and every
+vector step is followed by ``gradient_steps`` large-batch SAC updates. Read top to bottom:
+:class:`DeviceSACConfig`, :class:`DeviceReplay` (the circular buffer), :class:`DeviceSAC`
+(collect, update, learn, save).
+
+The policy is an ordinary SB3 SAC policy (by default :class:`hyperrl.HyperSACPolicy`, with
+``actor``, ``critic`` and ``critic_target``) held by an ``stable_baselines3.SAC`` whose own replay
+buffer holds one row, so the checkpoint this writes is what ``SAC.load`` opens and
+``scripts/evaluate.py`` evaluates on the CPU env. The update is SB3's ``SAC.train`` step for step
+(same losses, same order of optimizer steps), so a batch gives the same parameters either way.
+Observations are not normalised (SB3's SAC does not by default either).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from stable_baselines3 import SAC
+from stable_baselines3.common.logger import Logger
+
+from agents.device_ppo import _average_gradients, _distributed, _progress, _SpacesOnly
+from envs.batched import BatchedContextualEnv, Obs
+from hyperrl import HyperSACPolicy
+
+
+@dataclass
+class DeviceSACConfig:
+    """SAC hyperparameters (SB3's names). Every vector step adds ``num_envs`` transitions and is
+    followed by ``gradient_steps`` updates on batches of ``batch_size``.
+
+    ``learning_starts`` counts env steps over all worlds (and ranks): before it, actions are
+    uniform and nothing is updated. ``policy_delay`` updates the actor and the entropy
+    coefficient every that many gradient steps (1: SB3's SAC); ``target_update_interval`` the
+    target critics. ``log_interval`` is in vector steps: how often the loop reads its statistics
+    back from the device, logs and calls the callback.
+    """
+
+    buffer_size: int = 1_000_000
+    batch_size: int = 256
+    learning_rate: float = 3e-4
+    gamma: float = 0.99
+    tau: float = 0.005
+    learning_starts: int = 10_000
+    gradient_steps: int = 1
+    ent_coef: str | float = "auto"
+    target_entropy: str | float = "auto"
+    policy_delay: int = 1
+    target_update_interval: int = 1
+    log_interval: int = 100
+
+    def __post_init__(self) -> None:
+        if isinstance(self.ent_coef, str) and not self.ent_coef.startswith("auto"):
+            raise ValueError(
+                f"ent_coef is 'auto', 'auto_<init>' or a number, not {self.ent_coef!r}"
+            )
+        if isinstance(self.target_entropy, str) and self.target_entropy != "auto":
+            raise ValueError(f"target_entropy is 'auto' or a number, not {self.target_entropy!r}")
+        for key in ("buffer_size", "batch_size", "policy_delay", "target_update_interval"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.log_interval < 1:
+            raise ValueError(f"log_interval must be >= 1, got {self.log_interval}")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> DeviceSACConfig:
+        """:raises ValueError: naming unknown keys and the valid ones."""
+        valid = set(cls.__dataclass_fields__)
+        unknown = sorted(set(values) - valid)
+        if unknown:
+            raise ValueError(f"unknown device-SAC keys {unknown}; valid keys are {sorted(valid)}")
+        return cls(**values)
+
+
+class ReplaySample(NamedTuple):
+    """A batch of ``B`` transitions: ``observations``/``next_observations`` dicts of ``(B, ...)``,
+    ``actions (B, act_dim)`` in [-1, 1], ``rewards (B, 1)``, ``dones (B, 1)`` (1.0 where the
+    episode terminated; truncations bootstrap)."""
+
+    observations: Obs
+    actions: torch.Tensor
+    next_observations: Obs
+    dones: torch.Tensor
+    rewards: torch.Tensor
+
+
+class DeviceReplay:
+    """A circular buffer of ``capacity`` transitions, every field a device tensor.
+
+    :param capacity: rows kept; the oldest are overwritten first.
+    :param observation_space: the single-world ``Dict`` space (one ``(capacity, *shape)`` tensor
+        per key, for observations and next observations).
+    :param action_dim: width of the stored (squashed) actions.
+    :param device: where the rows live.
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        observation_space: gym.spaces.Dict,
+        action_dim: int,
+        device: torch.device,
+    ) -> None:
+        self.capacity, self.device = capacity, torch.device(device)
+        shapes = {k: space.shape for k, space in observation_space.spaces.items()}
+        self.obs = {k: torch.zeros(capacity, *s, device=self.device) for k, s in shapes.items()}
+        self.next_obs = {k: torch.zeros_like(v) for k, v in self.obs.items()}
+        self.actions = torch.zeros(capacity, action_dim, device=self.device)
+        self.rewards = torch.zeros(capacity, device=self.device)
+        self.dones = torch.zeros(capacity, device=self.device)
+        self.pos = 0  # next row to write
+        self.size = 0  # rows filled
+
+    def add(
+        self,
+        obs: Obs,
+        next_obs: Obs,
+        actions: torch.Tensor,
+        rewards: torch.Tensor,
+        terminated: torch.Tensor,
+    ) -> None:
+        """Append ``N`` transitions: ``obs``/``next_obs`` dicts of ``(N, ...)`` (``next_obs``
+        taken before any auto-reset, i.e. ``info["final_observation"]``), ``actions (N, act_dim)``
+        in [-1, 1], ``rewards (N,)``, ``terminated (N,)`` bool. Past ``capacity`` it wraps."""
+        n = actions.shape[0]
+        if n > self.capacity:  # only the newest rows would survive; skip the rest
+            obs = {k: v[-self.capacity :] for k, v in obs.items()}
+            next_obs = {k: v[-self.capacity :] for k, v in next_obs.items()}
+            actions, rewards = actions[-self.capacity :], rewards[-self.capacity :]
+            terminated, n = terminated[-self.capacity :], self.capacity
+        rows = (self.pos + torch.arange(n, device=self.device)) % self.capacity
+        for k in self.obs:
+            self.obs[k][rows] = obs[k].to(self.obs[k].dtype)
+            self.next_obs[k][rows] = next_obs[k].to(self.next_obs[k].dtype)
+        self.actions[rows] = actions
+        self.rewards[rows] = rewards.to(self.rewards.dtype)
+        self.dones[rows] = terminated.to(self.dones.dtype)
+        self.pos = (self.pos + n) % self.capacity
+        self.size = min(self.size + n, self.capacity)
+
+    def sample(self, batch_size: int, generator: torch.Generator | None = None) -> ReplaySample:
+        """``batch_size`` rows drawn uniformly (with replacement) from the filled ones; the
+        generator must live on the buffer's device."""
+        if self.size == 0:
+            raise ValueError("the replay buffer is empty; collect before sampling")
+        idx = torch.randint(self.size, (batch_size,), device=self.device, generator=generator)
+        return ReplaySample(
+            {k: v[idx] for k, v in self.obs.items()},
+            self.actions[idx],
+            {k: v[idx] for k, v in self.next_obs.items()},
+            self.dones[idx, None],
+            self.rewards[idx, None],
+        )
+
+
+class DeviceSAC:
+    """SAC on a batched on-device env.
+
+    :param env: the batched env (its ``device`` is where everything runs).
+    :param policy_class: an SB3 SAC policy class (or alias) for Dict observations.
+    :param policy_kwargs: its keywords (``conditioning``, ``context_keys``, ``net_arch``...).
+    :param config: the SAC hyperparameters.
+    :param seed: seeds torch (policy init, action sampling), the env and the replay sampling.
+
+    Under ``torch.distributed`` every rank steps its own worlds into its own replay buffer,
+    starts from rank 0's parameters and averages every gradient, so the ranks stay in step.
+    """
+
+    def __init__(
+        self,
+        env: BatchedContextualEnv,
+        policy_class: type | str = HyperSACPolicy,
+        policy_kwargs: dict[str, Any] | None = None,
+        config: DeviceSACConfig | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.env, self.config, self.seed = env, config or DeviceSACConfig(), seed
+        cfg, device = self.config, env.device
+        torch.manual_seed(seed)
+        # the SB3 container: policy, optimizers, log_ent_coef, and a checkpoint SAC.load opens;
+        # its own replay buffer holds one row (ours is the DeviceReplay)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "This system does not have apparently enough memory")
+            self.model = SAC(
+                policy_class,
+                _SpacesOnly(env.observation_space, env.action_space),
+                learning_rate=cfg.learning_rate,
+                buffer_size=1,
+                learning_starts=cfg.learning_starts,
+                batch_size=cfg.batch_size,
+                tau=cfg.tau,
+                gamma=cfg.gamma,
+                gradient_steps=cfg.gradient_steps,
+                ent_coef=cfg.ent_coef,
+                target_update_interval=cfg.target_update_interval,
+                target_entropy=cfg.target_entropy,
+                policy_kwargs=policy_kwargs or {},
+                device=device,
+                seed=seed,
+            )
+        self.policy = self.model.policy
+        if self.model.use_sde:
+            raise ValueError("DeviceSAC samples plain Gaussian actions; use_sde is not supported")
+        self.actor, self.critic = self.model.actor, self.model.critic
+        self.critic_target = self.model.critic_target
+        self.critic_params = list(self.critic.parameters())
+        self.target_params = list(self.critic_target.parameters())
+        self.log_ent_coef: torch.Tensor | None = self.model.log_ent_coef
+        self.target_entropy = float(self.model.target_entropy)
+        self.rank = dist.get_rank() if _distributed() else 0
+        self.world_size = dist.get_world_size() if _distributed() else 1
+        if _distributed():  # every rank starts from rank 0's parameters
+            for tensor in self.policy.state_dict().values():
+                dist.broadcast(tensor, 0)
+            if self.log_ent_coef is not None:
+                dist.broadcast(self.log_ent_coef.data, 0)
+        self.generator = torch.Generator(device=device).manual_seed(seed + 1000 * self.rank)
+        action_dim = int(np.prod(env.action_space.shape))
+        self.replay = DeviceReplay(cfg.buffer_size, env.observation_space, action_dim, device)
+        self.action_low = torch.as_tensor(env.action_space.low, device=device)
+        self.action_high = torch.as_tensor(env.action_space.high, device=device)
+        self.num_timesteps = 0
+        self.n_updates = 0
+        self._obs: Obs | None = None
+        self._reset_stats()
+
+    # --- acting ----------------------------------------------------------------------------
+
+    def scale_actions(self, squashed: torch.Tensor) -> torch.Tensor:
+        """``(N, act_dim)`` actions in [-1, 1] -> the env's bounds (SB3's ``unscale_action``)."""
+        return self.action_low + 0.5 * (squashed + 1.0) * (self.action_high - self.action_low)
+
+    @torch.no_grad()
+    def act(self, obs: Obs, deterministic: bool = False) -> torch.Tensor:
+        """``(N, act_dim)`` env actions of the actor for ``obs`` (dict of ``(N, ...)``)."""
+        self.policy.set_training_mode(False)
+        return self.scale_actions(self.actor(obs, deterministic=deterministic))
+
+    @torch.no_grad()
+    def collect(self, vector_steps: int) -> None:
+        """Step every world ``vector_steps`` times into the replay buffer: uniform actions while
+        ``num_timesteps < learning_starts``, the actor's samples after."""
+        env, N = self.env, self.env.num_envs
+        if self._obs is None:
+            self._obs = env.reset(seed=self.seed + 1000 * self.rank)
+            self._episode_return = torch.zeros(N, device=env.device)
+        self.policy.set_training_mode(False)
+        shape = (N, *env.action_space.shape)
+        for _ in range(vector_steps):
+            if self.num_timesteps < self.config.learning_starts:
+                u = torch.rand(shape, device=env.device, generator=self.generator)
+                actions = 2.0 * u - 1.0
+            else:
+                actions = self.actor(self._obs)
+            next_obs, reward, terminated, truncated, info = env.step(self.scale_actions(actions))
+            # the observation before the auto-reset; equal to next_obs for worlds that go on
+            self.replay.add(self._obs, info["final_observation"], actions, reward, terminated)
+            done = terminated | truncated
+            self._episode_return += reward
+            self._finished_sum += (self._episode_return * done).sum()
+            self._finished_n += done.sum()
+            self._episode_return *= ~done
+            self._obs = next_obs
+            self.num_timesteps += N * self.world_size  # every rank's steps
+
+    # --- update ----------------------------------------------------------------------------
+
+    def update(self, gradient_steps: int) -> None:
+        """``gradient_steps`` SAC updates, each on a fresh batch from the replay buffer."""
+        self.policy.set_training_mode(True)
+        for _ in range(gradient_steps):
+            self.train_step(self.replay.sample(self.config.batch_size, self.generator))
+
+    def ent_coef(self) -> torch.Tensor:
+        """The entropy coefficient (alpha), ``(1,)`` or ``()``, detached."""
+        if self.log_ent_coef is None:
+            return self.model.ent_coef_tensor
+        return torch.exp(self.log_ent_coef.detach())
+
+    def train_step(self, batch: ReplaySample) -> dict[str, torch.Tensor]:
+        """One SAC update on ``batch`` in ``SAC.train``'s order: entropy coefficient, critics
+        (clipped double-Q target with the entropy bonus), actor (against the updated critics),
+        then the polyak update of the target critics. Returns the detached losses."""
+        cfg = self.config
+        update_actor = self.n_updates % cfg.policy_delay == 0
+        ent_coef = self.ent_coef()
+        out: dict[str, torch.Tensor] = {}
+        if update_actor:
+            actions_pi, log_prob = self.actor.action_log_prob(batch.observations)
+            log_prob = log_prob.reshape(-1, 1)
+            if self.log_ent_coef is not None:
+                # alpha is pushed up while the entropy (-log_prob) is below target_entropy
+                ent_loss = -(self.log_ent_coef * (log_prob + self.target_entropy).detach()).mean()
+                self.model.ent_coef_optimizer.zero_grad()
+                ent_loss.backward()
+                if _distributed():
+                    _average_tensors([self.log_ent_coef.grad])
+                self.model.ent_coef_optimizer.step()
+                out["ent_coef_loss"] = ent_loss.detach()
+
+        with torch.no_grad():
+            next_actions, next_log_prob = self.actor.action_log_prob(batch.next_observations)
+            next_q = torch.cat(self.critic_target(batch.next_observations, next_actions), dim=1)
+            soft_v = next_q.min(dim=1, keepdim=True).values - ent_coef * next_log_prob.view(-1, 1)
+            target_q = batch.rewards + (1.0 - batch.dones) * cfg.gamma * soft_v
+        current_q = self.critic(batch.observations, batch.actions)
+        critic_loss = 0.5 * sum(F.mse_loss(q, target_q) for q in current_q)
+        self.critic.optimizer.zero_grad()
+        critic_loss.backward()
+        if _distributed():
+            _average_gradients(self.critic)
+        self.critic.optimizer.step()
+        out["critic_loss"] = critic_loss.detach()
+
+        if update_actor:
+            q_pi = torch.cat(self.critic(batch.observations, actions_pi), dim=1)
+            actor_loss = (ent_coef * log_prob - q_pi.min(dim=1, keepdim=True).values).mean()
+            self.actor.optimizer.zero_grad()
+            actor_loss.backward()
+            if _distributed():
+                _average_gradients(self.actor)
+            self.actor.optimizer.step()
+            out["actor_loss"] = actor_loss.detach()
+
+        if self.n_updates % cfg.target_update_interval == 0:
+            self.polyak_update()
+        self.n_updates += 1
+        self._accumulate(out, ent_coef)
+        return out
+
+    @torch.no_grad()
+    def polyak_update(self) -> None:
+        """``target <- target + tau (online - target)`` for every critic parameter."""
+        torch._foreach_lerp_(self.target_params, self.critic_params, self.config.tau)
+
+    # --- loop ------------------------------------------------------------------------------
+
+    def ready(self) -> bool:
+        """Whether updates run: once the buffers hold ``learning_starts`` transitions (over all
+        ranks). On a fresh run that is ``num_timesteps >= learning_starts``; after a resume the
+        empty buffer refills first, the actor acting."""
+        cfg = self.config
+        filled = self.replay.size * self.world_size
+        return filled >= min(cfg.learning_starts, cfg.buffer_size * self.world_size)
+
+    def _reset_stats(self) -> None:
+        device = self.env.device
+        self._finished_sum = torch.zeros((), device=device)
+        self._finished_n = torch.zeros((), device=device)
+        self._loss_sums = {
+            k: torch.zeros((), device=device)
+            for k in ("actor_loss", "critic_loss", "ent_coef", "ent_coef_loss")
+        }
+        self._loss_counts = dict.fromkeys(self._loss_sums, 0)
+
+    def _accumulate(self, losses: dict[str, torch.Tensor], ent_coef: torch.Tensor) -> None:
+        for k, v in (*losses.items(), ("ent_coef", ent_coef)):
+            self._loss_sums[k] += v.reshape(())
+            self._loss_counts[k] += 1
+
+    def learn(
+        self,
+        total_timesteps: int,
+        logger: Logger | None = None,
+        callback: Callable[[DeviceSAC, dict[str, float]], bool | None] | None = None,
+        progress_bar: bool = False,
+    ) -> DeviceSAC:
+        """Alternate one vector step and ``gradient_steps`` updates until ``total_timesteps`` env
+        steps more (updates start at ``learning_starts``, see :meth:`ready`).
+
+        :param logger: an SB3 logger (TensorBoard): ``rollout/ep_rew_mean`` (episodes finished
+            since the last log, else the last value), ``train/*``, ``time/fps`` every
+            ``log_interval`` vector steps (the only host sync of the loop).
+        :param callback: called after every log with the logged values; ``False`` stops.
+        """
+        cfg = self.config
+        target = self.num_timesteps + total_timesteps
+        per_step = self.env.num_envs * self.world_size
+        bar = _progress(total_timesteps) if progress_bar else None
+        start, start_steps = time.perf_counter(), self.num_timesteps
+        ep_rew_mean = float("nan")
+        while self.num_timesteps < target:
+            steps = min(cfg.log_interval, math.ceil((target - self.num_timesteps) / per_step))
+            for _ in range(steps):
+                self.collect(1)
+                if self.ready():
+                    self.update(cfg.gradient_steps)
+            episodes = torch.stack([self._finished_sum, self._finished_n])
+            if _distributed():  # episode statistics of every rank
+                dist.all_reduce(episodes)
+            finished_sum, finished_n = episodes.tolist()
+            if finished_n:
+                ep_rew_mean = finished_sum / finished_n
+            values = {
+                "rollout/ep_rew_mean": ep_rew_mean,
+                "time/fps": (self.num_timesteps - start_steps) / (time.perf_counter() - start),
+                **{
+                    f"train/{k}": float(v) / self._loss_counts[k]
+                    for k, v in self._loss_sums.items()
+                    if self._loss_counts[k]
+                },
+            }
+            self._reset_stats()
+            if logger is not None:
+                for key, value in values.items():
+                    if not (key == "rollout/ep_rew_mean" and np.isnan(value)):
+                        logger.record(key, value)
+                logger.record("train/n_updates", self.n_updates)
+                logger.dump(self.num_timesteps)
+            if bar is not None:
+                bar.update(steps * per_step)
+            if callback is not None and callback(self, values) is False:
+                break
+        if bar is not None:
+            bar.close()
+        self.model.num_timesteps = self.num_timesteps
+        self.model._n_updates = self.n_updates
+        return self
+
+    # --- checkpoints -----------------------------------------------------------------------
+
+    def save(self, run_dir: str | Path, cpu_env: gym.Env | None = None) -> None:
+        """``model.zip`` (``SAC.load`` opens it: policy, optimizers, entropy coefficient).
+        ``cpu_env`` is accepted for symmetry with :class:`~agents.device_ppo.DevicePPO`; SAC
+        keeps no observation statistics, so nothing is built around it. The replay buffer is
+        not saved."""
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.model.num_timesteps = self.num_timesteps
+        self.model._n_updates = self.n_updates
+        self.model.save(run_dir / "model.zip")
+
+    def restore(self, run_dir: str | Path) -> None:
+        """Load what :meth:`save` wrote into ``run_dir``: parameters, optimizer states, the
+        entropy coefficient and the step count. The replay buffer starts empty and refills
+        (``learning_starts`` transitions) before updates resume."""
+        from stable_baselines3.common.save_util import load_from_zip_file
+
+        path = Path(run_dir) / "model.zip"
+        data, params, variables = load_from_zip_file(path, device=self.env.device)
+        self.model.set_parameters(params, exact_match=True, device=self.env.device)
+        if self.log_ent_coef is not None and "log_ent_coef" in (variables or {}):
+            with torch.no_grad():
+                self.log_ent_coef.copy_(variables["log_ent_coef"])
+        self.num_timesteps = self.model.num_timesteps = int(data["num_timesteps"])
+        self.n_updates = self.model._n_updates = int(data.get("_n_updates", 0))
+
+
+def _average_tensors(tensors: list[torch.Tensor]) -> None:
+    """All-reduce each tensor in place and divide by the world size."""
+    for t in tensors:
+        dist.all_reduce(t)
+        t /= dist.get_world_size()

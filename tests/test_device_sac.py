@@ -1,0 +1,302 @@
+"""The on-device SAC: replay buffer semantics, the update (against SB3's ``SAC.train``), target
+networks, learning on the batched pendulum, and its run folder (SB3 loads it)."""
+
+from __future__ import annotations
+
+import copy
+import time
+
+import pytest
+import torch
+import yaml
+from stable_baselines3 import SAC
+from stable_baselines3.common.logger import configure
+from stable_baselines3.common.type_aliases import DictReplayBufferSamples
+
+import envs
+from agents.device_sac import DeviceReplay, DeviceSAC, DeviceSACConfig, ReplaySample
+from agents.device_train import evaluate_batched
+from agents.evaluation import evaluate_run
+from agents.train import TrainArgs, train
+from envs.batched import TorchPendulum
+
+HYPER = {"conditioning": "hyper", "context_keys": ("context",)}
+
+
+def _trainer(num_envs=8, seed=0, net_arch=(16, 16), env=None, **config) -> DeviceSAC:
+    env = env if env is not None else TorchPendulum(num_envs, seed=seed)
+    kwargs = HYPER | {"net_arch": list(net_arch)}
+    return DeviceSAC(env, policy_kwargs=kwargs, config=DeviceSACConfig(**config), seed=seed)
+
+
+def _rows(replay: DeviceReplay, ids: list[int]) -> None:
+    """Add one transition per id, every field carrying the id (to check rows stay whole)."""
+    ids_t = torch.tensor(ids, dtype=torch.float32)
+    obs = {"observation": ids_t[:, None].expand(-1, 3), "context": -ids_t[:, None].expand(-1, 3)}
+    next_obs = {k: v + 0.5 for k, v in obs.items()}
+    replay.add(obs, next_obs, ids_t[:, None] / 100, ids_t * 10, ids_t.long() % 2 == 1)
+
+
+def _check_whole(sample: ReplaySample) -> torch.Tensor:
+    ids = sample.observations["observation"][:, 0]
+    torch.testing.assert_close(sample.observations["context"][:, 0], -ids)
+    torch.testing.assert_close(sample.next_observations["observation"][:, 1], ids + 0.5)
+    torch.testing.assert_close(sample.actions[:, 0], ids / 100)
+    torch.testing.assert_close(sample.rewards, ids[:, None] * 10)
+    torch.testing.assert_close(sample.dones, (ids[:, None] % 2 == 1).float())
+    return ids
+
+
+def test_replay_wraps_around_and_samples_only_filled_rows():
+    space = TorchPendulum(1).observation_space
+    replay = DeviceReplay(5, space, 1, torch.device("cpu"))
+    g = torch.Generator().manual_seed(0)
+    with pytest.raises(ValueError, match="empty"):
+        replay.sample(4, g)
+    _rows(replay, [0, 1, 2])
+    assert (replay.pos, replay.size) == (3, 3)
+    assert set(_check_whole(replay.sample(300, g)).tolist()) == {0, 1, 2}
+    _rows(replay, [3, 4, 5, 6])  # 5 and 6 overwrite the two oldest rows
+    assert (replay.pos, replay.size) == (2, 5)
+    assert replay.obs["observation"][:, 0].tolist() == [5, 6, 2, 3, 4]
+    assert set(_check_whole(replay.sample(300, g)).tolist()) == {2, 3, 4, 5, 6}
+    _rows(replay, list(range(10, 22)))  # more than the capacity at once: the newest survive
+    assert sorted(replay.obs["observation"][:, 0].tolist()) == [17, 18, 19, 20, 21]
+    assert replay.size == 5
+
+
+class _EndingPendulum(TorchPendulum):
+    """Episodes of 3 steps; world 0 terminates on its 2nd step instead (a terminal state)."""
+
+    def __init__(self, num_envs: int, seed: int) -> None:
+        super().__init__(num_envs, seed=seed)
+        self.max_episode_steps = 3
+
+    def _step_worlds(self, actions):
+        reward, terminated = super()._step_worlds(actions)
+        terminated[0] = self.episode_steps[0] == 1
+        return reward, terminated
+
+
+def test_collect_stores_final_observations_and_done_only_on_termination():
+    N = 4
+    env = _EndingPendulum(N, seed=0)
+    returned = []
+    step = env.step
+
+    def recording(actions):
+        out = step(actions)
+        returned.append(out)
+        return out
+
+    env.step = recording
+    algo = _trainer(env=env, learning_starts=10**6)
+    algo.collect(6)
+    assert algo.num_timesteps == 6 * N and algo.replay.size == 6 * N
+    r = algo.replay
+    assert r.actions.abs().max() <= 1  # stored squashed, not in the env's [-2, 2]
+    saw_truncation = False
+    for t, (obs, reward, terminated, truncated, info) in enumerate(returned):
+        rows = slice(t * N, (t + 1) * N)
+        for k in obs:
+            # the next observation is the one before the auto-reset ...
+            torch.testing.assert_close(r.next_obs[k][rows], info["final_observation"][k])
+            if t + 1 < len(returned):  # ... and the next row starts from the reset one
+                torch.testing.assert_close(r.obs[k][(t + 1) * N : (t + 2) * N], obs[k])
+        torch.testing.assert_close(r.rewards[rows], reward)
+        # truncation bootstraps: done is the termination flag only
+        assert r.dones[rows].tolist() == terminated.float().tolist()
+        if truncated.any():
+            saw_truncation = True
+            assert not torch.allclose(r.next_obs["observation"][rows], obs["observation"])
+    assert saw_truncation and r.dones.sum() == 3  # world 0 ended at steps 2, 4 and 6
+
+
+def test_config_rejects_unknown_keys_and_bad_values():
+    with pytest.raises(ValueError, match=r"unknown device-SAC keys \['batchsize'\].*batch_size"):
+        DeviceSACConfig.from_dict({"batchsize": 3})
+    with pytest.raises(ValueError, match="ent_coef"):
+        DeviceSACConfig(ent_coef="learned")
+    with pytest.raises(ValueError, match="policy_delay"):
+        DeviceSACConfig(policy_delay=0)
+    assert DeviceSACConfig.from_dict({"ent_coef": 0.1}).ent_coef == 0.1
+
+
+def _fixed_batch(algo: DeviceSAC) -> ReplaySample:
+    algo.collect(4)
+    batch = algo.replay.sample(32, algo.generator)
+    dones = (torch.arange(32) % 4 == 0).float()[:, None]  # some terminal transitions
+    return batch._replace(dones=dones)
+
+
+@pytest.mark.parametrize("ent_coef", ["auto", 0.05])
+def test_update_matches_sb3_sac_train_step_for_step(ent_coef):
+    """Three updates on one batch, from the same parameters and noise, give what SB3's
+    ``SAC.train`` gives: losses, online and target networks, entropy coefficient."""
+    algo = _trainer(learning_starts=0, batch_size=32, tau=0.1, ent_coef=ent_coef)
+    batch = _fixed_batch(algo)
+    ref = copy.deepcopy(algo.model)
+    ref.set_logger(configure(None, []))
+    samples = DictReplayBufferSamples(
+        batch.observations, batch.actions, batch.next_observations, batch.dones, batch.rewards
+    )
+    ref.replay_buffer.sample = lambda *args, **kwargs: samples
+    algo.policy.set_training_mode(True)
+    for i in range(3):
+        torch.manual_seed(i)
+        ref.train(gradient_steps=1, batch_size=32)
+        torch.manual_seed(i)
+        ours = algo.train_step(batch)
+        logged = ref.logger.name_to_value
+        for key in ("critic_loss", "actor_loss"):
+            assert float(ours[key]) == pytest.approx(logged[f"train/{key}"], rel=1e-5)
+    ref_state = ref.policy.state_dict()
+    for name, value in algo.policy.state_dict().items():
+        torch.testing.assert_close(value, ref_state[name], atol=1e-6, rtol=1e-5, msg=name)
+    if ent_coef == "auto":
+        assert algo.log_ent_coef.item() != 0.0
+        torch.testing.assert_close(algo.log_ent_coef, ref.log_ent_coef)
+
+
+def test_target_critics_move_by_exactly_tau():
+    algo = _trainer(learning_starts=0, batch_size=32, tau=0.25, target_update_interval=2)
+    batch = _fixed_batch(algo)
+    algo.policy.set_training_mode(True)
+    before = [p.detach().clone() for p in algo.target_params]
+    algo.train_step(batch)  # update 0: the targets move
+    online = [p.detach().clone() for p in algo.critic_params]
+    assert any(not torch.equal(b, p) for b, p in zip(before, online, strict=True))
+    for old, new, theta in zip(before, algo.target_params, online, strict=True):
+        torch.testing.assert_close(new, old + 0.25 * (theta - old))
+    moved = [p.detach().clone() for p in algo.target_params]
+    algo.train_step(batch)  # update 1: not on the interval
+    for old, new in zip(moved, algo.target_params, strict=True):
+        assert torch.equal(old, new)
+    # the targets never get gradients and stay out of the critic's optimizer
+    optimized = {id(p) for g in algo.critic.optimizer.param_groups for p in g["params"]}
+    assert not optimized & {id(p) for p in algo.target_params}
+
+
+def test_device_sac_with_the_hyper_policy_learns_contextual_pendulum():
+    torch.set_num_threads(1)
+    algo = _trainer(
+        num_envs=64,
+        net_arch=(64, 64),
+        buffer_size=100_000,
+        batch_size=512,
+        learning_rate=1e-3,
+        gamma=0.99,
+        tau=0.02,
+        learning_starts=2560,
+        gradient_steps=8,
+        log_interval=25,
+    )
+    evaluation = TorchPendulum(256, split="train")
+    before = evaluate_batched(algo, evaluation, seed=123)
+    logged = []
+    start = time.perf_counter()
+    algo.learn(22_528, callback=lambda _, values: logged.append(values))
+    seconds = time.perf_counter() - start
+    after = evaluate_batched(algo, evaluation, seed=123)
+    print(f"return {before:.0f} -> {after:.0f}, {algo.n_updates} updates, {seconds:.0f} s")
+    # 352 vector steps; updates from the 40th on (2560 = learning_starts), 8 per step
+    assert algo.num_timesteps == 22_528 and algo.n_updates == 313 * 8
+    assert {"rollout/ep_rew_mean", "train/actor_loss", "train/critic_loss", "train/ent_coef"} <= (
+        set(logged[-1])
+    )
+    # random actions score about -1200 (the untrained actor worse); a policy that swings up and
+    # balances the easy contexts, and pumps the heavy ones, is above -500 (it reaches ~-400)
+    assert before < -1000
+    assert after > -500, (before, after)
+
+
+def test_run_folder_loads_in_sb3_evaluates_on_the_cpu_twin_and_resumes(tmp_path):
+    run_dir = tmp_path / "run"
+    args = dict(
+        algo="sac",
+        env="hyperrl/TorchPendulum-v0",
+        n_envs=8,
+        hyperparams=[
+            "learning_starts:32",
+            "batch_size:32",
+            "gradient_steps:1",
+            "log_interval:4",
+            "policy_kwargs:{net_arch: [16, 16]}",
+        ],
+        eval_freq=64,
+        save_freq=128,
+        progress_bar=False,
+        device="cpu",
+    )
+    train(TrainArgs(timesteps=192, run_dir=str(run_dir), **args))
+    for name in ("config.yml", "contexts.yml", "model.zip", "best_model.zip"):
+        assert (run_dir / name).is_file(), name
+    assert not (run_dir / "vecnormalize.pkl").exists()
+    assert list((run_dir / "checkpoints").iterdir())
+    config = yaml.safe_load((run_dir / "config.yml").read_text())
+    assert config["algo"] == "sac" and config["trainer"] == "device"
+    assert config["hyperparams"]["gradient_steps"] == 1
+    assert config["hyperparams"]["buffer_size"] == 200_000  # from the preset
+    model = SAC.load(run_dir / "model.zip", device="cpu")
+    assert model.num_timesteps == 192
+    assert type(model.policy).__name__ == "HyperSACPolicy"
+    result = evaluate_run(run_dir, episodes=1)
+    assert result["env"] == "hyperrl/ContextualPendulum-v0"
+    assert set(result["summary"]) == set(envs.SPLITS)
+    config["n_timesteps"] = 256
+    (run_dir / "config.yml").write_text(yaml.safe_dump(config))
+    train(TrainArgs(resume=str(run_dir), progress_bar=False, device="cpu", eval_freq=0))
+    resumed = SAC.load(run_dir / "model.zip", device="cpu")
+    assert resumed.num_timesteps == 256
+    # 24 vector steps of 8 worlds, updating from the 4th (32 = learning_starts); the resumed run
+    # refills its empty buffer for 4 of its 8 vector steps before updating again
+    assert (model._n_updates, resumed._n_updates) == (21, 21 + 5)
+
+
+def test_device_sac_rejects_normalize_and_unknown_keys(tmp_path):
+    base = dict(algo="sac", env="hyperrl/TorchPendulum-v0", device="cpu", progress_bar=False)
+    with pytest.raises(ValueError, match="does not normalise"):
+        train(TrainArgs(**base, hyperparams=["normalize:true"], run_dir=str(tmp_path / "a")))
+    with pytest.raises(ValueError, match="unknown config key 'n_steps'"):
+        train(TrainArgs(**base, hyperparams=["n_steps:8"], run_dir=str(tmp_path / "b")))
+
+
+def _data_parallel_worker(rank: int, store: str, out: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        algo = _trainer(learning_starts=32, batch_size=16, gradient_steps=2, log_interval=2)
+        algo.learn(6 * 2 * 8)
+        params = torch.nn.utils.parameters_to_vector(algo.policy.parameters()).detach()
+        torch.save(
+            {
+                "params": params,
+                "log_ent_coef": algo.log_ent_coef.detach(),
+                "steps": algo.num_timesteps,
+                "updates": algo.n_updates,
+                "first_obs": algo.replay.obs["observation"][0],
+            },
+            f"{out}{rank}",
+        )
+    finally:
+        dist.destroy_process_group()
+
+
+def test_data_parallel_ranks_stay_in_step(tmp_path):
+    """Two gloo ranks step different worlds into their own buffers; averaged gradients keep their
+    parameters (and entropy coefficients) equal, and the step count covers both ranks."""
+    import torch.multiprocessing as mp
+
+    out = str(tmp_path / "rank")
+    mp.spawn(_data_parallel_worker, args=(str(tmp_path / "store"), out), nprocs=2)
+    rank0, rank1 = torch.load(f"{out}0"), torch.load(f"{out}1")
+    assert not torch.equal(rank0["first_obs"], rank1["first_obs"])  # different worlds
+    assert torch.equal(rank0["params"], rank1["params"])
+    assert torch.equal(rank0["log_ent_coef"], rank1["log_ent_coef"])
+    # 6 vector steps of 2 x 8 worlds; updates from the 2nd (32 steps) on, 2 per vector step
+    assert rank0["steps"] == 96 and rank0["updates"] == 10
+    alone = _trainer(learning_starts=32, batch_size=16, gradient_steps=2, log_interval=2)
+    initial = torch.nn.utils.parameters_to_vector(alone.policy.parameters()).detach().clone()
+    assert not torch.equal(rank0["params"], initial)
