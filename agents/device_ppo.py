@@ -29,6 +29,13 @@ import torch.distributed as dist
 from stable_baselines3 import PPO
 from stable_baselines3.common.logger import Logger
 
+from agents.device_common import (
+    SpacesOnly,
+    average_gradients,
+    distributed,
+    progress,
+    start_in_step,
+)
 from envs.batched import BatchedContextualEnv, Obs
 from hyperrl import HyperActorCriticPolicy
 from hyperrl.policies import norm_obs_keys
@@ -78,7 +85,7 @@ class RunningNorm:
         """Fold in a batch; under ``torch.distributed``, the batches of every rank."""
         x = x.reshape(-1, *self.mean.shape).double()
         moments = torch.stack([torch.full_like(self.mean, x.shape[0]), x.sum(0), (x**2).sum(0)])
-        if _distributed():
+        if distributed():
             dist.all_reduce(moments)
         n, total_sum, total_sq = moments
         batch_mean = total_sum / n
@@ -92,23 +99,6 @@ class RunningNorm:
     def normalize(self, x: torch.Tensor, clip: float) -> torch.Tensor:
         scaled = (x - self.mean.float()) / torch.sqrt(self.var.float() + 1e-8)
         return scaled.clamp(-clip, clip)
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-class _SpacesOnly(gym.Env):
-    """Carries the spaces SB3 needs to build a policy; never stepped."""
-
-    def __init__(self, observation_space: gym.Space, action_space: gym.Space) -> None:
-        self.observation_space, self.action_space = observation_space, action_space
-
-    def reset(self, *, seed=None, options=None):  # pragma: no cover - never called
-        raise RuntimeError("the device trainer steps its batched env, not this one")
-
-    def step(self, action):  # pragma: no cover - never called
-        raise RuntimeError("the device trainer steps its batched env, not this one")
 
 
 class DevicePPO:
@@ -142,7 +132,7 @@ class DevicePPO:
             warnings.filterwarnings("ignore", "You have specified a mini-batch size")
             self.model = PPO(
                 policy_class,
-                _SpacesOnly(env.observation_space, env.action_space),
+                SpacesOnly(env.observation_space, env.action_space),
                 learning_rate=cfg.learning_rate,
                 n_steps=cfg.n_steps,
                 batch_size=cfg.n_steps * env.num_envs // cfg.n_minibatches,
@@ -158,12 +148,7 @@ class DevicePPO:
                 seed=seed,
             )
         self.policy = self.model.policy
-        self.rank = dist.get_rank() if _distributed() else 0
-        self.world_size = dist.get_world_size() if _distributed() else 1
-        if _distributed():  # every rank starts from rank 0's parameters
-            for tensor in self.policy.state_dict().values():
-                dist.broadcast(tensor, 0)
-            torch.manual_seed(seed + self.rank)  # but explores with its own action noise
+        self.rank, self.world_size = start_in_step(self.policy, seed)
         self.norm_keys = norm_obs_keys(env.observation_space) if cfg.normalize_obs else []
         self.obs_norm = {
             k: RunningNorm(env.observation_space[k].shape, device) for k in self.norm_keys
@@ -284,8 +269,8 @@ class DevicePPO:
                 loss = policy_loss + cfg.ent_coef * entropy_loss + cfg.vf_coef * value_loss
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                if _distributed():
-                    _average_gradients(policy)
+                if distributed():
+                    average_gradients(policy)
                 torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
                 optimizer.step()
                 stats["policy"].append(policy_loss.detach())
@@ -312,12 +297,12 @@ class DevicePPO:
         """
         target = self.num_timesteps + total_timesteps
         per_rollout = self.config.n_steps * self.env.num_envs * self.world_size
-        bar = _progress(total_timesteps) if progress_bar else None
+        bar = progress(total_timesteps) if progress_bar else None
         start, start_steps = time.perf_counter(), self.num_timesteps
         while self.num_timesteps < target:
             batch = self.collect()
             losses = self.update(batch)
-            if _distributed():  # episode statistics of every rank
+            if distributed():  # episode statistics of every rank
                 episodes = torch.stack([batch["episode_return_sum"], batch["episodes"]])
                 dist.all_reduce(episodes)
                 batch["episode_return_sum"], batch["episodes"] = episodes
@@ -447,25 +432,7 @@ def gae(
     return advantages
 
 
-def _average_gradients(module: torch.nn.Module) -> None:
-    """All-reduce the gradients as one flat buffer and divide by the world size."""
-    grads = [p.grad for p in module.parameters() if p.grad is not None]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= dist.get_world_size()
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset : offset + g.numel()].view_as(g))
-        offset += g.numel()
-
-
 def _env_major(x: torch.Tensor, worlds: torch.Tensor) -> torch.Tensor:
     """``(T, N, ...)`` -> ``(len(worlds) * T, ...)``: each world's steps contiguous."""
     picked = x[:, worlds].transpose(0, 1)
     return picked.reshape(-1, *x.shape[2:])
-
-
-def _progress(total: int):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="step", unit_scale=True, dynamic_ncols=True)

@@ -32,7 +32,14 @@ import torch.nn.functional as F
 from stable_baselines3 import SAC
 from stable_baselines3.common.logger import Logger
 
-from agents.device_ppo import _average_gradients, _distributed, _progress, _SpacesOnly
+from agents.device_common import (
+    SpacesOnly,
+    average_gradients,
+    average_tensors,
+    distributed,
+    progress,
+    start_in_step,
+)
 from envs.batched import BatchedContextualEnv, Obs
 from hyperrl import HyperSACPolicy
 
@@ -196,7 +203,7 @@ class DeviceSAC:
             warnings.filterwarnings("ignore", "This system does not have apparently enough memory")
             self.model = SAC(
                 policy_class,
-                _SpacesOnly(env.observation_space, env.action_space),
+                SpacesOnly(env.observation_space, env.action_space),
                 learning_rate=cfg.learning_rate,
                 buffer_size=1,
                 learning_starts=cfg.learning_starts,
@@ -220,13 +227,8 @@ class DeviceSAC:
         self.target_params = list(self.critic_target.parameters())
         self.log_ent_coef: torch.Tensor | None = self.model.log_ent_coef
         self.target_entropy = float(self.model.target_entropy)
-        self.rank = dist.get_rank() if _distributed() else 0
-        self.world_size = dist.get_world_size() if _distributed() else 1
-        if _distributed():  # every rank starts from rank 0's parameters
-            for tensor in self.policy.state_dict().values():
-                dist.broadcast(tensor, 0)
-            if self.log_ent_coef is not None:
-                dist.broadcast(self.log_ent_coef.data, 0)
+        extra = [self.log_ent_coef.data] if self.log_ent_coef is not None else []
+        self.rank, self.world_size = start_in_step(self.policy, seed, extra)
         self.generator = torch.Generator(device=device).manual_seed(seed + 1000 * self.rank)
         action_dim = int(np.prod(env.action_space.shape))
         self.replay = DeviceReplay(cfg.buffer_size, env.observation_space, action_dim, device)
@@ -306,8 +308,8 @@ class DeviceSAC:
                 ent_loss = -(self.log_ent_coef * (log_prob + self.target_entropy).detach()).mean()
                 self.model.ent_coef_optimizer.zero_grad()
                 ent_loss.backward()
-                if _distributed():
-                    _average_tensors([self.log_ent_coef.grad])
+                if distributed():
+                    average_tensors([self.log_ent_coef.grad])
                 self.model.ent_coef_optimizer.step()
                 out["ent_coef_loss"] = ent_loss.detach()
 
@@ -320,8 +322,8 @@ class DeviceSAC:
         critic_loss = 0.5 * sum(F.mse_loss(q, target_q) for q in current_q)
         self.critic.optimizer.zero_grad()
         critic_loss.backward()
-        if _distributed():
-            _average_gradients(self.critic)
+        if distributed():
+            average_gradients(self.critic)
         self.critic.optimizer.step()
         out["critic_loss"] = critic_loss.detach()
 
@@ -330,8 +332,8 @@ class DeviceSAC:
             actor_loss = (ent_coef * log_prob - q_pi.min(dim=1, keepdim=True).values).mean()
             self.actor.optimizer.zero_grad()
             actor_loss.backward()
-            if _distributed():
-                _average_gradients(self.actor)
+            if distributed():
+                average_gradients(self.actor)
             self.actor.optimizer.step()
             out["actor_loss"] = actor_loss.detach()
 
@@ -389,7 +391,7 @@ class DeviceSAC:
         cfg = self.config
         target = self.num_timesteps + total_timesteps
         per_step = self.env.num_envs * self.world_size
-        bar = _progress(total_timesteps) if progress_bar else None
+        bar = progress(total_timesteps) if progress_bar else None
         start, start_steps = time.perf_counter(), self.num_timesteps
         ep_rew_mean = float("nan")
         while self.num_timesteps < target:
@@ -399,7 +401,7 @@ class DeviceSAC:
                 if self.ready():
                     self.update(cfg.gradient_steps)
             episodes = torch.stack([self._finished_sum, self._finished_n])
-            if _distributed():  # episode statistics of every rank
+            if distributed():  # episode statistics of every rank
                 dist.all_reduce(episodes)
             finished_sum, finished_n = episodes.tolist()
             if finished_n:
@@ -457,10 +459,3 @@ class DeviceSAC:
                 self.log_ent_coef.copy_(variables["log_ent_coef"])
         self.num_timesteps = self.model.num_timesteps = int(data["num_timesteps"])
         self.n_updates = self.model._n_updates = int(data.get("_n_updates", 0))
-
-
-def _average_tensors(tensors: list[torch.Tensor]) -> None:
-    """All-reduce each tensor in place and divide by the world size."""
-    for t in tensors:
-        dist.all_reduce(t)
-        t /= dist.get_world_size()

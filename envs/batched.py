@@ -49,27 +49,17 @@ def sample_contexts(
         raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
     out = torch.empty(n, len(space), dtype=torch.float64)
     for i, f in enumerate(space.features):
-        out[:, i] = _sample_pieces(_pieces(f, "train"), n, generator)
+        out[:, i] = _sample_pieces(f.pieces("train"), n, generator)
     if split != "train":
-        held = [i for i, f in enumerate(space.features) if _pieces(f, split)]
+        held = [i for i, f in enumerate(space.features) if f.pieces(split)]
         if not held:
             raise ValueError(f"no feature of this space has {split} values")
         which = torch.tensor(held)[torch.randint(len(held), (n,), generator=generator)]
         for i in held:
             rows = which == i
-            values = _sample_pieces(_pieces(space.features[i], split), n, generator)
+            values = _sample_pieces(space.features[i].pieces(split), n, generator)
             out[rows, i] = values[rows]
     return out.to(device=device, dtype=torch.float32)
-
-
-def _pieces(feature, split: str) -> list[tuple[float, float]]:
-    (b0, b1), (t0, t1), (h0, h1) = feature.bounds, feature.train, feature.holdout
-    pieces = {
-        "train": [(t0, h0), (h1, t1)],
-        "interpolation": [(h0, h1)],
-        "extrapolation": [(b0, t0), (t1, b1)],
-    }[split]
-    return [(lo, hi) for lo, hi in pieces if hi > lo]
 
 
 def _sample_pieces(pieces, n: int, generator: torch.Generator) -> torch.Tensor:

@@ -58,15 +58,19 @@ class ContextFeature:
             return "extrapolation"
         return "interpolation" if self.holdout[0] <= value <= self.holdout[1] else "train"
 
-    def sample(self, rng: np.random.Generator, split: str) -> float:
-        """A value of this feature alone in ``split``, uniformly over the split's length."""
+    def pieces(self, split: str) -> list[tuple[float, float]]:
+        """The non-empty ``(low, high)`` intervals of this feature's values in ``split``."""
         (b0, b1), (t0, t1), (h0, h1) = self.bounds, self.train, self.holdout
         pieces = {
             "train": [(t0, h0), (h1, t1)],
             "interpolation": [(h0, h1)],
             "extrapolation": [(b0, t0), (t1, b1)],
         }[split]
-        pieces = [(lo, hi) for lo, hi in pieces if hi > lo]
+        return [(lo, hi) for lo, hi in pieces if hi > lo]
+
+    def sample(self, rng: np.random.Generator, split: str) -> float:
+        """A value of this feature alone in ``split``, uniformly over the split's length."""
+        pieces = self.pieces(split)
         if not pieces:
             raise ValueError(f"feature {self.name!r} has no {split} values (bounds == train)")
         lengths = np.array([hi - lo for lo, hi in pieces])

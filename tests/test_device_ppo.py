@@ -9,11 +9,11 @@ import torch
 from stable_baselines3 import PPO
 
 import envs
+from agents.device_common import average_gradients
 from agents.device_ppo import (
     DevicePPO,
     DevicePPOConfig,
     RunningNorm,
-    _average_gradients,
     _env_major,
     gae,
 )
@@ -255,7 +255,7 @@ def _data_parallel_worker(rank: int, store: str, out: str) -> None:
         probe = torch.nn.Linear(3, 2)
         for p in probe.parameters():
             p.grad = torch.full_like(p, float(rank + 1))
-        _average_gradients(probe)
+        average_gradients(probe)
         grads = torch.cat([p.grad.flatten() for p in probe.parameters()])
         torch.save(
             {"params": params, "obs_mean": algo.obs_norm["observation"].mean, "grads": grads},
