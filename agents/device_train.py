@@ -136,20 +136,18 @@ def train_on_device(args, run_dir: Path | None = None) -> Path:
             )
         config_class = TRAINERS[args.algo][2]
         config = resolve(args.env, args.algo, config_class, args.conf_file, _overrides(args))
-        n_timesteps = int(args.timesteps or config.pop("n_timesteps", 1_000_000))
-        n_envs = int(args.n_envs or config.pop("n_envs", 4096))
-        config.pop("n_timesteps", None), config.pop("n_envs", None)
+        preset_steps, preset_envs = config.pop("n_timesteps", 1_000_000), config.pop("n_envs", 4096)
+        preset_policy = config.pop("policy", "hyper")
         saved = {
             "algo": args.algo,
             "env": args.env,
-            "policy": args.policy or config.pop("policy", "hyper"),
-            "n_timesteps": n_timesteps,
-            "n_envs": n_envs,
+            "policy": args.policy or preset_policy,
+            "n_timesteps": int(args.timesteps or preset_steps),
+            "n_envs": int(args.n_envs or preset_envs),
             "seed": args.seed,
             "trainer": "device",
             "hyperparams": config,
         }
-        config.pop("policy", None)
         run_dir = (
             Path(args.run_dir) if args.run_dir else new_run_dir(Path("runs"), args.algo, args.env)
         )
