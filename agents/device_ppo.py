@@ -252,9 +252,8 @@ class DevicePPO:
             for i in range(cfg.n_minibatches):
                 worlds = perm[i * per_mb : (i + 1) * per_mb]
                 mb = {
-                    k: _env_major(v, worlds)
-                    for k, v in batch.items()
-                    if k != "obs" and torch.is_tensor(v) and v.dim() >= 2
+                    k: _env_major(batch[k], worlds)
+                    for k in ("actions", "logp", "advantages", "returns")
                 }
                 obs = {k: _env_major(v, worlds) for k, v in batch["obs"].items()}
                 values, logp, entropy = policy.evaluate_actions(obs, mb["actions"])

@@ -76,9 +76,8 @@ def _sample_pieces(pieces, n: int, generator: torch.Generator) -> torch.Tensor:
 def scale_contexts(space: ContextSpace, values: torch.Tensor) -> torch.Tensor:
     """``(N, k)`` raw values -> what the observation carries (train interval -> [-1, 1]), as
     :meth:`ContextSpace.to_array`."""
-    center = torch.tensor([sum(f.train) / 2 for f in space.features], device=values.device)
-    half = torch.tensor(
-        [(f.train[1] - f.train[0]) / 2 for f in space.features], device=values.device
+    center, half = (
+        torch.as_tensor(a, dtype=values.dtype, device=values.device) for a in space.train_scaling()
     )
     return (values - center) / half
 
@@ -118,6 +117,7 @@ class BatchedContextualEnv(ABC):
         if seed is not None:
             self.generator.manual_seed(seed)
         self.contexts = torch.zeros(num_envs, len(space), device=self.device)
+        self.scaled_contexts = scale_contexts(space, self.contexts)  # what obs carry; per reset
         self.episode_steps = torch.zeros(num_envs, dtype=torch.long, device=self.device)
 
     @functools.cached_property
@@ -150,21 +150,17 @@ class BatchedContextualEnv(ABC):
         finished worlds auto-reset."""
         low, high = self.action_bounds
         actions = torch.maximum(torch.minimum(actions.to(self.device), high), low)
-        context = self.contexts.clone()
+        context = self.contexts  # a reset replaces the tensor, so this stays the step's
         reward, terminated = self._step_worlds(actions)
         self.episode_steps += 1
         truncated = (self.episode_steps >= self.max_episode_steps) & ~terminated
         final = self._obs()
         done = terminated | truncated
-        if bool(done.any()):
-            self._reset(done, None)
-        return (
-            self._obs(),
-            reward,
-            terminated,
-            truncated,
-            {"final_observation": final, "context": context},
-        )
+        info = {"final_observation": final, "context": context}
+        if not bool(done.any()):
+            return final, reward, terminated, truncated, info
+        self._reset(done, None)
+        return self._obs(), reward, terminated, truncated, info
 
     def _reset(self, mask: torch.Tensor, contexts: torch.Tensor | None) -> None:
         n = int(mask.sum())
@@ -179,14 +175,19 @@ class BatchedContextualEnv(ABC):
                     f"contexts must be ({n}, {len(self.context_space)}) raw values "
                     f"{self.context_names}, got {tuple(contexts.shape)}"
                 )
-        self.contexts[mask] = contexts
+        # new tensors rather than in-place writes: observations and infos already handed out
+        # keep the contexts they were made with
+        updated = self.contexts.clone()
+        updated[mask] = contexts
+        self.contexts = updated
+        self.scaled_contexts = scale_contexts(self.context_space, updated)
         self.episode_steps[mask] = 0
         self._reset_worlds(mask)
 
     def _obs(self) -> Obs:
         return {
             "observation": self._observe(),
-            "context": scale_contexts(self.context_space, self.contexts),
+            "context": self.scaled_contexts,
         }
 
     @abstractmethod

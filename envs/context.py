@@ -180,11 +180,16 @@ class ContextSpace:
     def to_array(self, context: Mapping[str, float]) -> np.ndarray:
         """``(len(self),)`` float32: each feature scaled so the train interval maps to [-1, 1]
         (extrapolation lands outside). This is what the observation carries."""
-        out = np.empty(len(self.features), np.float32)
-        for i, f in enumerate(self.features):
-            center, half = (f.train[0] + f.train[1]) / 2, (f.train[1] - f.train[0]) / 2
-            out[i] = (context[f.name] - center) / half
-        return out
+        center, half = self.train_scaling()
+        values = np.array([context[f.name] for f in self.features], np.float64)
+        return ((values - center) / half).astype(np.float32)
+
+    def train_scaling(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(center, half_width)`` of every feature's train interval, ``(len(self),)`` float64
+        each: :meth:`to_array` is ``(value - center) / half_width``."""
+        center = np.array([(f.train[0] + f.train[1]) / 2 for f in self.features])
+        half = np.array([(f.train[1] - f.train[0]) / 2 for f in self.features])
+        return center, half
 
     def observation_bounds(self) -> tuple[np.ndarray, np.ndarray]:
         """``(low, high)`` of :meth:`to_array` over the bounds."""
