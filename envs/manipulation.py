@@ -13,12 +13,27 @@ from typing import Any
 
 import gymnasium as gym
 import mujoco
+import numpy as np
 
 from envs.compat import patch_gymnasium_robotics
 from envs.context import ContextFeature, ContextSpace, scaled_feature
 from envs.wrappers import ContextualEnv
 
 FETCH_TASKS = ("Push", "Slide", "PickAndPlace")
+
+#: FetchReach's goal as a context: its offset (m) from where the gripper starts. FetchReach draws
+#: it uniformly from [-0.15, 0.15] per axis; held out are a slab of each axis inside that range
+#: and, beyond it, offsets up to 0.25 m (z only upwards: lower goals would sit inside the table).
+REACH_FEATURES: dict[str, ContextFeature] = {
+    f"goal_{axis}": ContextFeature(
+        f"goal_{axis}",
+        0.0,
+        train=(-0.15, 0.15),
+        holdout=(0.03, 0.09),
+        bounds=(-0.15 if axis == "z" else -0.25, 0.25),
+    )
+    for axis in "xyz"
+}
 
 FETCH_FEATURES: dict[str, ContextFeature] = {
     "object_mass_scale": scaled_feature("object_mass_scale", 1.0),
@@ -119,3 +134,72 @@ def fetch_reach(**kwargs: Any) -> gym.Env:
     """FetchReach-v4 (patched): the goal, ``desired_goal``, is its only context. Registered as
     ``hyperrl/FetchReach-v0``."""
     return PlainRewards(make_robotics_env("FetchReach-v4", **kwargs))
+
+
+class ContextualFetchReach(ContextualEnv):
+    """FetchReach whose goal is a context: the target's offset from the gripper's start.
+
+    The goal-conditioned keys go: the observation is ``Dict(observation=<FetchReach's 10
+    values>, context=<the scaled offset>)``, as for the locomotion envs, so the descriptor reaches
+    the policy as context and held-out goals are a split like any other (for the goal as
+    ``desired_goal`` with HER, use ``hyperrl/FetchReach-v0``). The reward is FetchReach's, by
+    default its dense one (minus the distance to the goal, in metres); ``info["is_success"]``
+    says whether the gripper is within 5 cm of it. :class:`envs.warp_manipulation.WarpFetchReach`
+    is its batched twin.
+
+    :param features: names from :data:`REACH_FEATURES` (the offsets left out stay 0).
+    :param split: which split the per-episode sampler draws from.
+    :param hidden_context: leave the ``context`` key out.
+    :param contexts: a fixed list of contexts to draw from instead of sampling ``split``.
+    :param reward_type: ``"dense"`` or ``"sparse"`` (-1 until within 5 cm, then 0).
+    :param kwargs: passed to ``gym.make`` (``render_mode``...).
+    """
+
+    def __init__(
+        self,
+        features: Sequence[str] = tuple(REACH_FEATURES),
+        split: str = "train",
+        hidden_context: bool = False,
+        contexts: Sequence[Mapping[str, float]] | None = None,
+        reward_type: str = "dense",
+        **kwargs: Any,
+    ) -> None:
+        unknown = [f for f in features if f not in REACH_FEATURES]
+        if unknown:
+            raise ValueError(
+                f"unknown FetchReach features {unknown}; choose from {list(REACH_FEATURES)}"
+            )
+        if reward_type not in ("dense", "sparse"):
+            raise ValueError(f"reward_type is 'dense' or 'sparse', not {reward_type!r}")
+        env = make_robotics_env("FetchReach-v4", reward_type=reward_type, **kwargs)
+        space = ContextSpace([REACH_FEATURES[f] for f in features])
+        super().__init__(env, space, split, hidden_context, contexts)
+        spaces = {"observation": env.observation_space["observation"]}
+        if not hidden_context:
+            spaces["context"] = self.observation_space["context"]
+        self.observation_space = gym.spaces.Dict(spaces)
+        self._offset = np.zeros(3)
+
+    def apply_context(self, context: Mapping[str, float]) -> None:
+        self._offset = np.array([context.get(f"goal_{axis}", 0.0) for axis in "xyz"])
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        obs, info = super().reset(seed=seed, options=options)
+        # FetchReach drew a goal of its own while resetting; the context's replaces it (the
+        # observation kept here does not depend on the goal)
+        env = self.env.unwrapped
+        env.goal = env.initial_gripper_xpos[:3] + self._offset
+        return obs, info
+
+    @property
+    def goal(self) -> np.ndarray:
+        """``(3,)`` the current target position (world frame, m)."""
+        return self.env.unwrapped.goal.copy()
+
+    def _observe(self, obs: Any) -> dict[str, Any]:
+        out = {"observation": obs["observation"]}
+        if not self.hidden_context:
+            out["context"] = self._context_array.copy()
+        return out

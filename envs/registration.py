@@ -10,7 +10,7 @@ import gymnasium as gym
 from envs.classic import CARTPOLE_CONTEXT, PENDULUM_CONTEXT
 from envs.context import ContextSpace
 from envs.locomotion import LOCOMOTION, PHYSICS_FEATURES, TASK_FEATURES
-from envs.manipulation import FETCH_FEATURES, FETCH_TASKS
+from envs.manipulation import FETCH_FEATURES, FETCH_TASKS, REACH_FEATURES
 
 NAMESPACE = "hyperrl"
 
@@ -54,6 +54,9 @@ ENVS: dict[str, EnvSpec] = {
         )
         for task in FETCH_TASKS
     },
+    f"{NAMESPACE}/ContextualFetchReach-v0": EnvSpec(
+        "envs.manipulation:ContextualFetchReach", ContextSpace(list(REACH_FEATURES.values()))
+    ),
 }
 
 
@@ -90,6 +93,9 @@ BATCHED_ENVS: dict[str, BatchedSpec] = {
         )
         for name in ("HalfCheetah", "Hopper", "Walker2d", "Ant")
     },
+    f"{NAMESPACE}/WarpFetchReach-v0": BatchedSpec(
+        "envs.warp_manipulation:WarpFetchReach", f"{NAMESPACE}/ContextualFetchReach-v0"
+    ),
 }
 
 
@@ -159,7 +165,7 @@ def describe_envs() -> str:
                 f"holdout {_fmt(f.holdout)}  bounds {_fmt(f.bounds)}"
             )
     for env_id, spec in BATCHED_ENVS.items():
-        lines.append(f"{env_id}\n    batched on-device twin of {spec.cpu_twin} (PPO on the GPU)")
+        lines.append(f"{env_id}\n    batched on-device twin of {spec.cpu_twin} (device PPO, SAC)")
     lines.append(f"{GOAL_ONLY}\n    goal only (desired_goal); FetchReach-v4 fixed for MuJoCo 4")
     for env_id, kwargs in SUITES.items():
         lines.append(

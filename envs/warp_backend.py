@@ -94,6 +94,12 @@ class WarpWorlds:
         self.time = wp.to_torch(d.time)  #: ``(nworld,)``
         self.xpos = wp.to_torch(d.xpos)  #: ``(nworld, nbody, 3)``
         self.cfrc_ext = wp.to_torch(d.cfrc_ext)  #: ``(nworld, nbody, 6)``
+        self.xquat = wp.to_torch(d.xquat)  #: ``(nworld, nbody, 4)``
+        self.site_xpos = wp.to_torch(d.site_xpos)  #: ``(nworld, nsite, 3)``
+        self.cvel = wp.to_torch(d.cvel)  #: ``(nworld, nbody, 6)`` rotation, then translation
+        self.subtree_com = wp.to_torch(d.subtree_com)  #: ``(nworld, nbody, 3)``
+        self.mocap_pos = wp.to_torch(d.mocap_pos)  #: ``(nworld, nmocap, 3)``
+        self.mocap_quat = wp.to_torch(d.mocap_quat)  #: ``(nworld, nmocap, 4)``
         self._graph, self._streams = None, {}
         if self.device.type == "cuda":
             with wp.ScopedDevice(self.wp_device):

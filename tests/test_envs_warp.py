@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 import gymnasium as gym
+import mujoco
 import numpy as np
 import pytest
 import torch
@@ -64,6 +65,16 @@ def cpu_envs(env_id, contexts, features=FEATURES, **kwargs):
     return out
 
 
+def set_cpu_state(env, qpos, qvel):
+    """``MujocoEnv.set_state``, also for gymnasium-robotics envs (which have none)."""
+    env = env.unwrapped
+    if hasattr(env, "set_state"):
+        env.set_state(qpos, qvel)
+        return
+    env.data.qpos[:], env.data.qvel[:] = qpos, qvel
+    mujoco.mj_forward(env.model, env.data)
+
+
 def check_parity(warp, cpus, contexts, steps, seed=0):
     """Step every CPU env and its Warp world from the same state with the same action; return
     the Warp observations ``(steps, N, obs_dim)``."""
@@ -75,7 +86,7 @@ def check_parity(warp, cpus, contexts, steps, seed=0):
         qpos = np.stack([env.unwrapped.data.qpos for env in cpus]).astype(np.float32)
         qvel = np.stack([env.unwrapped.data.qvel for env in cpus]).astype(np.float32)
         for env, q, v in zip(cpus, qpos, qvel, strict=True):
-            env.unwrapped.set_state(q.astype(np.float64), v.astype(np.float64))
+            set_cpu_state(env, q.astype(np.float64), v.astype(np.float64))
         warp.set_state(torch.from_numpy(qpos), torch.from_numpy(qvel))
         actions = rng.uniform(low, high, (len(cpus), len(low))).astype(np.float32)
         _, reward, terminated, _, info = warp.step(torch.from_numpy(actions))
@@ -302,3 +313,112 @@ def test_train_agent_runs_device_ppo_on_warp_and_evaluates_on_the_cpu_twin(tmp_p
     result = evaluate_run(run_dir, splits=["extrapolation"], episodes=1)
     assert result["env"] == "hyperrl/ContextualHalfCheetah-v0"
     assert result["episodes"][0]["length"] == 1000
+
+
+# -- FetchReach: the mocap-driven arm; the goal is the context -----------------------------------
+
+REACH_GOALS = np.array([[0.0, 0.0, 0.0], [0.125, -0.125, 0.0625], [-0.14, 0.0625, 0.2]], np.float32)
+
+
+@pytest.fixture(scope="module")
+def reach():
+    pytest.importorskip("gymnasium_robotics")
+    from envs.warp_manipulation import WarpFetchReach
+
+    return WarpFetchReach(len(REACH_GOALS), device=DEVICE, seed=0)
+
+
+def reach_cpu_envs(goals, **kwargs):
+    from envs.manipulation import REACH_FEATURES, ContextualFetchReach
+
+    out = []
+    for i, goal in enumerate(goals):
+        env = ContextualFetchReach(**kwargs)
+        env.reset(seed=i, options={"context": named(goal, tuple(REACH_FEATURES))})
+        out.append(env)
+    return out
+
+
+def test_fetch_reach_matches_the_cpu_env_step_by_step(reach):
+    cpus = reach_cpu_envs(REACH_GOALS)
+    for i, env in enumerate(cpus):  # the goal is the context, in both
+        np.testing.assert_allclose(env.goal, env.unwrapped.initial_gripper_xpos + REACH_GOALS[i])
+    obs = check_parity(reach, cpus, REACH_GOALS, steps=25)
+    np.testing.assert_allclose(reach.goals.cpu().numpy(), [env.goal for env in cpus], atol=1e-6)
+    assert np.abs(obs[..., 5:8]).max() > 1e-3  # the grip velocity was compared, not zeros
+
+
+def test_fetch_reach_sparse_reward_matches_the_cpu_env():
+    from envs.warp_manipulation import WarpFetchReach
+
+    goals = np.zeros((2, 3), np.float32)  # the gripper starts on the goal: some steps succeed
+    warp = WarpFetchReach(2, device=DEVICE, seed=0, reward_type="sparse")
+    check_parity(warp, reach_cpu_envs(goals, reward_type="sparse"), goals, steps=6)
+
+
+def test_fetch_reach_gripper_follows_the_actions_to_every_goal(reach):
+    """A proportional controller on the observation reaches each world's own goal, and the
+    episode truncates after FetchReach's 50 steps with new goals."""
+    obs = reach.reset(contexts=torch.from_numpy(REACH_GOALS))
+    goals = reach.goals.clone()
+    start = obs["observation"][:, :3].clone()
+    for _ in range(50):
+        grip = obs["observation"][:, :3]
+        actions = torch.cat([(goals - grip) / 0.05, torch.zeros(len(goals), 1)], -1)
+        obs, reward, terminated, truncated, info = reach.step(actions.clamp(-1, 1))
+    final = info["final_observation"]["observation"][:, :3]
+    distance = torch.linalg.vector_norm(final - goals, dim=-1)
+    assert (distance < reach.distance_threshold).all(), distance
+    torch.testing.assert_close(reward, -distance)
+    assert truncated.all() and not terminated.any() and (reach.episode_steps == 0).all()
+    torch.testing.assert_close(obs["observation"][:, :3], start, atol=1e-5, rtol=0)  # reset
+    assert not torch.equal(reach.contexts, torch.from_numpy(REACH_GOALS).to(reach.device))
+
+
+def test_fetch_reach_spaces_and_registration(reach):
+    from envs import cpu_twin, make_batched
+
+    twin = gym.make(cpu_twin("hyperrl/WarpFetchReach-v0"))
+    assert twin.observation_space == reach.observation_space
+    assert twin.action_space == reach.action_space
+    assert set(twin.observation_space) == {"observation", "context"}
+    obs, info = twin.reset(seed=0, options={"context": {"goal_x": 0.2}})
+    assert twin.unwrapped.goal[0] == pytest.approx(twin.unwrapped.initial_gripper_xpos[0] + 0.2)
+    assert info["context"] == {"goal_x": 0.2, "goal_y": 0.0, "goal_z": 0.0}
+    env = make_batched("hyperrl/WarpFetchReach-v0", 2, split="extrapolation", seed=0)
+    env.reset()
+    assert all(
+        env.context_space.split_of(named(c, env.context_names)) == "extrapolation"
+        for c in env.contexts.tolist()
+    )
+    with pytest.raises(ValueError, match="unknown FetchReach features \\['goal_w'\\]"):
+        make_batched("hyperrl/WarpFetchReach-v0", 2, features=("goal_w",))
+
+
+def test_train_agent_runs_device_sac_on_warp_fetch_reach_and_evaluates_on_the_cpu_twin(tmp_path):
+    pytest.importorskip("gymnasium_robotics")
+    from stable_baselines3 import SAC
+
+    from agents.evaluation import evaluate_run
+    from agents.train import TrainArgs, train
+
+    run_dir = tmp_path / "run"
+    train(
+        TrainArgs(
+            algo="sac",
+            env="hyperrl/WarpFetchReach-v0",
+            n_envs=2,
+            timesteps=32,
+            hyperparams=["learning_starts:16", "batch_size:8", "gradient_steps:1"],
+            eval_freq=0,
+            save_freq=0,
+            progress_bar=False,
+            device=DEVICE,
+            run_dir=str(run_dir),
+        )
+    )
+    model = SAC.load(run_dir / "model.zip", device="cpu")
+    assert model.num_timesteps == 32
+    result = evaluate_run(run_dir, splits=["interpolation"], episodes=1)
+    assert result["env"] == "hyperrl/ContextualFetchReach-v0"
+    assert result["episodes"][0]["length"] == 50
