@@ -4,7 +4,8 @@
 extrapolation, or train / held_out for task suites) or on a grid over one or two context
 features, and writes into ``out_dir`` (the run folder by default):
 
-- ``eval.json`` (every episode: split, context, return, length; and a per-split summary) and
+- ``eval.json`` (every episode: split, context, return, length, and for goal-reaching envs
+  whether it ended on the goal; a per-split summary, with the success rate for those) and
   ``eval.csv`` (one row per episode);
 - ``eval.png``: return against the first context feature, a series per split (a heat map for a
   two-feature grid);
@@ -50,9 +51,12 @@ def _play(model, env: gym.Env, seed: int, options: dict | None, obs_filter, reco
                 raise _render_hint(err) from None
             frames.append(caption(frame, _slug(context, sep="  ")))
         action, _ = model.predict(obs_filter(obs), deterministic=True)
-        obs, reward, terminated, truncated, _ = env.step(action)
+        obs, reward, terminated, truncated, info = env.step(action)
         total, length, done = total + float(reward), length + 1, terminated or truncated
-    return {"context": context, "return": total, "length": length}, frames
+    row = {"context": context, "return": total, "length": length}
+    if "is_success" in info:  # goal-reaching envs (Fetch): whether the episode ended on the goal
+        row["success"] = bool(float(info["is_success"]) > 0)
+    return row, frames
 
 
 def caption(frame: np.ndarray, text: str) -> np.ndarray:
@@ -165,14 +169,16 @@ def evaluate_run(
                 frames,
                 made[split].metadata.get("render_fps", 30),
             )
-    summary = {
-        s: {
-            "mean_return": float(np.mean([r["return"] for r in rows if r["split"] == s])),
-            "std_return": float(np.std([r["return"] for r in rows if r["split"] == s])),
-            "episodes": sum(r["split"] == s for r in rows),
+    summary = {}
+    for s in split_list:
+        mine = [r for r in rows if r["split"] == s]
+        summary[s] = {
+            "mean_return": float(np.mean([r["return"] for r in mine])),
+            "std_return": float(np.std([r["return"] for r in mine])),
+            "episodes": len(mine),
         }
-        for s in split_list
-    }
+        if mine and "success" in mine[0]:
+            summary[s]["success_rate"] = float(np.mean([r["success"] for r in mine]))
     result = {"env": env_id, "model": str(model_path), "summary": summary, "episodes": rows}
     (out / "eval.json").write_text(json.dumps(result, indent=2))
     _write_csv(out / "eval.csv", rows)
@@ -190,10 +196,12 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     names = sorted({k for r in rows for k in r["context"]})
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["split", *names, "return", "length"])
+        success = ["success"] if rows and "success" in rows[0] else []
+        writer.writerow(["split", *names, "return", "length", *success])
         for r in rows:
             writer.writerow(
                 [r["split"], *(r["context"].get(n) for n in names), r["return"], r["length"]]
+                + [r[k] for k in success]
             )
 
 

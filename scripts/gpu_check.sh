@@ -6,11 +6,11 @@
 #   bash ../shared/gpu/stage-warp.sh            # here, first: stages MuJoCo Warp (two uploads)
 #   bash scripts/gpu_check.sh [OUT] [TRAIN_SECONDS]   # there, after the staging commands
 #
-# Each part has its own time limit (150 + 180 + 60 + TRAIN_SECONDS s at most), so one slow part
-# cannot eat the others' budget and the whole fits one 600 s device call.
+# Each part has its own time limit (180 + 150 + 60 + 40 + TRAIN_SECONDS s at most), so one slow
+# part cannot eat the others' budget and the whole fits one 600 s device call.
 set -uo pipefail
 out=${1:-${OUT:?give an output folder}}
-train_seconds=${2:-180}
+train_seconds=${2:-150}
 mkdir -p "$out"
 # where stage-warp.sh's commands unpacked MuJoCo Warp (machines with it installed need nothing)
 [ -d /tmp/devsite ] && export PYTHONPATH=/tmp/devsite:$PWD${PYTHONPATH:+:$PYTHONPATH}
@@ -21,12 +21,15 @@ nvidia-smi > "$out/nvidia-smi.txt" 2>&1
 python -c "import torch, warp, mujoco_warp; print(torch.__version__, warp.__version__)" \
   > "$out/versions.txt" 2>&1
 log "parity on CUDA"
-HYPERRL_WARP_DEVICE=cuda timeout 150 python -m pytest -q -x -p no:cacheprovider \
+HYPERRL_WARP_DEVICE=cuda timeout 180 python -m pytest -q -x -p no:cacheprovider \
   tests/test_envs_warp.py > "$out/parity.txt" 2>&1; log "parity rc=$?"
 log "throughput"
-timeout 180 python scripts/bench_gpu.py --envs 1024 4096 16384 --out "$out/bench_gpu.md" \
+timeout 150 python scripts/bench_gpu.py --envs 1024 4096 16384 --out "$out/bench_gpu.md" \
   > "$out/bench_gpu.txt" 2>&1; log "bench rc=$?"
-timeout 60 python scripts/bench_hypernet.py --sizes 64 256 256 8 --batches 16384 \
+timeout 60 python scripts/bench_gpu.py --env hyperrl/WarpFetchReach-v0 --envs 4096 \
+  --sb3-steps 2048 --out "$out/bench_gpu_fetch.md" > "$out/bench_gpu_fetch.txt" 2>&1
+log "bench fetch rc=$?"
+timeout 40 python scripts/bench_hypernet.py --sizes 64 256 256 8 --batches 16384 \
   --contexts 512 --device cuda > "$out/bench_hypernet.txt" 2>&1; log "hypernet rc=$?"
 log "training for ${train_seconds}s"
 timeout --signal=INT "$train_seconds" python scripts/train_agent.py \

@@ -288,8 +288,31 @@ def test_ant_default_model_runs():
     assert forces.abs().max() <= 1.0 and forces.any()  # clipped contact forces of the feet
 
 
-def test_train_agent_runs_device_ppo_on_warp_and_evaluates_on_the_cpu_twin(tmp_path):
-    from stable_baselines3 import PPO
+@pytest.mark.parametrize(
+    ("algo", "env_id", "twin", "hyperparams", "length"),
+    [
+        (
+            "ppo",
+            "hyperrl/WarpHalfCheetah-v0",
+            "hyperrl/ContextualHalfCheetah-v0",
+            ["n_steps:8", "n_minibatches:2", "n_epochs:1"],
+            1000,
+        ),
+        (
+            "sac",
+            "hyperrl/WarpFetchReach-v0",
+            "hyperrl/ContextualFetchReach-v0",
+            ["learning_starts:16", "batch_size:8", "gradient_steps:1"],
+            50,
+        ),
+    ],
+)
+def test_train_agent_trains_on_warp_and_evaluates_on_the_cpu_twin(
+    tmp_path, algo, env_id, twin, hyperparams, length
+):
+    if "Fetch" in env_id:
+        pytest.importorskip("gymnasium_robotics")
+    from stable_baselines3 import PPO, SAC
 
     from agents.evaluation import evaluate_run
     from agents.train import TrainArgs, train
@@ -297,10 +320,11 @@ def test_train_agent_runs_device_ppo_on_warp_and_evaluates_on_the_cpu_twin(tmp_p
     run_dir = tmp_path / "run"
     train(
         TrainArgs(
-            env="hyperrl/WarpHalfCheetah-v0",
-            n_envs=4,
-            timesteps=64,
-            hyperparams=["n_steps:8", "n_minibatches:2", "n_epochs:1"],
+            algo=algo,
+            env=env_id,
+            n_envs=2,
+            timesteps=32,
+            hyperparams=hyperparams,
             eval_freq=0,
             save_freq=0,
             progress_bar=False,
@@ -308,11 +332,17 @@ def test_train_agent_runs_device_ppo_on_warp_and_evaluates_on_the_cpu_twin(tmp_p
             run_dir=str(run_dir),
         )
     )
-    model = PPO.load(run_dir / "model.zip", device="cpu")
-    assert model.num_timesteps == 64
+    model = {"ppo": PPO, "sac": SAC}[algo].load(run_dir / "model.zip", device="cpu")
+    assert model.num_timesteps == 32
     result = evaluate_run(run_dir, splits=["extrapolation"], episodes=1)
-    assert result["env"] == "hyperrl/ContextualHalfCheetah-v0"
-    assert result["episodes"][0]["length"] == 1000
+    assert result["env"] == twin
+    (episode,) = result["episodes"]
+    assert episode["length"] == length
+    summary = result["summary"]["extrapolation"]
+    if "Fetch" in env_id:  # goal-reaching: whether the episode ended within 5 cm of the goal
+        assert summary["success_rate"] == float(episode["success"])
+    else:
+        assert "success_rate" not in summary and "success" not in episode
 
 
 # -- FetchReach: the mocap-driven arm; the goal is the context -----------------------------------
@@ -393,32 +423,3 @@ def test_fetch_reach_spaces_and_registration(reach):
     )
     with pytest.raises(ValueError, match="unknown FetchReach features \\['goal_w'\\]"):
         make_batched("hyperrl/WarpFetchReach-v0", 2, features=("goal_w",))
-
-
-def test_train_agent_runs_device_sac_on_warp_fetch_reach_and_evaluates_on_the_cpu_twin(tmp_path):
-    pytest.importorskip("gymnasium_robotics")
-    from stable_baselines3 import SAC
-
-    from agents.evaluation import evaluate_run
-    from agents.train import TrainArgs, train
-
-    run_dir = tmp_path / "run"
-    train(
-        TrainArgs(
-            algo="sac",
-            env="hyperrl/WarpFetchReach-v0",
-            n_envs=2,
-            timesteps=32,
-            hyperparams=["learning_starts:16", "batch_size:8", "gradient_steps:1"],
-            eval_freq=0,
-            save_freq=0,
-            progress_bar=False,
-            device=DEVICE,
-            run_dir=str(run_dir),
-        )
-    )
-    model = SAC.load(run_dir / "model.zip", device="cpu")
-    assert model.num_timesteps == 32
-    result = evaluate_run(run_dir, splits=["interpolation"], episodes=1)
-    assert result["env"] == "hyperrl/ContextualFetchReach-v0"
-    assert result["episodes"][0]["length"] == 50
