@@ -83,12 +83,12 @@ class WarpFetchReach(BatchedContextualEnv):
         self.mj_model: mujoco.MjModel = env.model  #: the robot after the env's set-up (host)
         self.dt, self.reward_type = float(env.dt), reward_type
         self.distance_threshold = float(env.distance_threshold)
-        self._read_ids(env)
-        as_tensor = lambda x: torch.tensor(x, dtype=torch.float32, device=self.device)  # noqa: E731
-        self._init_qpos, self._init_qvel = as_tensor(env.initial_qpos), as_tensor(env.initial_qvel)
+        self._read_ids()
+        self._init_qpos = self._tensor(env.initial_qpos)
+        self._init_qvel = self._tensor(env.initial_qvel)
         self._init_time = float(env.initial_time)
-        self._start = as_tensor(env.initial_gripper_xpos[:3])
-        self._rotation = as_tensor(_GRIP_ROTATION)
+        self._start = self._tensor(env.initial_gripper_xpos[:3])
+        self._rotation = self._tensor(_GRIP_ROTATION)
         self._axes = [("xyz".index(f[-1]), i) for i, f in enumerate(self.context_names)]
         self.worlds = WarpWorlds(
             self.mj_model,
@@ -101,7 +101,10 @@ class WarpFetchReach(BatchedContextualEnv):
         self._mocap_home = (self.worlds.mocap_pos[:1].clone(), self.worlds.mocap_quat[:1].clone())
         cpu.close()
 
-    def _read_ids(self, env) -> None:
+    def _tensor(self, values) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.float32, device=self.device)
+
+    def _read_ids(self) -> None:
         """Indices of the welded gripper link, the grip site and the finger joints."""
         m = self.mj_model
         weld = [i for i in range(m.neq) if m.eq_type[i] == mujoco.mjtEq.mjEQ_WELD]
@@ -110,7 +113,8 @@ class WarpFetchReach(BatchedContextualEnv):
         a, b = int(m.eq_obj1id[weld[0]]), int(m.eq_obj2id[weld[0]])
         self._hand = b if m.body_mocapid[a] >= 0 else a
         self._grip = m.site("robot0:grip").id
-        self._grip_root = int(m.body_rootid[m.site_bodyid[self._grip]])
+        self._grip_body = int(m.site_bodyid[self._grip])
+        self._grip_root = int(m.body_rootid[self._grip_body])
         fingers = [m.joint(f"robot0:{side}_gripper_finger_joint") for side in "rl"]
         self._finger_qpos = [int(j.qposadr[0]) for j in fingers]
         self._finger_qvel = [int(j.dofadr[0]) for j in fingers]
@@ -164,10 +168,9 @@ class WarpFetchReach(BatchedContextualEnv):
     def _grip_velocity(self) -> torch.Tensor:
         """``(N, 3)`` linear velocity of the grip site: ``cvel`` is the root's com-based spatial
         velocity (rotation, translation at the subtree's centre of mass), shifted to the site."""
-        w, root = self.worlds, self._grip_root
-        body = int(self.mj_model.site_bodyid[self._grip])
-        rotation, translation = w.cvel[:, body, :3], w.cvel[:, body, 3:]
-        offset = self._grip_pos() - w.subtree_com[:, root]
+        w = self.worlds
+        rotation, translation = w.cvel[:, self._grip_body, :3], w.cvel[:, self._grip_body, 3:]
+        offset = self._grip_pos() - w.subtree_com[:, self._grip_root]
         return translation + torch.linalg.cross(rotation, offset)
 
     def _observe(self) -> torch.Tensor:
