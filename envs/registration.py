@@ -96,6 +96,9 @@ BATCHED_ENVS: dict[str, BatchedSpec] = {
     f"{NAMESPACE}/WarpFetchReach-v0": BatchedSpec(
         "envs.warp_manipulation:WarpFetchReach", f"{NAMESPACE}/ContextualFetchReach-v0"
     ),
+    f"{NAMESPACE}/WarpFetchPush-v0": BatchedSpec(
+        "envs.warp_manipulation:WarpFetchPush", f"{NAMESPACE}/ContextualFetchPush-v0"
+    ),
 }
 
 

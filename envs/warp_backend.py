@@ -96,6 +96,7 @@ class WarpWorlds:
         self.cfrc_ext = wp.to_torch(d.cfrc_ext)  #: ``(nworld, nbody, 6)``
         self.xquat = wp.to_torch(d.xquat)  #: ``(nworld, nbody, 4)``
         self.site_xpos = wp.to_torch(d.site_xpos)  #: ``(nworld, nsite, 3)``
+        self.site_xmat = wp.to_torch(d.site_xmat)  #: ``(nworld, nsite, 3, 3)``
         self.cvel = wp.to_torch(d.cvel)  #: ``(nworld, nbody, 6)`` rotation, then translation
         self.subtree_com = wp.to_torch(d.subtree_com)  #: ``(nworld, nbody, 3)``
         self.mocap_pos = wp.to_torch(d.mocap_pos)  #: ``(nworld, nmocap, 3)``

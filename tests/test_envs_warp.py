@@ -75,10 +75,18 @@ def set_cpu_state(env, qpos, qvel):
     mujoco.mj_forward(env.model, env.data)
 
 
-def check_parity(warp, cpus, contexts, steps, seed=0):
+def check_parity(warp, cpus, contexts, steps, seed=0, policy=None, atol=OBS_ATOL):
     """Step every CPU env and its Warp world from the same state with the same action; return
-    the Warp observations ``(steps, N, obs_dim)``."""
+    the Warp observations ``(steps, N, obs_dim)``.
+
+    :param policy: ``policy(observations (N, obs_dim), t) -> actions (N, act_dim)``, fed the
+        Warp worlds' observations of the shared state (uniform random actions when ``None``).
+    :param atol: the observation tolerance, a scalar or one per dimension.
+    """
     warp.reset(contexts=torch.as_tensor(contexts))
+    if "desired_goal" in warp.observation_space.spaces:  # goals drawn per episode: the CPU envs'
+        goals = np.stack([env.unwrapped.goal for env in cpus]).astype(np.float32)
+        warp.goals.copy_(torch.from_numpy(goals))
     rng = np.random.default_rng(seed)
     low, high = warp.action_space.low, warp.action_space.high
     seen = []
@@ -88,16 +96,21 @@ def check_parity(warp, cpus, contexts, steps, seed=0):
         for env, q, v in zip(cpus, qpos, qvel, strict=True):
             set_cpu_state(env, q.astype(np.float64), v.astype(np.float64))
         warp.set_state(torch.from_numpy(qpos), torch.from_numpy(qvel))
-        actions = rng.uniform(low, high, (len(cpus), len(low))).astype(np.float32)
+        if policy is None:
+            actions = rng.uniform(low, high, (len(cpus), len(low))).astype(np.float32)
+        else:
+            actions = policy(warp._observe().cpu().numpy(), t).astype(np.float32)
         _, reward, terminated, _, info = warp.step(torch.from_numpy(actions))
         final = {k: v.cpu().numpy() for k, v in info["final_observation"].items()}
+        assert set(final) == set(warp.observation_space.spaces)
         for i, env in enumerate(cpus):
             obs, cpu_reward, cpu_terminated, _, _ = env.step(actions[i])
             where = f"step {t}, world {i}"
-            np.testing.assert_allclose(
-                final["observation"][i], obs["observation"], rtol=0, atol=OBS_ATOL, err_msg=where
-            )
-            np.testing.assert_allclose(final["context"][i], obs["context"], atol=1e-6)
+            assert set(obs) == set(final), where
+            for key in obs:
+                tol = {"observation": atol, "context": 1e-6}.get(key, OBS_ATOL)
+                gap = np.abs(final[key][i] - obs[key])
+                assert (gap <= tol).all(), f"{where}: {key} differs by {gap} (allowed {tol})"
             assert abs(float(reward[i]) - cpu_reward) <= REWARD_ATOL, where
             assert bool(terminated[i]) == cpu_terminated, where
         seen.append(final["observation"])
@@ -305,6 +318,13 @@ def test_ant_default_model_runs():
             ["learning_starts:16", "batch_size:8", "gradient_steps:1"],
             50,
         ),
+        (
+            "ppo",
+            "hyperrl/WarpFetchPush-v0",
+            "hyperrl/ContextualFetchPush-v0",
+            ["n_steps:8", "n_minibatches:2", "n_epochs:1"],
+            50,
+        ),
     ],
 )
 def test_train_agent_trains_on_warp_and_evaluates_on_the_cpu_twin(
@@ -423,3 +443,133 @@ def test_fetch_reach_spaces_and_registration(reach):
     )
     with pytest.raises(ValueError, match="unknown FetchReach features \\['goal_w'\\]"):
         make_batched("hyperrl/WarpFetchReach-v0", 2, features=("goal_w",))
+
+
+# -- FetchPush: the object's physics is the context ----------------------------------------------
+
+PUSH_FEATURES = ("object_mass_scale", "object_friction_scale", "table_friction_scale")
+PUSH_CONTEXTS = np.array([[1.0, 1.0, 1.0], [1.375, 0.625, 1.25], [0.625, 1.5, 0.75]], np.float32)
+#: the object's Euler angles and angular velocity (obs 11:14, 17:20): a box rocking on the table
+#: under the pusher is sensitive to the solver (tolerance 1e-8 in MuJoCo, 1e-6 in MuJoCo Warp);
+#: the largest gaps seen over this push were 6e-3 rad and 0.022 (0.55 rad/s), all else < 3e-4.
+#: The formulas themselves are compared exactly in the kinematics test below.
+SPIN_ATOL = 0.05
+
+
+@pytest.fixture(scope="module")
+def push():
+    pytest.importorskip("gymnasium_robotics")
+    from envs.warp_manipulation import WarpFetchPush
+
+    return WarpFetchPush(len(PUSH_CONTEXTS), device=DEVICE, seed=0)
+
+
+def push_cpu_envs(contexts):
+    from envs.manipulation import ContextualFetch
+
+    out = []
+    for i, context in enumerate(contexts):
+        env = ContextualFetch("FetchPush-v4")
+        env.reset(seed=i, options={"context": named(context, PUSH_FEATURES)})
+        out.append(env)
+    return out
+
+
+def push_gently(obs, t):
+    """Above and behind the object, down to the table, then slowly along +x: a sliding push
+    (hard impacts tumble the box, whose spin then differs between the solvers)."""
+    grip, obj = obs[:, :3], obs[:, 3:6]
+    behind = obj + np.array([-0.06, 0.0, 0.0])
+    if t < 10:
+        move = np.clip((behind + np.array([0.0, 0.0, 0.08]) - grip) * 10, -1, 1)
+    elif t < 16:
+        move = np.clip((behind - grip) * 10, -1, 1)
+    else:
+        move = np.tile([0.09, 0.0, 0.0], (len(obs), 1))
+    return np.concatenate([move, np.zeros((len(obs), 1))], -1)
+
+
+def test_fetch_push_matches_the_cpu_env_step_by_step(push):
+    atol = np.full(25, OBS_ATOL)
+    atol[[11, 12, 13, 17, 18, 19]] = SPIN_ATOL
+    cpus = push_cpu_envs(PUSH_CONTEXTS)
+    obs = check_parity(push, cpus, PUSH_CONTEXTS, steps=30, policy=push_gently, atol=atol)
+    pushed = obs[-1, :, 3] - obs[15, :, 3]  # the object's x over the push
+    assert (pushed > 0.015).all(), pushed
+
+
+def test_fetch_push_observation_formulas_match_on_spinning_objects(push):
+    """From random states with the object tilted and spinning (no stepping: kinematics only),
+    the Euler angles and site velocities equal gymnasium-robotics' (Jacobian-based) ones."""
+    cpus = push_cpu_envs(PUSH_CONTEXTS)
+    rng = np.random.default_rng(0)
+    push.reset(contexts=torch.from_numpy(PUSH_CONTEXTS))
+    nq, nv = push.mj_model.nq, push.mj_model.nv
+    for _ in range(5):
+        qpos = np.stack([env.unwrapped.data.qpos for env in cpus]).astype(np.float32)
+        quat = rng.normal(size=(len(cpus), 4))
+        qpos[:, nq - 4 :] = quat / np.linalg.norm(quat, axis=1, keepdims=True)
+        qvel = rng.normal(scale=0.5, size=(len(cpus), nv)).astype(np.float32)
+        for env, q, v in zip(cpus, qpos, qvel, strict=True):
+            set_cpu_state(env, q.astype(np.float64), v.astype(np.float64))
+        push.set_state(torch.from_numpy(qpos), torch.from_numpy(qvel))
+        got = push._observe().cpu().numpy()
+        want = np.stack([env.unwrapped._get_obs()["observation"] for env in cpus])
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+        assert np.abs(want[:, 11:14]).max() > 0.5 and np.abs(want[:, 17:20]).max() > 0.01
+
+
+def test_fetch_push_context_is_written_into_the_model_and_the_derived_masses(push):
+    """Every batched field as ``ContextualFetch.apply_context`` (``mj_setConst``) leaves it,
+    except one known gap: MuJoCo Warp's ``set_const`` gives bodies that cannot rotate (Fetch's
+    base, on slide joints, and what is welded to it) a rotational inverse weight where MuJoCo
+    gives 0. Rotational weights only scale constraint rows that rotate a body, so it is unused."""
+    push.reset(contexts=torch.from_numpy(PUSH_CONTEXTS))
+    for i, env in enumerate(push_cpu_envs(PUSH_CONTEXTS)):  # reset ran apply_context
+        model = env.unwrapped.model
+        for name in ("body_mass", "body_inertia", "geom_friction", "body_subtreemass"):
+            got = push.worlds.field(name)[i].cpu().numpy()
+            np.testing.assert_allclose(got, getattr(model, name), rtol=1e-5, err_msg=name)
+        rotates = model.body_invweight0[:, 1] > 0
+        for name, rows in (("dof_invweight0", slice(None)), ("body_invweight0", rotates)):
+            got = push.worlds.field(name)[i].cpu().numpy()
+            np.testing.assert_allclose(got[rows], getattr(model, name)[rows], rtol=1e-5)
+        weights = push.worlds.field("body_invweight0")[i].cpu().numpy()
+        np.testing.assert_allclose(weights[:, 0], model.body_invweight0[:, 0], rtol=1e-5)
+
+
+def test_fetch_push_draws_objects_and_goals_as_fetch_push():
+    pytest.importorskip("gymnasium_robotics")
+    from envs.warp_manipulation import WarpFetchPush
+
+    warp = WarpFetchPush(256, device=DEVICE, seed=3, split="extrapolation")
+    obs = warp.reset()
+    start = warp._start.cpu()
+    offset = obs["achieved_goal"][:, :2].cpu() - start[:2]
+    assert (torch.linalg.vector_norm(offset, dim=-1) >= 0.1).all()
+    assert (offset.abs() <= 0.15 + 1e-6).all() and offset.std() > 0.05
+    goals = obs["desired_goal"].cpu()
+    assert ((goals[:, :2] - start[:2]).abs() <= 0.15 + 1e-6).all()
+    torch.testing.assert_close(goals[:, 2], torch.full((256,), warp._height))
+    assert torch.equal(obs["desired_goal"], warp.goals)
+    space = warp.context_space
+    assert all(
+        space.split_of(named(c, PUSH_FEATURES)) == "extrapolation" for c in warp.contexts.tolist()
+    )
+    again = warp.reset(seed=3)
+    assert torch.equal(again["achieved_goal"], obs["achieved_goal"])
+    assert torch.equal(again["desired_goal"], obs["desired_goal"])
+
+
+def test_mat2euler_matches_gymnasium_robotics():
+    pytest.importorskip("gymnasium_robotics")
+    from gymnasium_robotics.utils import rotations
+
+    from envs.warp_manipulation import _mat2euler
+
+    rng = np.random.default_rng(0)
+    quats = rng.normal(size=(64, 4))
+    mats = rotations.quat2mat(quats / np.linalg.norm(quats, axis=1, keepdims=True))
+    mats[0] = rotations.euler2mat(np.array([0.3, np.pi / 2, -0.2]))  # gimbal lock
+    got = _mat2euler(torch.from_numpy(mats)).numpy()
+    np.testing.assert_allclose(got, rotations.mat2euler(mats), atol=1e-9)
