@@ -1,9 +1,11 @@
 """What the on-device trainers (:mod:`agents.device_ppo`, :mod:`agents.device_sac`) share: the
-SB3 container's stand-in env, data-parallel helpers for ``torch.distributed``, a progress bar."""
+SB3 container's stand-in env, episode statistics, data-parallel helpers for ``torch.distributed``,
+a progress bar."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import gymnasium as gym
 import torch
@@ -21,6 +23,45 @@ class SpacesOnly(gym.Env):
 
     def step(self, action):  # pragma: no cover - never called
         raise RuntimeError("the device trainer steps its batched env, not this one")
+
+
+class EpisodeStats:
+    """Return and, for envs that report ``info["is_success"]`` (Fetch), success of the episodes
+    that finish, summed on the device; :meth:`read` syncs once and starts over.
+
+    :param num_envs: worlds of the batched env.
+    :param device: where the sums live.
+    """
+
+    def __init__(self, num_envs: int, device: torch.device) -> None:
+        self.running = torch.zeros(num_envs, device=device)  #: ``(N,)`` returns so far
+        self._sums = torch.zeros(3, device=device)  # return sum, episodes, successes
+        self._success = False
+
+    def add(self, reward: torch.Tensor, done: torch.Tensor, info: Mapping[str, Any]) -> None:
+        """Fold in one vector step: ``reward`` ``(N,)``, ``done`` ``(N,)`` bool."""
+        self.running += reward
+        self._sums[0] += (self.running * done).sum()
+        self._sums[1] += done.sum()
+        if "is_success" in info:
+            self._sums[2] += (info["is_success"] * done).sum()
+            self._success = True
+        self.running *= ~done
+
+    def read(self) -> dict[str, float]:
+        """``rollout/ep_rew_mean`` (and ``rollout/success_rate``) of the episodes finished since
+        the last read, on every rank under ``torch.distributed``; empty when none finished."""
+        sums = self._sums.clone()
+        self._sums.zero_()
+        if distributed():
+            dist.all_reduce(sums)
+        total, episodes, successes = sums.tolist()
+        if not episodes:
+            return {}
+        out = {"rollout/ep_rew_mean": total / episodes}
+        if self._success:
+            out["rollout/success_rate"] = successes / episodes
+        return out
 
 
 def distributed() -> bool:

@@ -23,13 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
-import numpy as np
 import torch
 import torch.distributed as dist
 from stable_baselines3 import PPO
 from stable_baselines3.common.logger import Logger
 
 from agents.device_common import (
+    EpisodeStats,
     SpacesOnly,
     average_gradients,
     distributed,
@@ -155,6 +155,7 @@ class DevicePPO:
         }
         self.ret_norm = RunningNorm((), device)
         self.returns = torch.zeros(env.num_envs, device=device)
+        self.episodes = EpisodeStats(env.num_envs, device)
         self.num_timesteps = 0
         self._obs: Obs | None = None
 
@@ -184,14 +185,11 @@ class DevicePPO:
         cfg, env, T, N = self.config, self.env, self.config.n_steps, self.env.num_envs
         if self._obs is None:
             self._obs = env.reset(seed=self.seed + 1000 * self.rank)
-            self._episode_return = torch.zeros(N, device=env.device)
         obs_buf = {k: torch.empty(T, *v.shape, device=env.device) for k, v in self._obs.items()}
         actions_buf = torch.empty(T, N, *env.action_space.shape, device=env.device)
         logp_buf, values_buf, rewards_buf, dones_buf = (
             torch.empty(T, N, device=env.device) for _ in range(4)
         )
-        finished_sum = torch.zeros((), device=env.device)
-        finished_n = torch.zeros((), device=env.device)
         self.policy.set_training_mode(False)
         for t in range(T):
             obs = self._normalize(self._obs, update=True)
@@ -199,10 +197,7 @@ class DevicePPO:
             # the env clips to its bounds; the buffer keeps the sampled action, as SB3 does
             next_obs, reward, terminated, truncated, info = env.step(actions)
             done = terminated | truncated
-            self._episode_return += reward
-            finished_sum += (self._episode_return * done).sum()
-            finished_n += done.sum()
-            self._episode_return *= ~done
+            self.episodes.add(reward, done, info)
             # a truncated episode goes on in value: bootstrap from its last observation
             final_values = self.policy.predict_values(
                 self._normalize(info["final_observation"], update=False)
@@ -224,8 +219,6 @@ class DevicePPO:
             "values": values_buf,
             "advantages": advantages,
             "returns": advantages + values_buf,
-            "episode_return_sum": finished_sum,
-            "episodes": finished_n,
         }
 
     @torch.no_grad()
@@ -289,8 +282,9 @@ class DevicePPO:
     ) -> DevicePPO:
         """Alternate rollouts and updates until ``total_timesteps`` env steps more.
 
-        :param logger: an SB3 logger (TensorBoard): ``rollout/ep_rew_mean``, ``train/*``,
-            ``time/fps`` once per rollout (the trainer's only host sync; the env and the
+        :param logger: an SB3 logger (TensorBoard): ``rollout/ep_rew_mean`` (and
+            ``rollout/success_rate`` for goal-reaching envs), ``train/*``, ``time/fps`` once per
+            rollout (the trainer's only host sync; the env and the
             hyper heads' context deduplication add small ones per step).
         :param callback: called after every update with the logged values; ``False`` stops.
         """
@@ -301,15 +295,8 @@ class DevicePPO:
         while self.num_timesteps < target:
             batch = self.collect()
             losses = self.update(batch)
-            if distributed():  # episode statistics of every rank
-                episodes = torch.stack([batch["episode_return_sum"], batch["episodes"]])
-                dist.all_reduce(episodes)
-                batch["episode_return_sum"], batch["episodes"] = episodes
-            episodes = float(batch["episodes"])
             values = {
-                "rollout/ep_rew_mean": float(batch["episode_return_sum"]) / episodes
-                if episodes
-                else float("nan"),
+                **self.episodes.read(),
                 "time/fps": (self.num_timesteps - start_steps) / (time.perf_counter() - start),
                 **{
                     f"train/{k}_loss" if k != "clip" else "train/clip_fraction": float(v)
@@ -318,8 +305,7 @@ class DevicePPO:
             }
             if logger is not None:
                 for key, value in values.items():
-                    if not (key == "rollout/ep_rew_mean" and np.isnan(value)):
-                        logger.record(key, value)
+                    logger.record(key, value)
                 logger.dump(self.num_timesteps)
             if bar is not None:
                 bar.update(per_rollout)

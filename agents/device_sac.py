@@ -27,12 +27,12 @@ from typing import Any, NamedTuple
 import gymnasium as gym
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from stable_baselines3 import SAC
 from stable_baselines3.common.logger import Logger
 
 from agents.device_common import (
+    EpisodeStats,
     SpacesOnly,
     average_gradients,
     average_tensors,
@@ -237,6 +237,7 @@ class DeviceSAC:
         self.num_timesteps = 0
         self.n_updates = 0
         self._obs: Obs | None = None
+        self.episodes = EpisodeStats(env.num_envs, device)
         self._reset_stats()
 
     # --- acting ----------------------------------------------------------------------------
@@ -258,7 +259,6 @@ class DeviceSAC:
         env, N = self.env, self.env.num_envs
         if self._obs is None:
             self._obs = env.reset(seed=self.seed + 1000 * self.rank)
-            self._episode_return = torch.zeros(N, device=env.device)
         self.policy.set_training_mode(False)
         shape = (N, *env.action_space.shape)
         for _ in range(vector_steps):
@@ -270,11 +270,7 @@ class DeviceSAC:
             next_obs, reward, terminated, truncated, info = env.step(self.scale_actions(actions))
             # the observation before the auto-reset; equal to next_obs for worlds that go on
             self.replay.add(self._obs, info["final_observation"], actions, reward, terminated)
-            done = terminated | truncated
-            self._episode_return += reward
-            self._finished_sum += (self._episode_return * done).sum()
-            self._finished_n += done.sum()
-            self._episode_return *= ~done
+            self.episodes.add(reward, terminated | truncated, info)
             self._obs = next_obs
             self.num_timesteps += N * self.world_size  # every rank's steps
 
@@ -360,8 +356,6 @@ class DeviceSAC:
 
     def _reset_stats(self) -> None:
         device = self.env.device
-        self._finished_sum = torch.zeros((), device=device)
-        self._finished_n = torch.zeros((), device=device)
         self._loss_sums = {
             k: torch.zeros((), device=device)
             for k in ("actor_loss", "critic_loss", "ent_coef", "ent_coef_loss")
@@ -383,8 +377,9 @@ class DeviceSAC:
         """Alternate one vector step and ``gradient_steps`` updates until ``total_timesteps`` env
         steps more (updates start at ``learning_starts``, see :meth:`ready`).
 
-        :param logger: an SB3 logger (TensorBoard): ``rollout/ep_rew_mean`` (episodes finished
-            since the last log, else the last value), ``train/*``, ``time/fps`` every
+        :param logger: an SB3 logger (TensorBoard): ``rollout/ep_rew_mean`` and, for
+            goal-reaching envs, ``rollout/success_rate`` (episodes finished since the last log,
+            else the last values), ``train/*``, ``time/fps`` every
             ``log_interval`` vector steps (the only host sync of the loop).
         :param callback: called after every log with the logged values; ``False`` stops.
         """
@@ -393,21 +388,16 @@ class DeviceSAC:
         per_step = self.env.num_envs * self.world_size
         bar = progress(total_timesteps) if progress_bar else None
         start, start_steps = time.perf_counter(), self.num_timesteps
-        ep_rew_mean = float("nan")
+        rollout: dict[str, float] = {}  # the last finished episodes' statistics
         while self.num_timesteps < target:
             steps = min(cfg.log_interval, math.ceil((target - self.num_timesteps) / per_step))
             for _ in range(steps):
                 self.collect(1)
                 if self.ready():
                     self.update(cfg.gradient_steps)
-            episodes = torch.stack([self._finished_sum, self._finished_n])
-            if distributed():  # episode statistics of every rank
-                dist.all_reduce(episodes)
-            finished_sum, finished_n = episodes.tolist()
-            if finished_n:
-                ep_rew_mean = finished_sum / finished_n
+            rollout |= self.episodes.read()
             values = {
-                "rollout/ep_rew_mean": ep_rew_mean,
+                **rollout,
                 "time/fps": (self.num_timesteps - start_steps) / (time.perf_counter() - start),
                 **{
                     f"train/{k}": float(v) / self._loss_counts[k]
@@ -418,8 +408,7 @@ class DeviceSAC:
             self._reset_stats()
             if logger is not None:
                 for key, value in values.items():
-                    if not (key == "rollout/ep_rew_mean" and np.isnan(value)):
-                        logger.record(key, value)
+                    logger.record(key, value)
                 logger.record("train/n_updates", self.n_updates)
                 logger.dump(self.num_timesteps)
             if bar is not None:

@@ -16,7 +16,8 @@ The contract (shapes for ``N = num_envs``):
   info``: ``obs`` is already the first observation of the next episode for finished worlds;
   ``info["final_observation"]`` holds every world's observation *before* that auto-reset (for
   bootstrapping truncated episodes) and ``info["context"]`` the raw ``(N, k)`` context values
-  that produced this step.
+  that produced this step; goal-reaching envs add ``info["is_success"]`` ``(N,)`` float (1.0
+  where the goal is reached), which the trainers log as ``rollout/success_rate``.
 
 :class:`TorchPendulum` implements it for gymnasium's Pendulum-v1 in plain torch: the fast
 contextual task on which the on-device trainers are tested.
@@ -156,7 +157,7 @@ class BatchedContextualEnv(ABC):
         truncated = (self.episode_steps >= self.max_episode_steps) & ~terminated
         final = self._obs()
         done = terminated | truncated
-        info = {"final_observation": final, "context": context}
+        info = {"final_observation": final, "context": context, **self._step_info()}
         if not bool(done.any()):
             return final, reward, terminated, truncated, info
         self._reset(done, None)
@@ -201,6 +202,10 @@ class BatchedContextualEnv(ABC):
     @abstractmethod
     def _observe(self) -> torch.Tensor:
         """``(N, obs_dim)`` float32 observation of every world."""
+
+    def _step_info(self) -> dict[str, torch.Tensor]:
+        """What this step adds to ``info`` (e.g. ``"is_success"``), ``(N,)`` tensors."""
+        return {}
 
 
 class TorchPendulum(BatchedContextualEnv):

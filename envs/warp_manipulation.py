@@ -163,11 +163,16 @@ class WarpFetch(BatchedContextualEnv):
         w.qpos[:, self._finger_qpos] = 0.0  # the blocked gripper
         w.forward()
         distance = torch.linalg.vector_norm(self._achieved() - self.goals, dim=-1)
+        self._success = (distance < self.distance_threshold).float()
         if self.reward_type == "dense":
             reward = -distance
         else:
             reward = -(distance > self.distance_threshold).float()
         return reward, torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
+
+    def _step_info(self) -> dict[str, torch.Tensor]:
+        """``is_success`` ``(N,)``: 1.0 where the step ended within the distance threshold."""
+        return {"is_success": self._success}
 
     def _achieved(self) -> torch.Tensor:
         """``(N, 3)`` what must reach the goal."""

@@ -9,7 +9,7 @@ import torch
 from stable_baselines3 import PPO
 
 import envs
-from agents.device_common import average_gradients
+from agents.device_common import EpisodeStats, average_gradients
 from agents.device_ppo import (
     DevicePPO,
     DevicePPOConfig,
@@ -130,6 +130,27 @@ def test_minibatches_hold_whole_worlds_env_major():
     x = torch.arange(4 * 3).reshape(4, 3)  # (T=4, N=3): x[t, n] = 3 t + n
     out = _env_major(x, torch.tensor([2, 0]))
     assert out.tolist() == [2, 5, 8, 11, 0, 3, 6, 9]
+
+
+def test_episode_stats_average_finished_episodes_and_their_success():
+    stats = EpisodeStats(3, torch.device("cpu"))
+    steps = [  # reward, done, is_success per world
+        ([1.0, 2.0, 3.0], [False, True, False], [0.0, 1.0, 0.0]),
+        ([1.0, 2.0, 3.0], [True, False, False], [0.0, 1.0, 1.0]),
+        ([1.0, 2.0, 3.0], [False, True, False], [1.0, 0.0, 1.0]),
+    ]
+    for reward, done, success in steps[:2]:
+        info = {"is_success": torch.tensor(success)}
+        stats.add(torch.tensor(reward), torch.tensor(done), info)
+    # finished: world 1 with 2 (success), world 0 with 2 (no success); world 2 goes on
+    assert stats.read() == {"rollout/ep_rew_mean": 2.0, "rollout/success_rate": 0.5}
+    assert stats.read() == {}  # nothing finished since
+    reward, done, success = steps[2]
+    stats.add(torch.tensor(reward), torch.tensor(done), {"is_success": torch.tensor(success)})
+    assert stats.read() == {"rollout/ep_rew_mean": 4.0, "rollout/success_rate": 0.0}
+    plain = EpisodeStats(1, torch.device("cpu"))
+    plain.add(torch.tensor([5.0]), torch.tensor([True]), {})
+    assert plain.read() == {"rollout/ep_rew_mean": 5.0}  # no success key without is_success
 
 
 def test_running_norm_equals_the_statistics_of_everything_seen():

@@ -104,8 +104,10 @@ def check_parity(warp, cpus, contexts, steps, seed=0, policy=None, atol=OBS_ATOL
         final = {k: v.cpu().numpy() for k, v in info["final_observation"].items()}
         assert set(final) == set(warp.observation_space.spaces)
         for i, env in enumerate(cpus):
-            obs, cpu_reward, cpu_terminated, _, _ = env.step(actions[i])
+            obs, cpu_reward, cpu_terminated, _, cpu_info = env.step(actions[i])
             where = f"step {t}, world {i}"
+            if "is_success" in cpu_info:
+                assert float(info["is_success"][i]) == float(cpu_info["is_success"]), where
             assert set(obs) == set(final), where
             for key in obs:
                 tol = {"observation": atol, "context": 1e-6}.get(key, OBS_ATOL)
