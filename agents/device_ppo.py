@@ -61,6 +61,9 @@ class DevicePPOConfig:
     normalize_reward: bool = True
     clip_obs: float = 10.0
     clip_reward: float = 10.0
+    #: start the worlds at random points of their horizon (:meth:`stagger_episodes`), so that a
+    #: rollout of ``n_steps`` holds every phase of an episode, not only the first steps of all
+    stagger_episodes: bool = True
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> DevicePPOConfig:
@@ -181,10 +184,13 @@ class DevicePPO:
     @torch.no_grad()
     def collect(self) -> dict[str, Any]:
         """One rollout: ``n_steps`` steps of every world. Returns the storage, ``(T, N, ...)``
-        tensors, with advantages and returns computed by GAE, and episode statistics."""
+        tensors, with advantages and returns computed by GAE; finished episodes go to
+        :attr:`episodes`."""
         cfg, env, T, N = self.config, self.env, self.config.n_steps, self.env.num_envs
         if self._obs is None:
             self._obs = env.reset(seed=self.seed + 1000 * self.rank)
+            if cfg.stagger_episodes:
+                env.stagger_episodes()
         obs_buf = {k: torch.empty(T, *v.shape, device=env.device) for k, v in self._obs.items()}
         actions_buf = torch.empty(T, N, *env.action_space.shape, device=env.device)
         logp_buf, values_buf, rewards_buf, dones_buf = (

@@ -144,6 +144,14 @@ class BatchedContextualEnv(ABC):
         self._reset(everyone, contexts)
         return self._obs()
 
+    def stagger_episodes(self) -> None:
+        """Draw every world's elapsed step count uniformly from ``[0, max_episode_steps)`` (from
+        ``self.generator``), so that the first truncations, and every reset after them, spread
+        over the horizon instead of coming all at once (rsl_rl's ``init_at_random_ep_len``).
+        Call it after :meth:`reset`; the worlds' states are not touched."""
+        steps = torch.randint(self.max_episode_steps, (self.num_envs,), generator=self.generator)
+        self.episode_steps.copy_(steps.to(self.device))
+
     def step(
         self, actions: torch.Tensor
     ) -> tuple[Obs, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]]:

@@ -88,6 +88,22 @@ def test_torch_pendulum_matches_gymnasium_and_auto_resets():
         assert PENDULUM_CONTEXT.split_of(context) == "train"
 
 
+def test_staggered_episodes_truncate_spread_over_the_horizon():
+    env = TorchPendulum(2000, seed=0)
+    env.reset()
+    env.stagger_episodes()
+    start = env.episode_steps.clone()
+    assert start.min() >= 0 and start.max() < 200
+    assert abs(start.float().mean().item() - 99.5) < 5  # uniform over [0, 200)
+    truncated_after = []
+    for _ in range(20):
+        _, _, _, truncated, _ = env.step(torch.zeros(2000, 1))
+        truncated_after.append(int(truncated.sum()))
+    # about 2000 / 200 = 10 worlds per step, not all 2000 at step 200
+    assert sum(truncated_after) == int((start >= 180).sum()) and 100 < sum(truncated_after) < 300
+    assert (env.episode_steps[start >= 180] < 20).all()
+
+
 def test_batched_env_errors_name_the_fix():
     with pytest.raises(ValueError, match="num_envs"):
         TorchPendulum(0)
