@@ -61,8 +61,10 @@ class DevicePPOConfig:
     normalize_reward: bool = True
     clip_obs: float = 10.0
     clip_reward: float = 10.0
-    #: start the worlds at random points of their horizon (:meth:`stagger_episodes`), so that a
-    #: rollout of ``n_steps`` holds every phase of an episode, not only the first steps of all
+    #: start the worlds at random multiples of ``n_steps`` into their horizon
+    #: (:meth:`~envs.batched.BatchedContextualEnv.stagger_episodes`), so that an update sees
+    #: every phase of an episode, not only the first steps of all, and truncations fall on one
+    #: step per rollout
     stagger_episodes: bool = True
 
     @classmethod
@@ -190,7 +192,7 @@ class DevicePPO:
         if self._obs is None:
             self._obs = env.reset(seed=self.seed + 1000 * self.rank)
             if cfg.stagger_episodes:
-                env.stagger_episodes()
+                env.stagger_episodes(granularity=cfg.n_steps)
         obs_buf = {k: torch.empty(T, *v.shape, device=env.device) for k, v in self._obs.items()}
         actions_buf = torch.empty(T, N, *env.action_space.shape, device=env.device)
         logp_buf, values_buf, rewards_buf, dones_buf = (

@@ -144,13 +144,16 @@ class BatchedContextualEnv(ABC):
         self._reset(everyone, contexts)
         return self._obs()
 
-    def stagger_episodes(self) -> None:
-        """Draw every world's elapsed step count uniformly from ``[0, max_episode_steps)`` (from
-        ``self.generator``), so that the first truncations, and every reset after them, spread
-        over the horizon instead of coming all at once (rsl_rl's ``init_at_random_ep_len``).
-        Call it after :meth:`reset`; the worlds' states are not touched."""
-        steps = torch.randint(self.max_episode_steps, (self.num_envs,), generator=self.generator)
-        self.episode_steps.copy_(steps.to(self.device))
+    def stagger_episodes(self, granularity: int = 1) -> None:
+        """Draw every world's elapsed step count uniformly from the multiples of ``granularity``
+        in ``[0, max_episode_steps)`` (from ``self.generator``), so that the first truncations,
+        and every reset after them, spread over the horizon instead of coming all at once
+        (rsl_rl's ``init_at_random_ep_len``). With ``granularity=k`` truncations fall on one
+        step in ``k``, which keeps the per-reset work (context draws, derived masses) off the
+        other steps. Call it after :meth:`reset`; the worlds' states are not touched."""
+        slots = -(-self.max_episode_steps // granularity)  # ceil
+        slot = torch.randint(slots, (self.num_envs,), generator=self.generator)
+        self.episode_steps.copy_((slot * granularity).to(self.device))
 
     def step(
         self, actions: torch.Tensor

@@ -102,6 +102,11 @@ def test_staggered_episodes_truncate_spread_over_the_horizon():
     # about 2000 / 200 = 10 worlds per step, not all 2000 at step 200
     assert sum(truncated_after) == int((start >= 180).sum()) and 100 < sum(truncated_after) < 300
     assert (env.episode_steps[start >= 180] < 20).all()
+    env.reset()
+    env.stagger_episodes(granularity=32)  # truncations on one step in 32: steps 8, 40, 72...
+    assert set(env.episode_steps.tolist()) == set(range(0, 200, 32))
+    when = [int(env.step(torch.zeros(2000, 1))[3].sum()) for _ in range(64)]
+    assert [t for t, n in enumerate(when) if n] == [7, 39]
 
 
 def test_batched_env_errors_name_the_fix():
