@@ -285,8 +285,8 @@ class WarpFetchPush(WarpFetch):
         cpu = ContextualFetch("FetchPush-v4", features, reward_type=reward_type)
         env = cpu.unwrapped
         self._object_body = cpu._object_body
-        self._object_geoms = torch.as_tensor(cpu._object_geoms, dtype=torch.long)
-        self._table_geoms = torch.as_tensor(cpu._table_geoms, dtype=torch.long)
+        self._object_geoms = [int(g) for g in cpu._object_geoms]
+        self._table_geoms = [int(g) for g in cpu._table_geoms]
         self._obj_range, self._target_range = float(env.obj_range), float(env.target_range)
         self._target_offset = float(np.mean(env.target_offset))  # FetchPush's is 0
         self._height = float(env.height_offset)
