@@ -78,22 +78,31 @@ def build(
 
 def evaluate_batched(
     algo: DevicePPO | DeviceSAC, env: BatchedContextualEnv, seed: int = 1000
-) -> float:
-    """Mean return of one deterministic episode in each world of ``env`` (its split)."""
+) -> dict[str, float]:
+    """One deterministic episode in each world of ``env`` (its split): ``{"return": mean
+    return}``, plus ``"success_rate"`` (episodes whose last step reached the goal) for envs that
+    report ``info["is_success"]``."""
     worlds = env.num_envs
     obs = env.reset(seed=seed)
     total = torch.zeros(worlds, device=env.device)
+    success = None
     live = torch.ones(worlds, dtype=torch.bool, device=env.device)
     algo.policy.set_training_mode(False)
     with torch.no_grad():
         for _ in range(env.max_episode_steps):
             actions = algo.act(obs, deterministic=True)
-            obs, reward, terminated, truncated, _ = env.step(actions)
+            obs, reward, terminated, truncated, info = env.step(actions)
             total += reward * live
+            if "is_success" in info:
+                last = success if success is not None else torch.zeros_like(total)
+                success = torch.where(live, info["is_success"], last)
             live &= ~(terminated | truncated)
             if not bool(live.any()):
                 break
-    return float(total.mean())
+    out = {"return": float(total.mean())}
+    if success is not None:
+        out["success_rate"] = float(success.mean())
+    return out
 
 
 def init_distributed(device: str) -> tuple[int, str]:
@@ -201,8 +210,10 @@ def train_on_device(args, run_dir: Path | None = None) -> Path:
         if every["eval"] > 0 and algo.num_timesteps - last["eval"] >= every["eval"]:
             last["eval"] = algo.num_timesteps
             for split, env in eval_envs.items():
-                value = evaluate_batched(algo, env, seed=algo.seed + 1000)
-                logger.record(f"eval/{split}_return", value)
+                result = evaluate_batched(algo, env, seed=algo.seed + 1000)
+                for key, value in result.items():
+                    logger.record(f"eval/{split}_{key}", value)
+                value = result["return"]
                 if split == "train" and value > best[0]:
                     best[0] = value
                     algo.model.num_timesteps = algo.num_timesteps

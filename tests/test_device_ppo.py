@@ -227,7 +227,7 @@ def test_trainer_rejects_minibatches_that_split_worlds():
 def _mean_return(algo: DevicePPO, split: str, worlds: int = 64) -> float:
     from agents.device_train import evaluate_batched
 
-    return evaluate_batched(algo, TorchPendulum(worlds, split=split), seed=123)
+    return evaluate_batched(algo, TorchPendulum(worlds, split=split), seed=123)["return"]
 
 
 def test_device_ppo_learns_contextual_pendulum():

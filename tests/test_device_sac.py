@@ -192,12 +192,12 @@ def test_device_sac_with_the_hyper_policy_learns_contextual_pendulum():
         log_interval=25,
     )
     evaluation = TorchPendulum(256, split="train")
-    before = evaluate_batched(algo, evaluation, seed=123)
+    before = evaluate_batched(algo, evaluation, seed=123)["return"]
     logged = []
     start = time.perf_counter()
     algo.learn(22_528, callback=lambda _, values: logged.append(values))
     seconds = time.perf_counter() - start
-    after = evaluate_batched(algo, evaluation, seed=123)
+    after = evaluate_batched(algo, evaluation, seed=123)["return"]
     print(f"return {before:.0f} -> {after:.0f}, {algo.n_updates} updates, {seconds:.0f} s")
     # 352 vector steps; updates from the 40th on (2560 = learning_starts), 8 per step
     assert algo.num_timesteps == 22_528 and algo.n_updates == 313 * 8

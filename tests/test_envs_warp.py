@@ -427,6 +427,35 @@ def test_fetch_reach_gripper_follows_the_actions_to_every_goal(reach):
     assert not torch.equal(reach.contexts, torch.from_numpy(REACH_GOALS).to(reach.device))
 
 
+class _Controller:
+    """Stands in for a trainer in ``evaluate_batched``: drives the gripper of world ``i`` to its
+    goal with gain ``gains[i]`` (0: stays put)."""
+
+    def __init__(self, env, gains):
+        self.env, self.gains = env, torch.tensor(gains).unsqueeze(-1)
+        self.policy = self
+
+    def set_training_mode(self, mode):
+        pass
+
+    def act(self, obs, deterministic):
+        move = (self.env.goals - obs["observation"][:, :3]) / 0.05 * self.gains
+        return torch.cat([move.clamp(-1, 1), torch.zeros(len(move), 1)], -1)
+
+
+def test_batched_evaluation_reports_the_success_rate(reach):
+    from agents.device_train import evaluate_batched
+
+    reach.reset(seed=0)  # what evaluate_batched starts from
+    start = reach.worlds.site_xpos[:, reach._grip]
+    assert (torch.linalg.vector_norm(reach.goals - start, dim=-1) > 0.05).all()
+    reaching = evaluate_batched(_Controller(reach, [1.0, 1.0, 1.0]), reach, seed=0)
+    assert reaching["success_rate"] == 1.0 and reaching["return"] > -3.0
+    one = evaluate_batched(_Controller(reach, [0.0, 1.0, 0.0]), reach, seed=0)
+    assert one["success_rate"] == pytest.approx(1 / 3)
+    assert one["return"] < reaching["return"]
+
+
 def test_fetch_reach_spaces_and_registration(reach):
     from envs import cpu_twin, make_batched
 
