@@ -61,7 +61,8 @@ _EPS4 = float(np.finfo(float).eps * 4.0)
 
 class WarpFetch(BatchedContextualEnv):
     """The Fetch robot in MuJoCo Warp: mocap control, the blocked gripper, the grip observations.
-    Subclasses add the task (:meth:`_observe`, :meth:`_reward`, what a reset draws).
+    Subclasses add the task: what a reset draws (:meth:`_reset_task`), what must reach the goal
+    (:meth:`_achieved`) and the observation (:meth:`_observe`).
 
     :param cpu: the CPU twin (built by the subclass), read for the model, initial state and
         settings, then closed.
