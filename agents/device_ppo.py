@@ -206,12 +206,13 @@ class DevicePPO:
             next_obs, reward, terminated, truncated, info = env.step(actions)
             done = terminated | truncated
             self.episodes.add(reward, done, info)
-            # a truncated episode goes on in value: bootstrap from its last observation
-            final_values = self.policy.predict_values(
-                self._normalize(info["final_observation"], update=False)
-            ).flatten()
             reward = self._scale_reward(reward, done)
-            reward = reward + cfg.gamma * final_values * truncated
+            if info["final_observation"] is not next_obs:  # some world finished this step
+                # a truncated episode goes on in value: bootstrap from its last observation
+                final_values = self.policy.predict_values(
+                    self._normalize(info["final_observation"], update=False)
+                ).flatten()
+                reward = reward + cfg.gamma * final_values * truncated
             for k in obs_buf:
                 obs_buf[k][t] = obs[k]
             actions_buf[t], logp_buf[t], values_buf[t] = actions, logp, values.flatten()

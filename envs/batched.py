@@ -15,9 +15,11 @@ The contract (shapes for ``N = num_envs``):
 - ``step(actions (N, act_dim)) -> obs, reward (N,), terminated (N,) bool, truncated (N,) bool,
   info``: ``obs`` is already the first observation of the next episode for finished worlds;
   ``info["final_observation"]`` holds every world's observation *before* that auto-reset (for
-  bootstrapping truncated episodes) and ``info["context"]`` the raw ``(N, k)`` context values
-  that produced this step; goal-reaching envs add ``info["is_success"]`` ``(N,)`` float (1.0
-  where the goal is reached), which the trainers log as ``rollout/success_rate``.
+  bootstrapping truncated episodes; when no world finished it *is* ``obs``, the same dict, so a
+  trainer can skip the bootstrap without another host sync) and ``info["context"]`` the raw
+  ``(N, k)`` context values that produced this step; goal-reaching envs add
+  ``info["is_success"]`` ``(N,)`` float (1.0 where the goal is reached), which the trainers log
+  as ``rollout/success_rate``.
 
 :class:`TorchPendulum` implements it for gymnasium's Pendulum-v1 in plain torch: the fast
 contextual task on which the on-device trainers are tested.

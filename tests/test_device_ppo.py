@@ -191,8 +191,45 @@ def _trainer(num_envs=16, n_steps=8, seed=0, **config) -> DevicePPO:
     return DevicePPO(TorchPendulum(num_envs, seed=seed), policy_kwargs=policy_kwargs, config=cfg)
 
 
+def test_truncations_bootstrap_from_the_final_observation_and_only_then(monkeypatch):
+    import agents.device_ppo as device_ppo
+
+    cfg = {"normalize_reward": False, "normalize_obs": False, "stagger_episodes": False}
+    algo = _trainer(num_envs=4, n_steps=8, **cfg)
+    algo.env.max_episode_steps = 12  # every world truncates at step 3 of the second rollout
+    value, step, gae = algo.policy.predict_values, algo.env.step, device_ppo.gae
+    calls, steps, rewards = [], [], []
+
+    def spy_value(obs):
+        calls.append(obs)
+        return value(obs)
+
+    def spy_step(actions):
+        steps.append(step(actions))
+        return steps[-1]
+
+    def spy_gae(reward_buf, *args):
+        rewards.append(reward_buf.clone())
+        return gae(reward_buf, *args)
+
+    monkeypatch.setattr(algo.policy, "predict_values", spy_value)
+    monkeypatch.setattr(algo.env, "step", spy_step)
+    monkeypatch.setattr(device_ppo, "gae", spy_gae)
+    algo.collect()
+    assert len(calls) == 1  # the last observations' values only: no world finished
+    calls.clear()
+    algo.collect()
+    assert len(calls) == 2  # and the bootstrap of the one step where every world truncated
+    _, reward, _, truncated, info = steps[8 + 3]
+    assert truncated.all()
+    final = info["final_observation"]
+    expected = reward + algo.config.gamma * value(final).flatten()
+    torch.testing.assert_close(rewards[1][3], expected)
+    torch.testing.assert_close(rewards[1][2], steps[8 + 2][1])  # no bootstrap before it
+
+
 def test_rollout_generates_heads_once_while_contexts_stay():
-    algo = _trainer(n_steps=8)
+    algo = _trainer(n_steps=8, stagger_episodes=False)
     heads = [m for m in algo.policy.modules() if isinstance(m, HyperHead)]
     assert heads
     calls = []
