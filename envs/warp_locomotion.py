@@ -119,7 +119,12 @@ class WarpLocomotion(BatchedContextualEnv):
         **kwargs: Any,
     ) -> None:
         if env_id not in FAMILIES:
-            raise ValueError(f"WarpLocomotion supports {list(FAMILIES)}, not {env_id!r}")
+            why = (
+                " (Humanoid-v5 uses MuJoCo's PGS solver, which MuJoCo Warp does not implement)"
+                if env_id.startswith("Humanoid")
+                else ""
+            )
+            raise ValueError(f"WarpLocomotion supports {list(FAMILIES)}, not {env_id!r}{why}")
         catalogue = PHYSICS_FEATURES | TASK_FEATURES
         unknown = [f for f in features if f not in catalogue]
         if unknown:

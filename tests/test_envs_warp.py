@@ -221,7 +221,7 @@ def test_auto_reset_draws_new_contexts_from_the_split(split):
 
 
 def test_clear_errors():
-    with pytest.raises(ValueError, match="supports .*HalfCheetah-v5.*not 'Humanoid-v5'"):
+    with pytest.raises(ValueError, match="supports .*HalfCheetah-v5.*not 'Humanoid-v5'.*PGS"):
         WarpLocomotion("Humanoid-v5", 2)
     with pytest.raises(ValueError, match="unknown locomotion features \\['gravityy'\\]"):
         WarpLocomotion("HalfCheetah-v5", 2, features=("gravityy",))
