@@ -224,6 +224,13 @@ def train_on_device(args, run_dir: Path | None = None) -> Path:
             algo.save(run_dir / "checkpoints" / f"step_{algo.num_timesteps}", cpu_env)
 
     remaining = saved["n_timesteps"] - algo.num_timesteps
+    warp = envs.BATCHED_ENVS[saved["env"]].entry_point.startswith("envs.warp_")
+    if warp and torch.device(device).type == "cpu":
+        print(
+            f"note: MuJoCo Warp runs on its CPU backend here ({saved['n_envs']} worlds): fine "
+            "for tests and small runs, thousands rather than millions of steps/s (see "
+            "docs/BENCHMARKS.md); on a GPU machine pass --device cuda"
+        )
     try:
         if remaining > 0:
             algo.learn(remaining, logger=logger, callback=periodic, progress_bar=args.progress_bar)
