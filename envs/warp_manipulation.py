@@ -289,12 +289,12 @@ class WarpFetchPush(WarpFetch):
         self._object_geoms = [int(g) for g in cpu._object_geoms]
         self._table_geoms = [int(g) for g in cpu._table_geoms]
         self._obj_range, self._target_range = float(env.obj_range), float(env.target_range)
-        self._target_offset = float(np.mean(env.target_offset))  # FetchPush's is 0
         self._height = float(env.height_offset)
         fields = ("body_mass", "body_inertia", "geom_friction")
         super().__init__(
             cpu, num_envs, split, device, seed, max_episode_steps, nconmax, njmax, fields
         )
+        self._target_offset = self._tensor(np.broadcast_to(env.target_offset, (3,)).copy())
         m = self.mj_model
         self._object_site = m.site("object0").id
         self._object_qpos = int(m.joint("object0:joint").qposadr[0])
