@@ -35,18 +35,26 @@ class EpisodeStats:
 
     def __init__(self, num_envs: int, device: torch.device) -> None:
         self.running = torch.zeros(num_envs, device=device)  #: ``(N,)`` returns so far
+        self._counted = torch.ones(num_envs, dtype=torch.bool, device=device)
         self._sums = torch.zeros(3, device=device)  # return sum, episodes, successes
         self._success = False
+
+    def skip_current(self) -> None:
+        """Leave every world's running episode out (episodes that did not start at step 0, e.g.
+        after :meth:`~envs.batched.BatchedContextualEnv.stagger_episodes`)."""
+        self._counted.zero_()
 
     def add(self, reward: torch.Tensor, done: torch.Tensor, info: Mapping[str, Any]) -> None:
         """Fold in one vector step: ``reward`` ``(N,)``, ``done`` ``(N,)`` bool."""
         self.running += reward
-        self._sums[0] += (self.running * done).sum()
-        self._sums[1] += done.sum()
+        finished = done & self._counted
+        self._sums[0] += (self.running * finished).sum()
+        self._sums[1] += finished.sum()
         if "is_success" in info:
-            self._sums[2] += (info["is_success"] * done).sum()
+            self._sums[2] += (info["is_success"] * finished).sum()
             self._success = True
         self.running *= ~done
+        self._counted |= done
 
     def read(self) -> dict[str, float]:
         """``rollout/ep_rew_mean`` (and ``rollout/success_rate``) of the episodes finished since

@@ -63,8 +63,9 @@ class DevicePPOConfig:
     clip_reward: float = 10.0
     #: start the worlds at random multiples of ``n_steps`` into their horizon
     #: (:meth:`~envs.batched.BatchedContextualEnv.stagger_episodes`), so that an update sees
-    #: every phase of an episode, not only the first steps of all, and truncations fall on one
-    #: step per rollout
+    #: every phase of an episode, not only the first steps of all, and resets come on a few
+    #: steps per rollout instead of all at once; these first, shortened episodes are left out of
+    #: ``rollout/ep_rew_mean``
     stagger_episodes: bool = True
 
     @classmethod
@@ -193,6 +194,7 @@ class DevicePPO:
             self._obs = env.reset(seed=self.seed + 1000 * self.rank)
             if cfg.stagger_episodes:
                 env.stagger_episodes(granularity=cfg.n_steps)
+                self.episodes.skip_current()  # cut short: they would bias ep_rew_mean low
         obs_buf = {k: torch.empty(T, *v.shape, device=env.device) for k, v in self._obs.items()}
         actions_buf = torch.empty(T, N, *env.action_space.shape, device=env.device)
         logp_buf, values_buf, rewards_buf, dones_buf = (

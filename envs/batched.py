@@ -150,9 +150,11 @@ class BatchedContextualEnv(ABC):
         """Draw every world's elapsed step count uniformly from the multiples of ``granularity``
         in ``[0, max_episode_steps)`` (from ``self.generator``), so that the first truncations,
         and every reset after them, spread over the horizon instead of coming all at once
-        (rsl_rl's ``init_at_random_ep_len``). With ``granularity=k`` truncations fall on one
-        step in ``k``, which keeps the per-reset work (context draws, derived masses) off the
-        other steps. Call it after :meth:`reset`; the worlds' states are not touched."""
+        (rsl_rl's ``init_at_random_ep_len``). With ``granularity=k`` the first truncations fall
+        on one step in ``k``, and later ones on the few steps ``t0 + j * max_episode_steps``
+        reaches modulo ``k`` (one when ``k`` divides the horizon), which keeps the per-reset work
+        (context draws, derived masses) off most steps; ``k >= max_episode_steps`` staggers
+        nothing. Call it after :meth:`reset`; the worlds' states are not touched."""
         slots = -(-self.max_episode_steps // granularity)  # ceil
         slot = torch.randint(slots, (self.num_envs,), generator=self.generator)
         self.episode_steps.copy_((slot * granularity).to(self.device))

@@ -55,8 +55,6 @@ from envs.wrappers import ContextualEnv
 _GRIP_ROTATION = (1.0, 0.0, 1.0, 0.0)
 #: the Fetch envs' largest gripper displacement per step (m)
 _MAX_DISPLACEMENT = 0.05
-#: gymnasium-robotics' ``mat2euler`` threshold for a gimbal-locked matrix
-_EPS4 = float(np.finfo(float).eps * 4.0)
 
 
 class WarpFetch(BatchedContextualEnv):
@@ -124,7 +122,8 @@ class WarpFetch(BatchedContextualEnv):
         m = self.mj_model
         weld = [i for i in range(m.neq) if m.eq_type[i] == mujoco.mjtEq.mjEQ_WELD]
         a, b = int(m.eq_obj1id[weld[0]]), int(m.eq_obj2id[weld[0]])
-        self._hand = b if m.body_mocapid[a] >= 0 else a
+        self._hand, mocap_body = (b, a) if m.body_mocapid[a] >= 0 else (a, b)
+        self._mocap = int(m.body_mocapid[mocap_body])
         self._grip = m.site("robot0:grip").id
         fingers = [m.joint(f"robot0:{side}_gripper_finger_joint") for side in "rl"]
         self._finger_qpos = [int(j.qposadr[0]) for j in fingers]
@@ -157,9 +156,10 @@ class WarpFetch(BatchedContextualEnv):
 
     def _step_worlds(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         w = self.worlds
-        w.mocap_pos[:, 0] = w.xpos[:, self._hand] + _MAX_DISPLACEMENT * actions[:, :3].float()
+        move = _MAX_DISPLACEMENT * actions[:, :3].float()
+        w.mocap_pos[:, self._mocap] = w.xpos[:, self._hand] + move
         quat = w.xquat[:, self._hand] + self._rotation
-        w.mocap_quat[:, 0] = quat / torch.linalg.vector_norm(quat, dim=-1, keepdim=True)
+        w.mocap_quat[:, self._mocap] = quat / torch.linalg.vector_norm(quat, dim=-1, keepdim=True)
         w.step()
         w.qpos[:, self._finger_qpos] = 0.0  # the blocked gripper
         w.forward()
@@ -311,11 +311,11 @@ class WarpFetchPush(WarpFetch):
         return self._site_pos(self._object_site)
 
     def _scale(self, mask: torch.Tensor, name: str) -> torch.Tensor:
-        """``(n, 1)`` the factor of feature ``name`` for the worlds in ``mask`` (1 without it)."""
+        """``(n, 1)`` the factor of feature ``name`` for the worlds in ``mask`` (1 without it):
+        the raw value, as :meth:`ContextualFetch.apply_context` multiplies by it."""
         if name not in self._column:
             return torch.ones(int(mask.sum()), 1, device=self.device)
-        values = self.contexts[mask, self._column[name]].unsqueeze(-1)
-        return values / FETCH_FEATURES[name].nominal
+        return self.contexts[mask, self._column[name]].unsqueeze(-1)
 
     def _reset_task(self, mask: torch.Tensor) -> None:
         n, w = int(mask.sum()), self.worlds
@@ -383,7 +383,7 @@ def _mat2euler(mat: torch.Tensor) -> torch.Tensor:
     """``(..., 3, 3)`` rotation matrices -> ``(..., 3)`` Euler angles, as gymnasium-robotics'
     ``rotations.mat2euler``."""
     cy = torch.sqrt(mat[..., 2, 2] ** 2 + mat[..., 1, 2] ** 2)
-    regular = cy > _EPS4
+    regular = cy > torch.finfo(mat.dtype).eps * 4.0  # gymnasium-robotics' _EPS4, per dtype
     z = torch.where(
         regular,
         -torch.atan2(mat[..., 0, 1], mat[..., 0, 0]),

@@ -26,7 +26,8 @@ log "parity on CUDA"
 # the benchmark's env and the two Fetch tasks (each new model compiles kernels on a fresh machine)
 HYPERRL_WARP_DEVICE=cuda timeout 150 python -m pytest -q -p no:cacheprovider \
   tests/test_envs_warp.py -k "halfcheetah or context_is_written or fetch_reach_matches or \
-  fetch_push_matches or shapes" > "$out/parity.txt" 2>&1; log "parity rc=$?"
+  fetch_push_matches or shapes or gripper_follows" > "$out/parity.txt" 2>&1
+log "parity rc=$?"
 log "throughput"
 timeout 120 python scripts/bench_gpu.py --envs 1024 4096 16384 --out "$out/bench_gpu.md" \
   > "$out/bench_gpu.txt" 2>&1; log "bench rc=$?"

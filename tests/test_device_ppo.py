@@ -172,6 +172,12 @@ def test_episode_stats_average_finished_episodes_and_their_success():
     plain = EpisodeStats(1, torch.device("cpu"))
     plain.add(torch.tensor([5.0]), torch.tensor([True]), {})
     assert plain.read() == {"rollout/ep_rew_mean": 5.0}  # no success key without is_success
+    staggered = EpisodeStats(2, torch.device("cpu"))
+    staggered.skip_current()  # episodes already under way: not counted when they end
+    staggered.add(torch.tensor([1.0, 1.0]), torch.tensor([True, False]), {})
+    assert staggered.read() == {}
+    staggered.add(torch.tensor([2.0, 2.0]), torch.tensor([True, True]), {})
+    assert staggered.read() == {"rollout/ep_rew_mean": 2.0}  # world 0's second episode only
 
 
 def test_running_norm_equals_the_statistics_of_everything_seen():
