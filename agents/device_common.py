@@ -91,9 +91,12 @@ def start_in_step(
     return dist.get_rank(), dist.get_world_size()
 
 
-def average_gradients(module: torch.nn.Module) -> None:
-    """All-reduce the gradients as one flat buffer and divide by the world size."""
-    grads = [p.grad for p in module.parameters() if p.grad is not None]
+def average_gradients(params: torch.nn.Module | Iterable[torch.Tensor]) -> None:
+    """All-reduce the gradients of a module's (or these) parameters as one flat buffer and divide
+    by the world size."""
+    if isinstance(params, torch.nn.Module):
+        params = params.parameters()
+    grads = [p.grad for p in params if p.grad is not None]
     flat = torch.cat([g.reshape(-1) for g in grads])
     dist.all_reduce(flat)
     flat /= dist.get_world_size()
@@ -103,11 +106,22 @@ def average_gradients(module: torch.nn.Module) -> None:
         offset += g.numel()
 
 
-def average_tensors(tensors: Iterable[torch.Tensor]) -> None:
-    """All-reduce each tensor in place and divide by the world size."""
-    for t in tensors:
-        dist.all_reduce(t)
-        t /= dist.get_world_size()
+def descend(
+    optimizer: torch.optim.Optimizer,
+    loss: torch.Tensor,
+    params: Iterable[torch.Tensor],
+    max_grad_norm: float | None = None,
+) -> None:
+    """One optimizer step on ``loss``: fresh gradients, averaged over the ranks under
+    ``torch.distributed``, clipped to ``max_grad_norm`` when given."""
+    params = list(params)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if distributed():
+        average_gradients(params)
+    if max_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    optimizer.step()
 
 
 def progress(total: int):

@@ -31,7 +31,7 @@ from stable_baselines3.common.logger import Logger
 from agents.device_common import (
     EpisodeStats,
     SpacesOnly,
-    average_gradients,
+    descend,
     distributed,
     progress,
     start_in_step,
@@ -270,12 +270,7 @@ class DevicePPO:
                 value_loss = torch.nn.functional.mse_loss(mb["returns"], values.flatten())
                 entropy_loss = -entropy.mean() if entropy is not None else -(-logp).mean()
                 loss = policy_loss + cfg.ent_coef * entropy_loss + cfg.vf_coef * value_loss
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if distributed():
-                    average_gradients(policy)
-                torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
-                optimizer.step()
+                descend(optimizer, loss, policy.parameters(), cfg.max_grad_norm)
                 stats["policy"].append(policy_loss.detach())
                 stats["value"].append(value_loss.detach())
                 stats["entropy"].append(-entropy_loss.detach())

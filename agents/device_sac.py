@@ -34,9 +34,7 @@ from stable_baselines3.common.logger import Logger
 from agents.device_common import (
     EpisodeStats,
     SpacesOnly,
-    average_gradients,
-    average_tensors,
-    distributed,
+    descend,
     progress,
     start_in_step,
 )
@@ -302,11 +300,7 @@ class DeviceSAC:
             if self.log_ent_coef is not None:
                 # alpha is pushed up while the entropy (-log_prob) is below target_entropy
                 ent_loss = -(self.log_ent_coef * (log_prob + self.target_entropy).detach()).mean()
-                self.model.ent_coef_optimizer.zero_grad()
-                ent_loss.backward()
-                if distributed():
-                    average_tensors([self.log_ent_coef.grad])
-                self.model.ent_coef_optimizer.step()
+                descend(self.model.ent_coef_optimizer, ent_loss, [self.log_ent_coef])
                 out["ent_coef_loss"] = ent_loss.detach()
 
         with torch.no_grad():
@@ -316,21 +310,13 @@ class DeviceSAC:
             target_q = batch.rewards + (1.0 - batch.dones) * cfg.gamma * soft_v
         current_q = self.critic(batch.observations, batch.actions)
         critic_loss = 0.5 * sum(F.mse_loss(q, target_q) for q in current_q)
-        self.critic.optimizer.zero_grad()
-        critic_loss.backward()
-        if distributed():
-            average_gradients(self.critic)
-        self.critic.optimizer.step()
+        descend(self.critic.optimizer, critic_loss, self.critic_params)
         out["critic_loss"] = critic_loss.detach()
 
         if update_actor:
             q_pi = torch.cat(self.critic(batch.observations, actions_pi), dim=1)
             actor_loss = (ent_coef * log_prob - q_pi.min(dim=1, keepdim=True).values).mean()
-            self.actor.optimizer.zero_grad()
-            actor_loss.backward()
-            if distributed():
-                average_gradients(self.actor)
-            self.actor.optimizer.step()
+            descend(self.actor.optimizer, actor_loss, self.actor.parameters())
             out["actor_loss"] = actor_loss.detach()
 
         if self.n_updates % cfg.target_update_interval == 0:
