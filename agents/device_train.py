@@ -85,7 +85,7 @@ def evaluate_batched(
     worlds = env.num_envs
     obs = env.reset(seed=seed)
     total = torch.zeros(worlds, device=env.device)
-    success = None
+    success, reports_success = torch.zeros_like(total), False
     live = torch.ones(worlds, dtype=torch.bool, device=env.device)
     algo.policy.set_training_mode(False)
     with torch.no_grad():
@@ -94,13 +94,12 @@ def evaluate_batched(
             obs, reward, terminated, truncated, info = env.step(actions)
             total += reward * live
             if "is_success" in info:
-                last = success if success is not None else torch.zeros_like(total)
-                success = torch.where(live, info["is_success"], last)
+                success, reports_success = torch.where(live, info["is_success"], success), True
             live &= ~(terminated | truncated)
             if not bool(live.any()):
                 break
     out = {"return": float(total.mean())}
-    if success is not None:
+    if reports_success:
         out["success_rate"] = float(success.mean())
     return out
 
