@@ -154,7 +154,7 @@ class HyperHead(ConditionedHead):
     :param generator_kwargs: passed to the generator (``hidden``, ``rank``, ``chunk_size``...).
 
     Set ``reuse_heads = True`` to keep the heads generated for the last batch's contexts and reuse
-    them, outside autograd, until the contexts or the parameters change (see ``_heads_cached``).
+    them, outside autograd, until the contexts or the parameters change (see ``_grouped_heads``).
     """
 
     def __init__(
@@ -182,7 +182,7 @@ class HyperHead(ConditionedHead):
         self.generator_input = generator_input
         self.dedup = dedup
         self.reuse_heads = False
-        self._cache: tuple[torch.Tensor, tuple, Any] | None = None
+        self._cache: tuple[torch.Tensor, tuple, torch.Tensor, Any] | None = None
         self._cache_params: list[torch.Tensor] | None = None
         self.generator: Generator = make_generator(
             generator,
@@ -198,17 +198,27 @@ class HyperHead(ConditionedHead):
         if self.generator_input != "context":  # dynamic: every sample generates its own head
             gen_in = x if self.generator_input == "input" else torch.cat([x, context], dim=-1)
             every = torch.arange(x.shape[0], device=x.device)
-            return self._run_heads(x, self._heads(gen_in, self._factored(gen_in, x)), every)
+            heads = self._heads(gen_in, self._factored(len(x), len(x)))
+            return self._run_heads(x, heads, every)
         if not self.dedup:
             return mlp_per_sample(x, self.generate(context), self.activation)
-        unique, group = unique_rows(context)
-        factored = self._factored(unique, x)
-        return self._run_heads(x, self._heads_cached(unique, factored), group)
+        heads, group = self._grouped_heads(context)
+        return self._run_heads(x, heads, group)
 
-    def _factored(self, gen_in: torch.Tensor, x: torch.Tensor) -> bool:
-        """Apply low-rank heads factored (``W0 h + U (V^T h)``, per-sample cost) when most samples
-        have a head of their own; with few heads, materialising ``W`` and grouping is cheaper."""
-        return isinstance(self.generator, LowRankGenerator) and 2 * gen_in.shape[0] > x.shape[0]
+    def _factored(self, num_heads: int, batch: int) -> bool:
+        """Whether to apply low-rank heads factored, ``W0 h + U (V^T h)`` (:func:`mlp_low_rank`),
+        rather than materialise every ``W = W0 + U V^T`` and group (:func:`mlp_grouped`).
+        Materialising costs ``r in out`` per head; factored, the matmul is shared and the extra
+        ``r (in + out)`` per sample runs in skinny matmuls. Measured on the CPU (forward and
+        backward, heads of width 64 and 256), factored wins once ``heads x sum(in out)`` reaches
+        ``samples x sum(in + out) / 2``: a rollout, a minibatch of short per-world runs, wide
+        layers; with few heads for many samples, materialising does."""
+        if not isinstance(self.generator, LowRankGenerator):
+            return False
+        layers = self.target.layers
+        per_head = sum(ls.fan_in * ls.fan_out for ls in layers)
+        per_sample = sum(ls.fan_in + ls.fan_out for ls in layers) / 2
+        return num_heads * per_head >= batch * per_sample
 
     def _heads(self, gen_in: torch.Tensor, factored: bool) -> list[tuple[torch.Tensor, ...]]:
         """Generated heads for ``gen_in (G, C)``: per layer ``(W, b)``, or low-rank factors."""
@@ -223,33 +233,38 @@ class HyperHead(ConditionedHead):
             return mlp_low_rank(x, heads, group, self.activation)
         return mlp_grouped(x, heads, group, self.activation)
 
-    def _heads_cached(self, unique: torch.Tensor, factored: bool) -> list[tuple[torch.Tensor, ...]]:
-        """``_heads(unique, factored)``, reused across calls while contexts and parameters stay.
+    def _grouped_heads(
+        self, context: torch.Tensor
+    ) -> tuple[list[tuple[torch.Tensor, ...]], torch.Tensor]:
+        """One head per distinct row of ``context (B, C)`` and each row's head, ``group (B,)``;
+        reused across calls while the contexts and the parameters stay.
 
         Only with ``reuse_heads`` on (the policies turn it on for networks updated by their
-        optimizer: rollouts then ask for the same few contexts at every step), outside autograd.
-        A parameter's ``_version`` counts its in-place updates (optimizer steps,
-        ``load_state_dict``); writes through ``.data`` -- SB3's polyak update of target networks
-        -- do not count, which is why target networks never reuse heads.
+        optimizer: a rollout then passes the same contexts at every step until a world resets),
+        outside autograd. A hit costs one comparison of the whole batch, where deduplicating
+        costs a sort and, on a GPU, several host syncs. A parameter's ``_version`` counts its
+        in-place updates (optimizer steps, ``load_state_dict``); writes through ``.data`` --
+        SB3's polyak update of target networks -- do not count, which is why target networks
+        never reuse heads.
         """
-        if not self.reuse_heads or torch.is_grad_enabled():
-            self._cache = None
-            return self._heads(unique, factored)
-        if self._cache_params is None:
-            self._cache_params = list(self.generator.parameters())
-        key = (factored, *(p._version for p in self._cache_params))
-        cache = self._cache
-        if (
-            cache is not None
-            and cache[1] == key
-            and cache[0].shape == unique.shape
-            and cache[0].device == unique.device
-            and torch.equal(cache[0], unique)
-        ):
-            return cache[2]
-        heads = self._heads(unique, factored)
-        self._cache = (unique.clone(), key, heads)
-        return heads
+        reuse = self.reuse_heads and not torch.is_grad_enabled()
+        if reuse:
+            if self._cache_params is None:
+                self._cache_params = list(self.generator.parameters())
+            key = tuple(p._version for p in self._cache_params)
+            cache = self._cache
+            if (
+                cache is not None
+                and cache[1] == key
+                and cache[0].shape == context.shape
+                and cache[0].device == context.device
+                and torch.equal(cache[0], context)
+            ):
+                return cache[3], cache[2]
+        unique, group = unique_rows(context)
+        heads = self._heads(unique, self._factored(len(unique), len(context)))
+        self._cache = (context.clone(), key, group, heads) if reuse else None
+        return heads, group
 
     def train(self, mode: bool = True) -> HyperHead:
         self._cache = None

@@ -97,6 +97,32 @@ def mlp_per_sample(
     return _mlp_batched(x.unsqueeze(1), layers, activation).squeeze(1)
 
 
+def _padded_layout(group: torch.Tensor, num_groups: int) -> tuple[torch.Tensor, int] | None:
+    """Where each sample goes in a group-major, zero-padded ``(U * M)`` block (``M`` = the
+    largest group): ``(dest (B,), M)``, or ``None`` when padding would exceed
+    :data:`MAX_PADDING_RATIO` times the batch (then the heads are gathered per sample).
+
+    Moving the samples costs ``B x in``; gathering heads per sample costs ``B x out x in`` (a
+    rollout where every world has its own context spent most of its time there). Equal groups
+    need no padding: one sample per head (a rollout) or a minibatch laid out by env."""
+    batch = group.shape[0]
+    counts = torch.bincount(group, minlength=num_groups)
+    width = int(counts.max())
+    if num_groups * width > MAX_PADDING_RATIO * batch:
+        return None
+    order = torch.argsort(group, stable=True)
+    starts = torch.cumsum(counts, 0) - counts
+    slot = torch.empty_like(group)
+    slot[order] = torch.arange(batch, device=group.device) - starts[group[order]]
+    return group * width + slot, width
+
+
+def _pad(x: torch.Tensor, dest: torch.Tensor, num_groups: int, width: int) -> torch.Tensor:
+    """``x (B, in)`` -> ``(U, M, in)``, sample ``i`` at flat row ``dest[i]``, zeros elsewhere."""
+    padded = x.new_zeros(num_groups * width, x.shape[1]).index_copy(0, dest, x)
+    return padded.view(num_groups, width, -1)
+
+
 def mlp_grouped(
     x: torch.Tensor,
     layers: Sequence[LayerParams],
@@ -106,35 +132,23 @@ def mlp_grouped(
     """Apply head ``group[i]`` to sample ``i``.
 
     Samples are laid out group-major in a zero-padded ``(U, M, in)`` block (``M`` = the largest
-    group) so each generated head multiplies all of its samples at once. When most samples have
-    a head of their own, or the groups are so uneven that padding would exceed
-    :data:`MAX_PADDING_RATIO` times the batch, the heads are gathered per sample instead.
+    group) so each generated head multiplies all of its samples at once. When the groups are so
+    uneven that padding would exceed :data:`MAX_PADDING_RATIO` times the batch, the heads are
+    gathered per sample instead.
 
     :param x: ``(B, in)``.
     :param layers: ``[(W (U, out, in), b (U, out)), ...]``.
     :param group: ``(B,)`` long, values in ``[0, U)``.
     :return: ``(B, out)``.
     """
-    batch, num_groups = x.shape[0], layers[0][0].shape[0]
+    num_groups = layers[0][0].shape[0]
     if num_groups == 1:
         return mlp_shared(x, [(w[0], b[0]) for w, b in layers], activation)
-
-    def gathered() -> torch.Tensor:
+    layout = _padded_layout(group, num_groups)
+    if layout is None:
         return mlp_per_sample(x, [(w[group], b[group]) for w, b in layers], activation)
-
-    if 2 * num_groups > batch:  # mostly one sample per head: gathering costs what generating did
-        return gathered()
-    counts = torch.bincount(group, minlength=num_groups)
-    width = int(counts.max())
-    if num_groups * width > MAX_PADDING_RATIO * batch:
-        return gathered()
-    order = torch.argsort(group, stable=True)
-    starts = torch.cumsum(counts, 0) - counts
-    slot = torch.empty_like(group)
-    slot[order] = torch.arange(batch, device=x.device) - starts[group[order]]
-    dest = group * width + slot  # each sample's row in the padded (U * M) block
-    padded = x.new_zeros(num_groups * width, x.shape[1]).index_copy(0, dest, x)
-    out = _mlp_batched(padded.view(num_groups, width, -1), layers, activation)
+    dest, width = layout
+    out = _mlp_batched(_pad(x, dest, num_groups, width), layers, activation)
     return out.reshape(num_groups * width, -1)[dest]
 
 
@@ -146,14 +160,27 @@ def mlp_low_rank(
 ) -> torch.Tensor:
     """Apply low-rank head ``group[i]`` to sample ``i`` as ``W0 h + U (V^T h) + b0 + c``.
 
-    Costs ``r (in + out)`` per sample and layer on top of the shared ``W0`` matmul, so it stays
-    cheap when every sample has its own context (off-policy minibatches).
+    Costs ``r (in + out)`` per sample and layer on top of the shared ``W0`` matmul however the
+    samples share contexts: the groups laid out as in :func:`mlp_grouped` and multiplied per
+    group, or, when they are too uneven to pad (off-policy minibatches), the factors gathered
+    per sample.
 
     :param x: ``(B, in)``.
     :param layers: ``[(W0 (out, in), b0 (out,), U (G, out, r), V (G, in, r), c (G, out)), ...]``.
     :param group: ``(B,)`` long, values in ``[0, G)``.
     :return: ``(B, out)``.
     """
+    num_groups = layers[0][2].shape[0]
+    layout = _padded_layout(group, num_groups)
+    if layout is not None:
+        dest, width = layout
+        h = _pad(x, dest, num_groups, width)  # (G, M, in)
+        for i, (w0, b0, u, v, c) in enumerate(layers):
+            low = torch.bmm(torch.bmm(h, v), u.transpose(1, 2))  # (G, M, out)
+            h = F.linear(h, w0, b0) + low + c.unsqueeze(1)
+            if i < len(layers) - 1:
+                h = activation(h)
+        return h.reshape(num_groups * width, -1)[dest]
     h = x
     for i, (w0, b0, u, v, c) in enumerate(layers):
         proj = torch.bmm(h.unsqueeze(1), v[group]).squeeze(1)  # (B, r)

@@ -2,7 +2,13 @@ import pytest
 import torch
 
 from hyperrl.conditioning import HyperHead
-from hyperrl.functional import mlp_grouped, mlp_per_sample, mlp_shared, unique_rows
+from hyperrl.functional import (
+    mlp_grouped,
+    mlp_low_rank,
+    mlp_per_sample,
+    mlp_shared,
+    unique_rows,
+)
 from hyperrl.generators import GENERATORS
 from hyperrl.target import TargetSpec
 
@@ -13,22 +19,39 @@ def random_layers(n):
     return SPEC.unflatten(torch.randn(n, SPEC.num_params))
 
 
-@pytest.mark.parametrize(
-    "groups",
-    [
-        [0] * 9,  # one shared context: plain matmul
-        [0, 1, 2] * 4,  # balanced, interleaved: padded group-major bmm without padding
-        [2, 0, 0, 1, 2, 2, 0, 2, 1],  # uneven: padded
-        [0] * 20 + [1, 2, 3],  # very uneven: per-sample gather fallback
-        [3, 0, 1, 2, 4, 4],  # mostly one sample per head: per-sample gather
-    ],
-)
+GROUPINGS = [
+    [0] * 9,  # one shared context: plain matmul
+    [0, 1, 2] * 4,  # balanced, interleaved: padded group-major bmm without padding
+    [0] * 4 + [1] * 4 + [2] * 4,  # laid out by env, as a PPO minibatch
+    [2, 0, 0, 1, 2, 2, 0, 2, 1],  # uneven: padded
+    [0] * 20 + [1, 2, 3],  # very uneven: per-sample gather fallback
+    [3, 0, 1, 2, 4, 4],  # mostly one sample per head: padded
+    [4, 2, 0, 1, 3],  # one sample per head (a rollout): a permutation, no padding
+]
+
+
+@pytest.mark.parametrize("groups", GROUPINGS)
 def test_grouped_equals_per_sample(groups):
     group = torch.tensor(groups)
     layers = random_layers(int(group.max()) + 1)
     x = torch.randn(len(groups), 5)
     expected = mlp_per_sample(x, [(w[group], b[group]) for w, b in layers], torch.relu)
     torch.testing.assert_close(mlp_grouped(x, layers, group, torch.relu), expected)
+
+
+@pytest.mark.parametrize("groups", GROUPINGS)
+def test_low_rank_equals_materialised_per_sample(groups):
+    group = torch.tensor(groups)
+    n, r = int(group.max()) + 1, 2
+    factors = [
+        (torch.randn(o, i), torch.randn(o), torch.randn(n, o, r), torch.randn(n, i, r),
+         torch.randn(n, o))
+        for i, o in [(5, 12), (12, 3)]
+    ]  # fmt: skip
+    materialised = [(w0 + u @ v.transpose(1, 2), b0 + c) for w0, b0, u, v, c in factors]
+    x = torch.randn(len(groups), 5)
+    expected = mlp_per_sample(x, [(w[group], b[group]) for w, b in materialised], torch.relu)
+    torch.testing.assert_close(mlp_low_rank(x, factors, group, torch.relu), expected)
 
 
 def test_shared_equals_per_sample():
@@ -51,7 +74,8 @@ def test_unique_rows():
 
 
 @pytest.mark.parametrize("kind", GENERATORS)
-@pytest.mark.parametrize("num_contexts", [1, 4, 37])
+# low-rank heads: 1 and 4 contexts materialise W, 10 and 37 apply factored
+@pytest.mark.parametrize("num_contexts", [1, 4, 10, 37])
 def test_dedup_head_equals_naive_head_outputs_and_gradients(kind, num_contexts):
     torch.manual_seed(3)
     head = HyperHead(5, 3, 2, hidden_sizes=(12,), generator=kind, init="hyperfan_in")
@@ -105,26 +129,34 @@ def test_reused_heads_are_regenerated_when_contexts_or_parameters_change():
         first = head(x, ctx)
         again = head(x, ctx)
     assert len(calls) == 1 and torch.equal(first, again)
+    x2 = torch.randn(8, 5)
+    with torch.no_grad():
+        reused = head(x2, ctx)  # the same contexts with new inputs: the heads are reused
+        assert len(calls) == 1
+        head.reuse_heads = False
+        torch.testing.assert_close(reused, head(x2, ctx))  # ...and they were the right ones
+        head.reuse_heads = True
+    calls.clear()
     with torch.no_grad():
         head(x, ctx + 1.0)  # new contexts: regenerate
-    assert len(calls) == 2
+    assert len(calls) == 1
     opt = torch.optim.SGD(head.parameters(), lr=0.1)
     head(x, ctx).sum().backward()  # with autograd: always generates
     opt.step()
-    assert len(calls) == 3
+    assert len(calls) == 2
     with torch.no_grad():
         after_step = head(x, ctx)  # parameters changed: regenerate, and the output moved
-    assert len(calls) == 4 and not torch.allclose(after_step, first)
+    assert len(calls) == 3 and not torch.allclose(after_step, first)
     head.load_state_dict({k: v + 1 for k, v in head.state_dict().items()})
     with torch.no_grad():
         head(x, ctx)
-    assert len(calls) == 5
+    assert len(calls) == 4
     head.train()  # SB3 switches modes around its updates; that drops the cache too
     with torch.no_grad():
         head(x, ctx)
-    assert len(calls) == 6
+    assert len(calls) == 5
     head.reuse_heads = False
     with torch.no_grad():
         head(x, ctx)
         head(x, ctx)
-    assert len(calls) == 8
+    assert len(calls) == 7
