@@ -3,7 +3,10 @@
 For each number of worlds: env-steps/s of the batched env alone (random actions), of a rollout
 with the hyper policy (``DevicePPO.collect``), and of training end to end (rollout + update);
 then SB3 PPO with the same hyper policy on the CPU twin (``--sb3-envs`` subprocess envs) as the
-reference. Prints a Markdown table with ratios to SB3 (``--out`` also writes it). The ratio is
+reference. Prints a Markdown table with ratios to SB3 (``--out`` also writes it) and the update's
+share of a training iteration (``1 - train / rollout``: what the update costs beside the rollout,
+the first place to look when training is far below physics). ``--conditionings hyper
+lowrank_hyper`` adds a row per kind of head. The ratio is
 of throughput under each path's own settings, not of equal work per sample: the device path
 updates 5 epochs of ~16k-sample minibatches, SB3 its defaults (10 epochs of 64 samples).
 
@@ -28,7 +31,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 import envs  # noqa: E402
 from agents.device_ppo import DevicePPO, DevicePPOConfig  # noqa: E402
-from hyperrl import HyperActorCriticPolicy  # noqa: E402
+from hyperrl import CONDITIONINGS, HyperActorCriticPolicy  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:
@@ -47,7 +50,9 @@ def rate(fn: Callable[[], int], device: torch.device, repeats: int) -> float:
     return steps / (time.perf_counter() - start)
 
 
-def device_rates(env_id: str, n: int, device: str, steps: int, repeats: int) -> dict[str, float]:
+def device_rates(
+    env_id: str, n: int, device: str, steps: int, repeats: int, conditioning: str = "hyper"
+) -> dict[str, float]:
     env = envs.make_batched(env_id, n, "train", device, seed=0)
     dev = env.device
     env.reset()
@@ -63,7 +68,7 @@ def device_rates(env_id: str, n: int, device: str, steps: int, repeats: int) -> 
     wanted = max(1, n * steps // 16384)
     n_minibatches = max(k for k in range(1, wanted + 1) if n % k == 0)
     cfg = DevicePPOConfig(n_steps=steps, n_minibatches=n_minibatches, n_epochs=5)
-    policy_kwargs = {"conditioning": "hyper", "context_keys": ("context",)}
+    policy_kwargs = {"conditioning": conditioning, "context_keys": ("context",)}
     algo = DevicePPO(env, HyperActorCriticPolicy, policy_kwargs, cfg)
 
     def rollout() -> int:
@@ -113,6 +118,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--steps", type=int, default=32, help="rollout length (n_steps)")
     p.add_argument("--repeats", type=int, default=3, help="timed calls after one warm-up")
+    p.add_argument(
+        "--conditionings",
+        nargs="+",
+        default=["hyper"],
+        choices=CONDITIONINGS,
+        help="the device policies' heads, a row each (SB3's reference keeps hyper)",
+    )
     p.add_argument("--sb3-envs", type=int, default=16)
     p.add_argument("--sb3-steps", type=int, default=8192)
     p.add_argument("--out", default=None, help="also write the table here")
@@ -124,16 +136,19 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.steps} steps; SB3 PPO reference ({args.sb3_envs} CPU envs): {reference:,.0f} "
         "env-steps/s",
         "",
-        "| worlds | physics steps/s | rollout steps/s | train steps/s | train × SB3 |",
-        "| ---: | ---: | ---: | ---: | ---: |",
+        "| worlds | heads | physics steps/s | rollout steps/s | train steps/s | update share "
+        "| train × SB3 |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for n in args.envs:
-        r = device_rates(args.env, n, args.device, args.steps, args.repeats)
-        lines.append(
-            f"| {n:,} | {r['physics']:,.0f} | {r['rollout']:,.0f} | {r['train']:,.0f} | "
-            f"{r['train'] / reference:.1f} |"
-        )
-        print(lines[-1], flush=True)
+        for conditioning in args.conditionings:
+            r = device_rates(args.env, n, args.device, args.steps, args.repeats, conditioning)
+            update_share = 1 - r["train"] / r["rollout"]  # of a training iteration's time
+            lines.append(
+                f"| {n:,} | {conditioning} | {r['physics']:,.0f} | {r['rollout']:,.0f} | "
+                f"{r['train']:,.0f} | {update_share:.0%} | {r['train'] / reference:.1f} |"
+            )
+            print(lines[-1], flush=True)
     table = "\n".join(lines)
     print("\n" + table)
     if args.out:

@@ -6,13 +6,13 @@
 #   bash ../shared/gpu/stage-warp.sh            # here, first: stages MuJoCo Warp (two uploads)
 #   bash scripts/gpu_check.sh [OUT] [TRAIN_SECONDS]   # there, after the staging commands
 #
-# Each part has its own time limit (150 + 120 + 40 + 30 + TRAIN_SECONDS s at most), so one slow
+# Each part has its own time limit (150 + 150 + 40 + 30 + TRAIN_SECONDS s at most), so one slow
 # part cannot eat the others' budget and the whole fits one 600 s device call. Training gets what
-# is left (220 s by default): its ep_rew_mean in train.txt / run/tb shows how far a few minutes go
+# is left (200 s by default): its ep_rew_mean in train.txt / run/tb shows how far a few minutes go
 # towards the issue's 5,000 within 10 minutes.
 set -uo pipefail
 out=${1:-${OUT:?give an output folder}}
-train_seconds=${2:-220}
+train_seconds=${2:-200}
 mkdir -p "$out"
 # where stage-warp.sh's commands unpacked MuJoCo Warp (machines with it installed need nothing)
 [ -d /tmp/devsite ] && export PYTHONPATH=/tmp/devsite:$PWD${PYTHONPATH:+:$PYTHONPATH}
@@ -29,7 +29,8 @@ HYPERRL_WARP_DEVICE=cuda timeout 150 python -m pytest -q -p no:cacheprovider \
   fetch_push_matches or shapes or gripper_follows" > "$out/parity.txt" 2>&1
 log "parity rc=$?"
 log "throughput"
-timeout 120 python scripts/bench_gpu.py --envs 1024 4096 16384 --out "$out/bench_gpu.md" \
+timeout 150 python scripts/bench_gpu.py --envs 1024 4096 16384 --conditionings hyper lowrank_hyper \
+  --out "$out/bench_gpu.md" \
   > "$out/bench_gpu.txt" 2>&1; log "bench rc=$?"
 timeout 40 python scripts/bench_gpu.py --env hyperrl/WarpFetchReach-v0 --envs 4096 \
   --sb3-steps 2048 --out "$out/bench_gpu_fetch.md" > "$out/bench_gpu_fetch.txt" 2>&1
