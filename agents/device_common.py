@@ -77,6 +77,15 @@ def distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def use_tf32(device: torch.device, enabled: bool) -> None:
+    """On a CUDA ``device``, let float32 matmuls run on TF32 tensor cores (10-bit mantissa;
+    cuBLAS's fast path on Ampere and later, off in PyTorch by default). This is process-wide
+    (``torch.backends.cuda.matmul.allow_tf32``) and reaches matmuls only: the envs' observations
+    and rewards are elementwise torch and Warp kernels, untouched. Elsewhere it does nothing."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = enabled
+
+
 def start_in_step(
     module: torch.nn.Module, seed: int, extra: Iterable[torch.Tensor] = ()
 ) -> tuple[int, int]:

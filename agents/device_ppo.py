@@ -35,6 +35,7 @@ from agents.device_common import (
     distributed,
     progress,
     start_in_step,
+    use_tf32,
 )
 from envs.batched import BatchedContextualEnv, Obs
 from hyperrl import HyperActorCriticPolicy
@@ -67,6 +68,8 @@ class DevicePPOConfig:
     #: steps per rollout instead of all at once; these first, shortened episodes are left out of
     #: ``rollout/ep_rew_mean``
     stagger_episodes: bool = True
+    #: on CUDA, run the policy's float32 matmuls on TF32 tensor cores (:func:`use_tf32`)
+    tf32: bool = True
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> DevicePPOConfig:
@@ -133,6 +136,7 @@ class DevicePPO:
                 f"({cfg.n_minibatches}): minibatches hold whole worlds"
             )
         torch.manual_seed(seed)
+        use_tf32(device, cfg.tf32)
         # the SB3 container: policy construction, optimizer, and a checkpoint PPO.load opens
         with warnings.catch_warnings():  # it sees one world; the batch size is for all of them
             warnings.filterwarnings("ignore", "You have specified a mini-batch size")

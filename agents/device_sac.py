@@ -37,6 +37,7 @@ from agents.device_common import (
     descend,
     progress,
     start_in_step,
+    use_tf32,
 )
 from envs.batched import BatchedContextualEnv, Obs
 from hyperrl import HyperSACPolicy
@@ -66,6 +67,8 @@ class DeviceSACConfig:
     policy_delay: int = 1
     target_update_interval: int = 1
     log_interval: int = 100
+    #: on CUDA, run the networks' float32 matmuls on TF32 tensor cores (:func:`use_tf32`)
+    tf32: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.ent_coef, str) and not self.ent_coef.startswith("auto"):
@@ -195,6 +198,7 @@ class DeviceSAC:
         self.env, self.config, self.seed = env, config or DeviceSACConfig(), seed
         cfg, device = self.config, env.device
         torch.manual_seed(seed)
+        use_tf32(device, cfg.tf32)
         # the SB3 container: policy, optimizers, log_ent_coef, and a checkpoint SAC.load opens;
         # its own replay buffer holds one row (ours is the DeviceReplay)
         with warnings.catch_warnings():

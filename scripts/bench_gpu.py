@@ -51,7 +51,13 @@ def rate(fn: Callable[[], int], device: torch.device, repeats: int) -> float:
 
 
 def device_rates(
-    env_id: str, n: int, device: str, steps: int, repeats: int, conditioning: str = "hyper"
+    env_id: str,
+    n: int,
+    device: str,
+    steps: int,
+    repeats: int,
+    conditioning: str = "hyper",
+    tf32: bool = True,
 ) -> dict[str, float]:
     env = envs.make_batched(env_id, n, "train", device, seed=0)
     dev = env.device
@@ -67,7 +73,7 @@ def device_rates(
     # minibatches of about 16,384 samples, made of whole worlds
     wanted = max(1, n * steps // 16384)
     n_minibatches = max(k for k in range(1, wanted + 1) if n % k == 0)
-    cfg = DevicePPOConfig(n_steps=steps, n_minibatches=n_minibatches, n_epochs=5)
+    cfg = DevicePPOConfig(n_steps=steps, n_minibatches=n_minibatches, n_epochs=5, tf32=tf32)
     policy_kwargs = {"conditioning": conditioning, "context_keys": ("context",)}
     algo = DevicePPO(env, HyperActorCriticPolicy, policy_kwargs, cfg)
 
@@ -125,6 +131,12 @@ def main(argv: list[str] | None = None) -> int:
         choices=CONDITIONINGS,
         help="the device policies' heads, a row each (SB3's reference keeps hyper)",
     )
+    p.add_argument(
+        "--tf32",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the device trainer's TF32 matmuls on CUDA (its default: on)",
+    )
     p.add_argument("--sb3-envs", type=int, default=16)
     p.add_argument("--sb3-steps", type=int, default=8192)
     p.add_argument("--out", default=None, help="also write the table here")
@@ -133,8 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
     lines = [
         f"{args.env} on {args.device} ({name}), torch {torch.__version__}, rollout "
-        f"{args.steps} steps; SB3 PPO reference ({args.sb3_envs} CPU envs): {reference:,.0f} "
-        "env-steps/s",
+        f"{args.steps} steps, TF32 {'on' if args.tf32 else 'off'}; SB3 PPO reference "
+        f"({args.sb3_envs} CPU envs): {reference:,.0f} env-steps/s",
         "",
         "| worlds | heads | physics steps/s | rollout steps/s | train steps/s | update share "
         "| train × SB3 |",
@@ -142,7 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for n in args.envs:
         for conditioning in args.conditionings:
-            r = device_rates(args.env, n, args.device, args.steps, args.repeats, conditioning)
+            r = device_rates(
+                args.env, n, args.device, args.steps, args.repeats, conditioning, args.tf32
+            )
             update_share = 1 - r["train"] / r["rollout"]  # of a training iteration's time
             lines.append(
                 f"| {n:,} | {conditioning} | {r['physics']:,.0f} | {r['rollout']:,.0f} | "

@@ -6,7 +6,7 @@ prints the ratio to a plain MLP. The ``naive`` row generates one head per sample
 (``dedup=False``), the path that grouping by context avoids.
 
     python scripts/bench_hypernet.py [--sizes 64 64 64 8] [--batches 64 512 4096]
-        [--contexts 1 8 64] [--device cpu|cuda] [--threads 1]
+        [--contexts 1 8 64] [--device cpu|cuda] [--threads 1] [--tf32]
 """
 
 from __future__ import annotations
@@ -54,9 +54,13 @@ def main() -> None:
     p.add_argument("--contexts", type=int, nargs="+", default=[1, 8, 64])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--tf32", action="store_true", help="float32 matmuls on TF32 tensor cores (CUDA only)"
+    )
     p.add_argument("--min-run-time", type=float, default=0.2, help="seconds per measurement")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    torch.backends.cuda.matmul.allow_tf32 = args.tf32  # what the device trainers do on CUDA
     torch.manual_seed(0)
     in_dim, *hidden, out_dim = args.sizes
     dev = torch.device(args.device)
@@ -70,7 +74,7 @@ def main() -> None:
     }
     print(
         f"device={dev} threads={args.threads} head={' -> '.join(map(str, args.sizes))} "
-        f"context_dim={args.context_dim} torch={torch.__version__}"
+        f"context_dim={args.context_dim} tf32={args.tf32} torch={torch.__version__}"
     )
     counts = (f"{n} {sum(q.numel() for q in h.parameters()):,}" for n, h in heads.items())
     print("params: " + ", ".join(counts))

@@ -6,13 +6,13 @@
 #   bash ../shared/gpu/stage-warp.sh            # here, first: stages MuJoCo Warp (two uploads)
 #   bash scripts/gpu_check.sh [OUT] [TRAIN_SECONDS]   # there, after the staging commands
 #
-# Each part has its own time limit (150 + 150 + 40 + 30 + TRAIN_SECONDS s at most), so one slow
+# Each part has its own time limit (150 + 150 + 40 + 2 x 25 + TRAIN_SECONDS s at most), so one slow
 # part cannot eat the others' budget and the whole fits one 600 s device call. Training gets what
-# is left (200 s by default): its ep_rew_mean in train.txt / run/tb shows how far a few minutes go
+# is left (190 s by default): its ep_rew_mean in train.txt / run/tb shows how far a few minutes go
 # towards the issue's 5,000 within 10 minutes.
 set -uo pipefail
 out=${1:-${OUT:?give an output folder}}
-train_seconds=${2:-200}
+train_seconds=${2:-190}
 mkdir -p "$out"
 # where stage-warp.sh's commands unpacked MuJoCo Warp (machines with it installed need nothing)
 [ -d /tmp/devsite ] && export PYTHONPATH=/tmp/devsite:$PWD${PYTHONPATH:+:$PYTHONPATH}
@@ -35,8 +35,11 @@ timeout 150 python scripts/bench_gpu.py --envs 1024 4096 16384 --conditionings h
 timeout 40 python scripts/bench_gpu.py --env hyperrl/WarpFetchReach-v0 --envs 4096 \
   --sb3-steps 2048 --out "$out/bench_gpu_fetch.md" > "$out/bench_gpu_fetch.txt" 2>&1
 log "bench fetch rc=$?"
-timeout 30 python scripts/bench_hypernet.py --sizes 64 256 256 8 --batches 16384 \
-  --contexts 512 --device cuda > "$out/bench_hypernet.txt" 2>&1; log "hypernet rc=$?"
+for tf32 in "" --tf32; do  # plain float32 matmuls, then TF32 (what the device trainers use)
+  timeout 25 python scripts/bench_hypernet.py --sizes 64 256 256 8 --batches 16384 \
+    --contexts 512 --device cuda $tf32 >> "$out/bench_hypernet.txt" 2>&1
+  log "hypernet $tf32 rc=$?"
+done
 log "training for ${train_seconds}s"
 timeout --signal=INT "$train_seconds" python scripts/train_agent.py \
   --env hyperrl/WarpHalfCheetah-v0 --device cuda --eval-freq 30000000 --save-freq 0 \

@@ -9,7 +9,7 @@ import torch
 from stable_baselines3 import PPO
 
 import envs
-from agents.device_common import EpisodeStats, average_gradients
+from agents.device_common import EpisodeStats, average_gradients, use_tf32
 from agents.device_ppo import (
     DevicePPO,
     DevicePPOConfig,
@@ -265,6 +265,21 @@ def test_trainer_rejects_minibatches_that_split_worlds():
         _trainer(num_envs=10)
     with pytest.raises(ValueError, match="unknown device-PPO keys"):
         DevicePPOConfig.from_dict({"n_step": 3})
+
+
+def test_tf32_is_switched_for_cuda_trainers_only():
+    matmul, before = torch.backends.cuda.matmul, torch.backends.cuda.matmul.allow_tf32
+    try:
+        matmul.allow_tf32 = False
+        use_tf32(torch.device("cpu"), True)
+        assert matmul.allow_tf32 is False
+        if torch.cuda.is_available():
+            for wanted in (True, False):
+                env = TorchPendulum(8, device="cuda", seed=0)
+                DevicePPO(env, config=DevicePPOConfig(n_minibatches=1, tf32=wanted))
+                assert matmul.allow_tf32 is wanted
+    finally:
+        matmul.allow_tf32 = before
 
 
 def _mean_return(algo: DevicePPO, split: str, worlds: int = 64) -> float:
