@@ -142,10 +142,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="also write the table here")
     args = p.parse_args(argv)
     reference = sb3_rate(args.env, args.sb3_envs, args.sb3_steps)
-    name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
+    cuda = args.device.startswith("cuda")
+    name = torch.cuda.get_device_name() if cuda else "CPU"
+    tf32 = f", TF32 {'on' if args.tf32 else 'off'}" if cuda else ""
     lines = [
         f"{args.env} on {args.device} ({name}), torch {torch.__version__}, rollout "
-        f"{args.steps} steps, TF32 {'on' if args.tf32 else 'off'}; SB3 PPO reference "
+        f"{args.steps} steps{tf32}; SB3 PPO reference "
         f"({args.sb3_envs} CPU envs): {reference:,.0f} env-steps/s",
         "",
         "| worlds | heads | physics steps/s | rollout steps/s | train steps/s | update share "
