@@ -6,10 +6,10 @@
 #   bash ../shared/gpu/stage-warp.sh            # here, first: stages MuJoCo Warp (two uploads)
 #   bash scripts/gpu_check.sh [OUT] [TRAIN_SECONDS]   # there, after the staging commands
 #
-# Each part has its own time limit (150 + 150 + 40 + 2 x 25 + TRAIN_SECONDS s at most), so one slow
-# part cannot eat the others' budget and the whole fits one 600 s device call. Training gets what
-# is left (190 s by default): its ep_rew_mean in train.txt / run/tb shows how far a few minutes go
-# towards the issue's 5,000 within 10 minutes.
+# Each part has its own time limit (150 + 150 + 40 + 2 x 25 + TRAIN_SECONDS s at most), so one
+# slow part cannot eat the others' budget and the whole fits one 600 s device call. Training gets
+# what is left (190 s by default): its ep_rew_mean in train.txt / run/tb shows how far a few
+# minutes go towards the issue's 5,000 within 10 minutes.
 set -uo pipefail
 out=${1:-${OUT:?give an output folder}}
 train_seconds=${2:-190}
