@@ -22,6 +22,8 @@ import torch
 from torch import nn
 
 from hyperrl.functional import (
+    Grouping,
+    grouping,
     mlp_grouped,
     mlp_low_rank,
     mlp_per_sample,
@@ -182,7 +184,7 @@ class HyperHead(ConditionedHead):
         self.generator_input = generator_input
         self.dedup = dedup
         self.reuse_heads = False
-        self._cache: tuple[torch.Tensor, tuple, torch.Tensor, Any] | None = None
+        self._cache: tuple[torch.Tensor, tuple, Grouping, Any] | None = None
         self._cache_params: list[torch.Tensor] | None = None
         self.generator: Generator = make_generator(
             generator,
@@ -199,11 +201,11 @@ class HyperHead(ConditionedHead):
             gen_in = x if self.generator_input == "input" else torch.cat([x, context], dim=-1)
             every = torch.arange(x.shape[0], device=x.device)
             heads = self._heads(gen_in, self._factored(len(x), len(x)))
-            return self._run_heads(x, heads, every)
+            return self._run_heads(x, heads, Grouping(every, len(x), (every, 1)))
         if not self.dedup:
             return mlp_per_sample(x, self.generate(context), self.activation)
-        heads, group = self._grouped_heads(context)
-        return self._run_heads(x, heads, group)
+        heads, groups = self._grouped_heads(context)
+        return self._run_heads(x, heads, groups)
 
     def _factored(self, num_heads: int, batch: int) -> bool:
         """Whether to apply low-rank heads factored, ``W0 h + U (V^T h)`` (:func:`mlp_low_rank`),
@@ -227,22 +229,23 @@ class HyperHead(ConditionedHead):
         return self.target.unflatten(self.generator(gen_in))
 
     def _run_heads(
-        self, x: torch.Tensor, heads: list[tuple[torch.Tensor, ...]], group: torch.Tensor
+        self, x: torch.Tensor, heads: list[tuple[torch.Tensor, ...]], groups: Grouping
     ) -> torch.Tensor:
         if len(heads[0]) == 5:  # low-rank factors
-            return mlp_low_rank(x, heads, group, self.activation)
-        return mlp_grouped(x, heads, group, self.activation)
+            return mlp_low_rank(x, heads, groups, self.activation)
+        return mlp_grouped(x, heads, groups, self.activation)
 
     def _grouped_heads(
         self, context: torch.Tensor
-    ) -> tuple[list[tuple[torch.Tensor, ...]], torch.Tensor]:
-        """One head per distinct row of ``context (B, C)`` and each row's head, ``group (B,)``;
-        reused across calls while the contexts and the parameters stay.
+    ) -> tuple[list[tuple[torch.Tensor, ...]], Grouping]:
+        """One head per distinct row of ``context (B, C)`` and which head each row uses (with
+        its layout, :func:`~hyperrl.functional.grouping`); reused across calls while the contexts
+        and the parameters stay.
 
         Only with ``reuse_heads`` on (the policies turn it on for networks updated by their
         optimizer: a rollout then passes the same contexts at every step until a world resets),
-        outside autograd. A hit costs one comparison of the whole batch, where deduplicating
-        costs a sort and, on a GPU, several host syncs. A parameter's ``_version`` counts its
+        outside autograd. A hit costs one comparison of the whole batch, where deduplicating and
+        laying out cost sorts and, on a GPU, four host syncs. A parameter's ``_version`` counts its
         in-place updates (optimizer steps, ``load_state_dict``); writes through ``.data`` --
         SB3's polyak update of target networks -- do not count, which is why target networks
         never reuse heads.
@@ -263,8 +266,9 @@ class HyperHead(ConditionedHead):
                 return cache[3], cache[2]
         unique, group = unique_rows(context)
         heads = self._heads(unique, self._factored(len(unique), len(context)))
-        self._cache = (context.clone(), key, group, heads) if reuse else None
-        return heads, group
+        groups = grouping(group, len(unique))
+        self._cache = (context.clone(), key, groups, heads) if reuse else None
+        return heads, groups
 
     def train(self, mode: bool = True) -> HyperHead:
         self._cache = None

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -97,6 +98,24 @@ def mlp_per_sample(
     return _mlp_batched(x.unsqueeze(1), layers, activation).squeeze(1)
 
 
+class Grouping(NamedTuple):
+    """Which head each sample uses and where it sits in the padded block (:func:`grouping`)."""
+
+    group: torch.Tensor  #: ``(B,)`` long, values in ``[0, num_groups)``
+    num_groups: int
+    #: ``(dest (B,), M)``: sample ``i`` at row ``dest[i]`` of the ``(num_groups * M)`` block; or
+    #: ``None``: too uneven to pad, gather the heads per sample
+    layout: tuple[torch.Tensor, int] | None
+
+
+def grouping(group: torch.Tensor, num_groups: int) -> Grouping:
+    """The layout :func:`mlp_grouped` and :func:`mlp_low_rank` use for ``group``; computed once,
+    it can be passed to them again (a rollout reusing its heads: no sort, no host sync)."""
+    if num_groups == 1:  # one head for all: the block is the batch
+        return Grouping(group, 1, (torch.arange(len(group), device=group.device), len(group)))
+    return Grouping(group, num_groups, _padded_layout(group, num_groups))
+
+
 def _padded_layout(group: torch.Tensor, num_groups: int) -> tuple[torch.Tensor, int] | None:
     """Where each sample goes in a group-major, zero-padded ``(U * M)`` block (``M`` = the
     largest group): ``(dest (B,), M)``, or ``None`` when padding would exceed
@@ -126,7 +145,7 @@ def _pad(x: torch.Tensor, dest: torch.Tensor, num_groups: int, width: int) -> to
 def mlp_grouped(
     x: torch.Tensor,
     layers: Sequence[LayerParams],
-    group: torch.Tensor,
+    group: torch.Tensor | Grouping,
     activation: Activation,
 ) -> torch.Tensor:
     """Apply head ``group[i]`` to sample ``i``.
@@ -138,13 +157,13 @@ def mlp_grouped(
 
     :param x: ``(B, in)``.
     :param layers: ``[(W (U, out, in), b (U, out)), ...]``.
-    :param group: ``(B,)`` long, values in ``[0, U)``.
+    :param group: ``(B,)`` long, values in ``[0, U)``, or its :func:`grouping`.
     :return: ``(B, out)``.
     """
     num_groups = layers[0][0].shape[0]
     if num_groups == 1:
         return mlp_shared(x, [(w[0], b[0]) for w, b in layers], activation)
-    layout = _padded_layout(group, num_groups)
+    group, _, layout = group if isinstance(group, Grouping) else grouping(group, num_groups)
     if layout is None:
         return mlp_per_sample(x, [(w[group], b[group]) for w, b in layers], activation)
     dest, width = layout
@@ -155,7 +174,7 @@ def mlp_grouped(
 def mlp_low_rank(
     x: torch.Tensor,
     layers: Sequence[tuple[torch.Tensor, ...]],
-    group: torch.Tensor,
+    group: torch.Tensor | Grouping,
     activation: Activation,
 ) -> torch.Tensor:
     """Apply low-rank head ``group[i]`` to sample ``i`` as ``W0 h + U (V^T h) + b0 + c``.
@@ -167,11 +186,11 @@ def mlp_low_rank(
 
     :param x: ``(B, in)``.
     :param layers: ``[(W0 (out, in), b0 (out,), U (G, out, r), V (G, in, r), c (G, out)), ...]``.
-    :param group: ``(B,)`` long, values in ``[0, G)``.
+    :param group: ``(B,)`` long, values in ``[0, G)``, or its :func:`grouping`.
     :return: ``(B, out)``.
     """
     num_groups = layers[0][2].shape[0]
-    layout = _padded_layout(group, num_groups)
+    group, _, layout = group if isinstance(group, Grouping) else grouping(group, num_groups)
     if layout is not None:
         dest, width = layout
         h = _pad(x, dest, num_groups, width)  # (G, M, in)

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from hyperrl import functional
 from hyperrl.conditioning import HyperHead
 from hyperrl.functional import (
     mlp_grouped,
@@ -119,7 +120,8 @@ def test_unique_rows_dtypes(dtype):
     assert unique.shape[0] == len({tuple(r) for r in ctx.tolist()})
 
 
-def test_reused_heads_are_regenerated_when_contexts_or_parameters_change():
+def test_reused_heads_are_regenerated_when_contexts_or_parameters_change(monkeypatch):
+    layout = functional._padded_layout
     head = HyperHead(5, 3, 2, hidden_sizes=(12,), init="hyperfan_in")
     head.reuse_heads = True
     calls = []
@@ -130,9 +132,11 @@ def test_reused_heads_are_regenerated_when_contexts_or_parameters_change():
         again = head(x, ctx)
     assert len(calls) == 1 and torch.equal(first, again)
     x2 = torch.randn(8, 5)
+    layouts = []
+    monkeypatch.setattr(functional, "_padded_layout", lambda *a: layouts.append(a) or layout(*a))
     with torch.no_grad():
-        reused = head(x2, ctx)  # the same contexts with new inputs: the heads are reused
-        assert len(calls) == 1
+        reused = head(x2, ctx)  # the same contexts with new inputs: the heads are reused...
+        assert len(calls) == 1 and not layouts  # ...and so is the samples' layout
         head.reuse_heads = False
         torch.testing.assert_close(reused, head(x2, ctx))  # ...and they were the right ones
         head.reuse_heads = True
