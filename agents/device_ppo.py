@@ -294,8 +294,8 @@ class DevicePPO:
 
         :param logger: an SB3 logger (TensorBoard): ``rollout/ep_rew_mean`` (and
             ``rollout/success_rate`` for goal-reaching envs), ``train/*``, ``time/fps`` once per
-            rollout (the trainer's only host sync; the env and the hyper heads' context
-            deduplication add small ones per step).
+            rollout (the trainer's only host sync; per step, the env's ``done.any()`` adds one
+            and each hyper head's check of its reused contexts another).
         :param callback: called after every update with the logged values; ``False`` stops.
         """
         target = self.num_timesteps + total_timesteps

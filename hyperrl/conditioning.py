@@ -194,6 +194,14 @@ class HyperHead(ConditionedHead):
             layer_gains=self.layer_gains,
             **(generator_kwargs or {}),
         )
+        #: ``(per head, per sample)`` costs that :meth:`_factored` weighs, for low-rank heads
+        self._low_rank_costs: tuple[int, float] | None = None
+        if isinstance(self.generator, LowRankGenerator):
+            layers = self.target.layers
+            self._low_rank_costs = (
+                sum(ls.fan_in * ls.fan_out for ls in layers),
+                sum(ls.fan_in + ls.fan_out for ls in layers) / 2,
+            )
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         self._check(x, context)
@@ -215,11 +223,9 @@ class HyperHead(ConditionedHead):
         backward, heads of width 64 and 256), factored wins once ``heads x sum(in out)`` reaches
         ``samples x sum(in + out) / 2``: a rollout, a minibatch of short per-world runs, wide
         layers; with few heads for many samples, materialising does."""
-        if not isinstance(self.generator, LowRankGenerator):
+        if self._low_rank_costs is None:
             return False
-        layers = self.target.layers
-        per_head = sum(ls.fan_in * ls.fan_out for ls in layers)
-        per_sample = sum(ls.fan_in + ls.fan_out for ls in layers) / 2
+        per_head, per_sample = self._low_rank_costs
         return num_heads * per_head >= batch * per_sample
 
     def _heads(self, gen_in: torch.Tensor, factored: bool) -> list[tuple[torch.Tensor, ...]]:

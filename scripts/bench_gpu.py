@@ -23,7 +23,7 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -56,9 +56,11 @@ def device_rates(
     device: str,
     steps: int,
     repeats: int,
-    conditioning: str = "hyper",
+    conditionings: Sequence[str] = ("hyper",),
     tf32: bool = True,
-) -> dict[str, float]:
+) -> dict[str, dict[str, float]]:
+    """Per kind of head: ``physics`` (measured once, the same env for every head), ``rollout``
+    and ``train`` env-steps/s."""
     env = envs.make_batched(env_id, n, "train", device, seed=0)
     dev = env.device
     env.reset()
@@ -70,26 +72,30 @@ def device_rates(
             env.step(low + (high - low) * torch.rand(n, *low.shape, device=dev))
         return steps * n
 
+    physics_rate = rate(physics, dev, repeats)
     # minibatches of about 16,384 samples, made of whole worlds
     wanted = max(1, n * steps // 16384)
     n_minibatches = max(k for k in range(1, wanted + 1) if n % k == 0)
     cfg = DevicePPOConfig(n_steps=steps, n_minibatches=n_minibatches, n_epochs=5, tf32=tf32)
-    policy_kwargs = {"conditioning": conditioning, "context_keys": ("context",)}
-    algo = DevicePPO(env, HyperActorCriticPolicy, policy_kwargs, cfg)
+    out = {}
+    for conditioning in conditionings:
+        policy_kwargs = {"conditioning": conditioning, "context_keys": ("context",)}
+        algo = DevicePPO(env, HyperActorCriticPolicy, policy_kwargs, cfg)
 
-    def rollout() -> int:
-        algo.collect()
-        return steps * n
+        def rollout(algo: DevicePPO = algo) -> int:
+            algo.collect()
+            return steps * n
 
-    def train() -> int:
-        algo.update(algo.collect())
-        return steps * n
+        def train(algo: DevicePPO = algo) -> int:
+            algo.update(algo.collect())
+            return steps * n
 
-    return {
-        "physics": rate(physics, dev, repeats),
-        "rollout": rate(rollout, dev, repeats),
-        "train": rate(train, dev, repeats),
-    }
+        out[conditioning] = {
+            "physics": physics_rate,
+            "rollout": rate(rollout, dev, repeats),
+            "train": rate(train, dev, repeats),
+        }
+    return out
 
 
 def sb3_rate(env_id: str, n_envs: int, steps: int) -> float:
@@ -155,10 +161,10 @@ def main(argv: list[str] | None = None) -> int:
         "| ---: | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for n in args.envs:
-        for conditioning in args.conditionings:
-            r = device_rates(
-                args.env, n, args.device, args.steps, args.repeats, conditioning, args.tf32
-            )
+        rates = device_rates(
+            args.env, n, args.device, args.steps, args.repeats, args.conditionings, args.tf32
+        )
+        for conditioning, r in rates.items():
             update_share = 1 - r["train"] / r["rollout"]  # of a training iteration's time
             lines.append(
                 f"| {n:,} | {conditioning} | {r['physics']:,.0f} | {r['rollout']:,.0f} | "
