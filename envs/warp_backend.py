@@ -66,6 +66,8 @@ class WarpWorlds:
         njmax: int | None = None,
     ) -> None:
         self.device, self.nworld, self.substeps = torch.device(device), nworld, substeps
+        if self.device.type == "cuda" and self.device.index is None:  # Warp needs the index
+            self.device = torch.device("cuda", torch.cuda.current_device())
         wp.init()
         self.wp_device = wp.device_from_torch(self.device)
         fields = [f for f in batched if f != "gravity"]

@@ -143,18 +143,22 @@ def main(argv: list[str] | None = None) -> int:
         default=True,
         help="the device trainer's TF32 matmuls on CUDA (its default: on)",
     )
-    p.add_argument("--sb3-envs", type=int, default=16)
+    p.add_argument("--sb3-envs", type=int, default=16, help="0: no SB3 reference")
     p.add_argument("--sb3-steps", type=int, default=8192)
     p.add_argument("--out", default=None, help="also write the table here")
     args = p.parse_args(argv)
-    reference = sb3_rate(args.env, args.sb3_envs, args.sb3_steps)
+    reference = sb3_rate(args.env, args.sb3_envs, args.sb3_steps) if args.sb3_envs else None
     cuda = args.device.startswith("cuda")
     name = torch.cuda.get_device_name() if cuda else "CPU"
     tf32 = f", TF32 {'on' if args.tf32 else 'off'}" if cuda else ""
+    sb3 = (
+        f"SB3 PPO reference ({args.sb3_envs} CPU envs): {reference:,.0f} env-steps/s"
+        if reference
+        else "no SB3 reference"
+    )
     lines = [
         f"{args.env} on {args.device} ({name}), torch {torch.__version__}, rollout "
-        f"{args.steps} steps{tf32}; SB3 PPO reference "
-        f"({args.sb3_envs} CPU envs): {reference:,.0f} env-steps/s",
+        f"{args.steps} steps{tf32}; {sb3}",
         "",
         "| worlds | heads | physics steps/s | rollout steps/s | train steps/s | update share "
         "| train × SB3 |",
@@ -166,9 +170,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         for conditioning, r in rates.items():
             update_share = 1 - r["train"] / r["rollout"]  # of a training iteration's time
+            ratio = f"{r['train'] / reference:.1f}" if reference else "—"
             lines.append(
                 f"| {n:,} | {conditioning} | {r['physics']:,.0f} | {r['rollout']:,.0f} | "
-                f"{r['train']:,.0f} | {update_share:.0%} | {r['train'] / reference:.1f} |"
+                f"{r['train']:,.0f} | {update_share:.0%} | {ratio} |"
             )
             print(lines[-1], flush=True)
     table = "\n".join(lines)

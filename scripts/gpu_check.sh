@@ -1,50 +1,105 @@
 #!/usr/bin/env bash
-# The one prepared run for a lent GPU machine (issue 6): Warp parity on CUDA, the throughput table,
-# the generated-head minibatch cost, and a short training run of hyper PPO on contextual
-# HalfCheetah. Writes everything under OUT (default: $OUT, the device tool's output folder).
+# The one prepared run for a lent GPU machine (issue 6): the throughput table, the generated-head
+# minibatch cost, a short training run of hyper PPO on contextual HalfCheetah, Warp parity and the
+# CUDA-only tests, and the Fetch throughput. Writes its results under OUT (default: $OUT, the
+# device tool's output folder).
 #
-#   bash ../shared/gpu/stage-warp.sh            # here, first: stages MuJoCo Warp (two uploads)
-#   bash scripts/gpu_check.sh [OUT] [TRAIN_SECONDS]   # there, after the staging commands
+#   bash ../shared/gpu/stage-warp.sh                 # here, first: stages MuJoCo Warp (two uploads)
+#   bash scripts/gpu_check.sh [OUT] [SECONDS]        # there, after the staging commands
 #
-# Each part has its own time limit (170 + 150 + 40 + 2 x 25 + TRAIN_SECONDS s at most), so one
-# slow part cannot eat the others' budget and the whole fits one 600 s device call. Training gets
-# what is left (170 s by default): its ep_rew_mean in train.txt / run/tb shows how far a few
-# minutes go towards the issue's 5,000 within 10 minutes.
+# The whole run ends within SECONDS (540 by default), so it fits one device call with room for
+# the machine's start. The parts run in the order of what the issue needs most, the benchmark
+# table first; each has its own limit so one slow part cannot eat the others' budget, and training
+# gets whatever the other parts leave. OUT ends up with at most 8 files (the device tool brings
+# back no more): the tables and logs, and gpu_check.tgz with everything, the run's TensorBoard
+# events included. The staging leaves out gymnasium-robotics (Fetch's CPU twins: a 26 MB wheel
+# and PettingZoo, a third upload), so the Fetch parity tests skip and the Fetch table has no SB3
+# reference.
 set -uo pipefail
 out=${1:-${OUT:?give an output folder}}
-train_seconds=${2:-170}
+budget=${2:-540}
+py=${PYTHON:-python3}
+work=$(mktemp -d /tmp/gpu_check.XXXX)
 mkdir -p "$out"
 # where stage-warp.sh's commands unpacked MuJoCo Warp (machines with it installed need nothing)
 [ -d /tmp/devsite ] && export PYTHONPATH=/tmp/devsite:$PWD${PYTHONPATH:+:$PYTHONPATH}
-export MUJOCO_GL=egl
-log() { printf '[gpu_check %s] %s\n' "$(date +%T)" "$*" | tee -a "$out/log.txt"; }
+export PYTHONUNBUFFERED=1
+# EGL where its library is there; the device image has none, and nothing here renders
+MUJOCO_GL=egl "$py" -c "import mujoco.egl" 2>/dev/null && export MUJOCO_GL=egl || export MUJOCO_GL=glfw
+log() { printf '[gpu_check %s +%ss] %s\n' "$(date +%T)" "$SECONDS" "$*" | tee -a "$out/log.txt"; }
+left() { echo $((budget - SECONDS)); }
+# seconds for a part: its own limit, but never eating into what the parts after it reserve
+cap() { local s=$(($(left) - $2)); [ "$s" -gt "$1" ] && s=$1; [ "$s" -lt 5 ] && s=5; echo "$s"; }
+keep() { cp "$work/$1" "$out/$1" 2>/dev/null; }  # a part's result, in OUT as soon as it exists
 
-nvidia-smi > "$out/nvidia-smi.txt" 2>&1
-python -c "import torch, warp, mujoco_warp; print(torch.__version__, warp.__version__)" \
-  > "$out/versions.txt" 2>&1
+{ nvidia-smi; "$py" -c "import sys, torch, warp, mujoco_warp; print(sys.version, torch.__version__,
+  warp.__version__, torch.cuda.get_device_name())"; } > "$out/env.txt" 2>&1
+
+# reserved after the benchmark: hypernet 50, training >= 50, parity 120, Fetch 40, packing 10
+log "throughput (HalfCheetah; the first world count also compiles its kernels)"
+timeout "$(cap 200 270)" "$py" scripts/bench_gpu.py --envs 1024 4096 16384 \
+  --conditionings hyper lowrank_hyper --out "$work/bench_gpu.md" > "$work/bench_gpu.txt" 2>&1
+log "bench rc=$?"
+keep bench_gpu.md || keep bench_gpu.txt  # the rows are printed as they come if it ran out of time
+
+for tf32 in "" --tf32; do  # plain float32 matmuls, then TF32 (what the device trainers use)
+  timeout "$(cap 25 230)" "$py" scripts/bench_hypernet.py --sizes 64 256 256 8 --batches 16384 \
+    --contexts 512 --device cuda --given-groups $tf32 >> "$work/bench_hypernet.txt" 2>&1
+  log "hypernet ${tf32:-fp32} rc=$?"
+done
+keep bench_hypernet.txt
+
+train_seconds=$(cap 100000 170)
+log "training for ${train_seconds}s"
+timeout -k 20 --signal=INT "$train_seconds" "$py" scripts/train_agent.py \
+  --env hyperrl/WarpHalfCheetah-v0 --device cuda --eval-freq 0 --save-freq 0 \
+  --no-progress -f "$work/run" > "$work/train.txt" 2>&1
+log "train rc=$?"
+# the learning curve against wall-clock time, from the run's TensorBoard events
+"$py" - "$work/run" >> "$work/train.txt" 2>&1 <<'PY'
+import sys
+from pathlib import Path
+
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+scalars = {}
+for events in Path(sys.argv[1]).rglob("events.out.tfevents.*"):
+    acc = EventAccumulator(str(events.parent), size_guidance={"scalars": 0})
+    acc.Reload()
+    for tag in ("rollout/ep_rew_mean", "time/fps"):
+        if tag in acc.Tags()["scalars"]:
+            scalars[tag] = acc.Scalars(tag)
+rewards = scalars.get("rollout/ep_rew_mean", [])
+fps = {s.step: s.value for s in scalars.get("time/fps", [])}
+print(f"\n{len(rewards)} rollouts logged\n| seconds | env steps | ep_rew_mean | steps/s so far |")
+print("| ---: | ---: | ---: | ---: |")
+for i in sorted({*range(0, len(rewards), max(1, len(rewards) // 12)), len(rewards) - 1} - {-1}):
+    r = rewards[i]
+    print(
+        f"| {r.wall_time - rewards[0].wall_time:.0f} | {r.step:,} | {r.value:.0f} | "
+        f"{fps.get(r.step, float('nan')):,.0f} |"
+    )
+PY
+keep train.txt
+rm -rf "$work/run/checkpoints"
+
 log "parity on CUDA"
 # the benchmark's env and the two Fetch tasks (each new model compiles kernels on a fresh machine)
 # and the tests that need CUDA (SB3 policies on the GPU, the trainers' TF32 switch)
-HYPERRL_WARP_DEVICE=cuda timeout 170 python -m pytest -q -p no:cacheprovider \
+HYPERRL_WARP_DEVICE=cuda timeout "$(cap 120 50)" "$py" -m pytest -q -p no:cacheprovider \
   tests/test_envs_warp.py tests/test_policy_actor_critic.py tests/test_policy_off_policy.py \
   tests/test_device_ppo.py -k "halfcheetah or context_is_written or fetch_reach_matches or \
-  fetch_push_matches or shapes or gripper_follows or on_cuda or tf32" > "$out/parity.txt" 2>&1
+  fetch_push_matches or shapes or gripper_follows or on_cuda or tf32" > "$work/parity.txt" 2>&1
 log "parity rc=$?"
-log "throughput"
-timeout 150 python scripts/bench_gpu.py --envs 1024 4096 16384 --conditionings hyper lowrank_hyper \
-  --out "$out/bench_gpu.md" \
-  > "$out/bench_gpu.txt" 2>&1; log "bench rc=$?"
-timeout 40 python scripts/bench_gpu.py --env hyperrl/WarpFetchReach-v0 --envs 4096 \
-  --sb3-steps 2048 --out "$out/bench_gpu_fetch.md" > "$out/bench_gpu_fetch.txt" 2>&1
+keep parity.txt
+
+timeout "$(cap 40 10)" "$py" scripts/bench_gpu.py --env hyperrl/WarpFetchReach-v0 --envs 4096 \
+  --sb3-envs 0 --out "$work/bench_gpu_fetch.md" > "$work/bench_gpu_fetch.txt" 2>&1
 log "bench fetch rc=$?"
-for tf32 in "" --tf32; do  # plain float32 matmuls, then TF32 (what the device trainers use)
-  timeout 25 python scripts/bench_hypernet.py --sizes 64 256 256 8 --batches 16384 \
-    --contexts 512 --device cuda $tf32 >> "$out/bench_hypernet.txt" 2>&1
-  log "hypernet $tf32 rc=$?"
-done
-log "training for ${train_seconds}s"
-timeout --signal=INT "$train_seconds" python scripts/train_agent.py \
-  --env hyperrl/WarpHalfCheetah-v0 --device cuda --eval-freq 30000000 --save-freq 0 \
-  --no-progress -f "$out/run" > "$out/train.txt" 2>&1; log "train rc=$?"
-rm -rf "$out/run/checkpoints"
+keep bench_gpu_fetch.md || keep bench_gpu_fetch.txt
+
 log "done"
+cp "$out/env.txt" "$out/log.txt" "$work/"
+tar czf "$out/gpu_check.tgz" -C "$work" .
+for f in bench_gpu.md bench_gpu_fetch.md bench_hypernet.txt; do [ -f "$work/$f" ] && cat "$work/$f"; done
+tail -n 3 "$work/parity.txt"; tail -n 17 "$work/train.txt"
