@@ -68,14 +68,17 @@ class ConditionedHead(nn.Module):
         self.layer_gains = check_gains(self.target, layer_gains)
 
     def _check(self, x: torch.Tensor, context: torch.Tensor) -> None:
-        if x.dim() != 2 or x.shape[1] != self.in_dim:
-            raise ValueError(
-                f"{type(self).__name__} expects x of shape (B, {self.in_dim}), got {tuple(x.shape)}"
-            )
+        self._check_input(x)
         if context.dim() != 2 or context.shape != (x.shape[0], self.context_dim):
             raise ValueError(
                 f"{type(self).__name__} expects context of shape ({x.shape[0]}, "
                 f"{self.context_dim}), got {tuple(context.shape)}"
+            )
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.dim() != 2 or x.shape[1] != self.in_dim:
+            raise ValueError(
+                f"{type(self).__name__} expects x of shape (B, {self.in_dim}), got {tuple(x.shape)}"
             )
 
     def _linears(self, in_dim: int) -> nn.ModuleList:
@@ -157,6 +160,9 @@ class HyperHead(ConditionedHead):
 
     Set ``reuse_heads = True`` to keep the heads generated for the last batch's contexts and reuse
     them, outside autograd, until the contexts or the parameters change (see ``_grouped_heads``).
+    Set ``given_groups`` to a :class:`~hyperrl.functional.Grouping` of the next batches (which
+    samples share a context) and the head takes it instead of deduplicating their contexts: no
+    sort, no host sync (:func:`hyperrl.policies.contexts_grouped` sets it on a policy's heads).
     """
 
     def __init__(
@@ -184,6 +190,7 @@ class HyperHead(ConditionedHead):
         self.generator_input = generator_input
         self.dedup = dedup
         self.reuse_heads = False
+        self.given_groups: Grouping | None = None
         self._cache: tuple[torch.Tensor, tuple, Grouping, Any] | None = None
         self._cache_params: list[torch.Tensor] | None = None
         self.generator: Generator = make_generator(
@@ -212,7 +219,43 @@ class HyperHead(ConditionedHead):
             return self._run_heads(x, heads, Grouping(every, len(x), (every, 1)))
         if not self.dedup:
             return mlp_per_sample(x, self.generate(context), self.activation)
+        if self.given_groups is not None:
+            groups = self.given_groups
+            if groups.group.shape != x.shape[:1]:
+                raise ValueError(
+                    f"given_groups is for {len(groups.group)} samples, the batch has {len(x)}"
+                )
+            # each group's context from its first sample, as the deduplication takes it
+            first = torch.full((groups.num_groups,), len(x), device=x.device).scatter_reduce(
+                0, groups.group, torch.arange(len(x), device=x.device), "amin"
+            )
+            return self.forward_grouped(x, context[first], groups)
         heads, groups = self._grouped_heads(context)
+        return self._run_heads(x, heads, groups)
+
+    def forward_grouped(
+        self, x: torch.Tensor, contexts: torch.Tensor, groups: Grouping
+    ) -> torch.Tensor:
+        """:meth:`forward` for a caller that knows which samples share a context: ``x (B,
+        in)``, the distinct ``contexts (G, C)`` and ``groups``, the
+        :func:`~hyperrl.functional.grouping` of which of them each sample uses -> ``(B, out)``.
+
+        Skips the deduplication (sorts and, on a GPU, host syncs), so a fixed layout -- an
+        env-major minibatch, say -- runs without syncs and can be captured in a CUDA graph.
+        """
+        if self.generator_input != "context":
+            raise ValueError("forward_grouped needs generator_input='context'")
+        self._check_input(x)
+        if contexts.dim() != 2 or contexts.shape[1] != self.context_dim:
+            raise ValueError(
+                f"expected contexts of shape (G, {self.context_dim}), got {tuple(contexts.shape)}"
+            )
+        if groups.group.shape != x.shape[:1] or groups.num_groups != len(contexts):
+            raise ValueError(
+                f"groups must assign each of the {len(x)} samples one of the {len(contexts)} "
+                f"contexts; got {tuple(groups.group.shape)} samples over {groups.num_groups}"
+            )
+        heads = self._heads(contexts, self._factored(len(contexts), len(x)))
         return self._run_heads(x, heads, groups)
 
     def _factored(self, num_heads: int, batch: int) -> bool:

@@ -5,38 +5,73 @@ distinct contexts in the batch, times forward and forward+backward (the generato
 prints the ratio to a plain MLP. The ``naive`` row generates one head per sample
 (``dedup=False``), the path that grouping by context avoids.
 
+``--given-groups`` adds, per generator, a row with the grouping handed to the head
+(:meth:`~hyperrl.HyperHead.forward_grouped`: no deduplication, no host sync), and on CUDA one more
+with that step captured in a CUDA graph, next to the MLP's step captured the same way: how much of
+a row is deduplication, how much launching kernels one by one, and what is left.
+
     python scripts/bench_hypernet.py [--sizes 64 64 64 8] [--batches 64 512 4096]
-        [--contexts 1 8 64] [--device cpu|cuda] [--threads 1] [--tf32]
+        [--contexts 1 8 64] [--device cpu|cuda] [--threads 1] [--tf32] [--given-groups]
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from functools import partial
 
 import torch
+from torch import nn
 from torch.utils import benchmark
 
-from hyperrl import GENERATORS, ConditionedHead, make_head
+from hyperrl import GENERATORS, make_head
+from hyperrl.functional import grouping, unique_rows
+
+
+def median_ms(fn: Callable[[], object], min_run_time: float) -> float:
+    timer = benchmark.Timer("fn()", globals={"fn": fn})
+    return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
 
 
 def measure(
-    head: ConditionedHead, x: torch.Tensor, ctx: torch.Tensor, min_run_time: float
+    head: nn.Module, run: Callable[[], torch.Tensor], min_run_time: float
 ) -> tuple[float, float]:
-    """Median milliseconds of ``(forward, forward+backward)``."""
+    """Median milliseconds of ``(forward, forward+backward)`` of ``run`` (the head's output)."""
 
     def fwd() -> None:
         with torch.no_grad():
-            head(x, ctx)
+            run()
 
     def fwd_bwd() -> None:
         head.zero_grad(set_to_none=True)
-        head(x, ctx).square().mean().backward()
+        run().square().mean().backward()
 
-    def median_ms(fn) -> float:
-        timer = benchmark.Timer("fn()", globals={"fn": fn})
-        return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
+    return median_ms(fwd, min_run_time), median_ms(fwd_bwd, min_run_time)
 
-    return median_ms(fwd), median_ms(fwd_bwd)
+
+def graphed(
+    head: nn.Module, run: Callable[[], torch.Tensor], min_run_time: float
+) -> tuple[float, float]:
+    """:func:`measure` with each step captured once in a CUDA graph and replayed (fixed inputs,
+    gradients into fixed buffers): the kernels' time without the per-kernel launch cost."""
+    times = []
+    for backward in (False, True):
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream), torch.set_grad_enabled(backward):
+            for _ in range(3):  # warm-up on a side stream, as capture wants
+                out = run().square().mean()
+                if backward:
+                    out.backward()
+        torch.cuda.current_stream().wait_stream(stream)
+        head.zero_grad(set_to_none=True)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph), torch.set_grad_enabled(backward):
+            out = run().square().mean()
+            if backward:
+                out.backward()
+        times.append(median_ms(graph.replay, min_run_time))
+    return times[0], times[1]
 
 
 def env_major_contexts(bank: torch.Tensor, batch: int) -> torch.Tensor:
@@ -56,6 +91,11 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument(
         "--tf32", action="store_true", help="float32 matmuls on TF32 tensor cores (CUDA only)"
+    )
+    p.add_argument(
+        "--given-groups",
+        action="store_true",
+        help="also each generator with its grouping given (and, on CUDA, in a CUDA graph)",
     )
     p.add_argument("--min-run-time", type=float, default=0.2, help="seconds per measurement")
     args = p.parse_args()
@@ -78,19 +118,37 @@ def main() -> None:
     )
     counts = (f"{n} {sum(q.numel() for q in h.parameters()):,}" for n, h in heads.items())
     print("params: " + ", ".join(counts))
-    header = f"{'head':>16} {'batch':>6} {'ctx':>5} {'fwd ms':>9} {'x mlp':>7} "
+    header = f"{'head':>23} {'batch':>6} {'ctx':>5} {'fwd ms':>9} {'x mlp':>7} "
     header += f"{'fwd+bwd ms':>11} {'x mlp':>7}"
     print(header + "\n" + "-" * len(header))
     for batch in args.batches:
         for n_ctx in (c for c in args.contexts if c <= batch):
             x = torch.randn(batch, in_dim, device=dev)
             ctx = env_major_contexts(torch.randn(n_ctx, args.context_dim, device=dev), batch)
+            rows = [(name, head, partial(head, x, ctx), measure) for name, head in heads.items()]
+            if args.given_groups:
+                unique, group = unique_rows(ctx)
+                given = (x, unique, grouping(group, len(unique)))
+                rows += [
+                    (f"{g} given", heads[g], partial(heads[g].forward_grouped, *given), measure)
+                    for g in GENERATORS
+                ]
+                if dev.type == "cuda":
+                    rows += [
+                        (f"{name} graphed", head, run, graphed)
+                        for name, head, run, _ in rows
+                        if name == "mlp" or name.endswith(" given")
+                    ]
             base = None
-            for name, head in heads.items():
-                fwd, fwd_bwd = measure(head, x, ctx, args.min_run_time)
+            for name, head, run, how in rows:
+                try:
+                    fwd, fwd_bwd = how(head, run, args.min_run_time)
+                except RuntimeError as e:  # a step that cannot be captured: say so, go on
+                    print(f"{name:>23} {batch:>6} {n_ctx:>5} failed: {str(e).splitlines()[0]}")
+                    continue
                 base = base or (fwd, fwd_bwd)
                 print(
-                    f"{name:>16} {batch:>6} {n_ctx:>5} {fwd:>9.3f} {fwd / base[0]:>7.2f} "
+                    f"{name:>23} {batch:>6} {n_ctx:>5} {fwd:>9.3f} {fwd / base[0]:>7.2f} "
                     f"{fwd_bwd:>11.3f} {fwd_bwd / base[1]:>7.2f}"
                 )
         print()

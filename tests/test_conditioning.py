@@ -85,3 +85,53 @@ def test_contextual_regression(conditioning, generator):
         assert mse > 0.2
     else:
         assert mse < 0.05, f"{conditioning}/{generator} mse {mse:.3f}"
+
+
+@pytest.mark.parametrize("generator", ["per_layer", "lowrank"])
+def test_forward_grouped_matches_forward_without_deduplicating(generator, monkeypatch):
+    """Given the distinct contexts and who uses which, the head skips the dedup and computes what
+    ``forward`` computes: outputs and gradients, on an env-major batch and on a shuffled one."""
+    import hyperrl.conditioning as conditioning
+    from hyperrl.functional import grouping
+
+    torch.manual_seed(0)
+    head = make_head("hyper", 6, 2, 3, hidden_sizes=(16,), generator=generator)
+    contexts = torch.randn(5, 3)
+    for group in (torch.arange(5).repeat_interleave(4), torch.randint(0, 5, (20,))):
+        x = torch.randn(20, 6)
+        expected = head(x, contexts[group])
+        expected_grads = torch.autograd.grad(expected.sum(), list(head.parameters()))
+
+        def no_dedup(context):
+            raise AssertionError("forward_grouped deduplicated")
+
+        with monkeypatch.context() as m:
+            m.setattr(conditioning, "unique_rows", no_dedup)
+            out = head.forward_grouped(x, contexts, grouping(group, 5))
+        torch.testing.assert_close(out, expected)
+        grads = torch.autograd.grad(out.sum(), list(head.parameters()))
+        for got, want in zip(grads, expected_grads, strict=True):
+            torch.testing.assert_close(got, want)
+    with pytest.raises(ValueError, match="assign each of the 20 samples one of the 4"):
+        head.forward_grouped(x, contexts[:4], grouping(group, 5))
+    with pytest.raises(ValueError, match=r"contexts of shape \(G, 3\)"):
+        head.forward_grouped(x, contexts[:, :2], grouping(group, 5))
+
+
+def test_given_groups_replace_the_deduplication_until_cleared():
+    from hyperrl.functional import grouping
+
+    torch.manual_seed(0)
+    head = make_head("hyper", 6, 2, 3, hidden_sizes=(16,))
+    group = torch.tensor([0, 0, 1, 1, 1, 2])
+    ctx, x = torch.randn(3, 3)[group], torch.randn(6, 6)
+    expected = head(x, ctx)
+    head.given_groups = grouping(group, 3)
+    torch.testing.assert_close(head(x, ctx), expected)
+    # told that every sample shares the first one's context, the head believes it
+    head.given_groups = grouping(torch.zeros(6, dtype=torch.long), 1)
+    torch.testing.assert_close(head(x, ctx), head.forward_grouped(x, ctx[:1], head.given_groups))
+    with pytest.raises(ValueError, match="given_groups is for 6 samples, the batch has 4"):
+        head(x[:4], ctx[:4])
+    head.given_groups = None
+    torch.testing.assert_close(head(x, ctx), expected)
