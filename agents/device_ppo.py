@@ -9,8 +9,11 @@ env; ``vecnormalize.pkl`` carries the observation statistics in SB3's format.
 
 Why minibatches are laid out by env: a minibatch is every step of a subset of the worlds, so it
 holds about as many distinct contexts as worlds in it (one per episode), and a hypernetwork policy
-generates one head per distinct context instead of one per sample. During the rollout the
-policies reuse the heads generated at the first step until a world resets (``reuse_heads``).
+generates one head per distinct context instead of one per sample. The trainer knows where each
+world's context changed in the rollout, so it tells the heads which samples share one
+(:func:`hyperrl.policies.contexts_grouped`) rather than have them deduplicate every minibatch.
+During the rollout the policies reuse the heads generated at the first step until a world resets
+(``reuse_heads``).
 """
 
 from __future__ import annotations
@@ -38,8 +41,9 @@ from agents.device_common import (
     use_tf32,
 )
 from envs.batched import BatchedContextualEnv, Obs
-from hyperrl import HyperActorCriticPolicy
-from hyperrl.policies import norm_obs_keys
+from hyperrl import HyperActorCriticPolicy, HyperHead
+from hyperrl.functional import Runs, runs, runs_grouping
+from hyperrl.policies import contexts_grouped, norm_obs_keys
 
 
 @dataclass
@@ -159,6 +163,10 @@ class DevicePPO:
             )
         self.policy = self.model.policy
         self.rank, self.world_size = start_in_step(self.policy, seed)
+        #: the observation keys a hyper policy generates its heads from (none: no hyper heads)
+        self.context_keys: tuple[str, ...] = ()
+        if any(isinstance(m, HyperHead) for m in self.policy.modules()):
+            self.context_keys = tuple(getattr(self.policy, "context_keys", ()))
         self.norm_keys = norm_obs_keys(env.observation_space) if cfg.normalize_obs else []
         self.obs_norm = {
             k: RunningNorm(env.observation_space[k].shape, device) for k in self.norm_keys
@@ -244,9 +252,23 @@ class DevicePPO:
 
     # --- update ----------------------------------------------------------------------------
 
+    def _context_runs(self, obs: dict[str, torch.Tensor]) -> Runs | None:
+        """Where each world's context changes within the rollout (at resets), from the stored
+        ``(T, N, ...)`` observations: a minibatch's hyper heads then know which of its samples
+        share a context without deduplicating them (a sort and host syncs per head and
+        minibatch on a GPU). ``None`` for a policy without hyper heads."""
+        if not self.context_keys:
+            return None
+        T, N = self.config.n_steps, self.env.num_envs
+        changed = torch.zeros(N, T, dtype=torch.bool, device=self.env.device)
+        for k in self.context_keys:
+            v = obs[k].transpose(0, 1).reshape(N, T, -1)
+            changed[:, 1:] |= (v[:, 1:] != v[:, :-1]).any(dim=-1)
+        return runs(changed)
+
     def update(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """``n_epochs`` passes over the rollout in minibatches of whole worlds (env-major)."""
-        cfg, N = self.config, self.env.num_envs
+        cfg, N, device = self.config, self.env.num_envs, self.env.device
         policy, optimizer = self.policy, self.policy.optimizer
         policy.set_training_mode(True)
         for group in optimizer.param_groups:
@@ -255,16 +277,25 @@ class DevicePPO:
         stats: dict[str, list[torch.Tensor]] = {
             k: [] for k in ("policy", "value", "entropy", "clip")
         }
+        context_runs = self._context_runs(batch["obs"])
         for _ in range(cfg.n_epochs):
-            perm = torch.randperm(N, device=self.env.device)
+            # drawn on the CPU: a minibatch's number of distinct contexts is then known there
+            perm_host = torch.randperm(N)
+            perm = perm_host.pin_memory() if device.type == "cuda" else perm_host
+            perm = perm.to(device, non_blocking=True)
             for i in range(cfg.n_minibatches):
-                worlds = perm[i * per_mb : (i + 1) * per_mb]
+                picked = slice(i * per_mb, (i + 1) * per_mb)
+                worlds = perm[picked]
+                groups = None
+                if context_runs is not None:
+                    groups = runs_grouping(context_runs, worlds, perm_host[picked])
                 mb = {
                     k: _env_major(batch[k], worlds)
                     for k in ("actions", "logp", "advantages", "returns")
                 }
                 obs = {k: _env_major(v, worlds) for k, v in batch["obs"].items()}
-                values, logp, entropy = policy.evaluate_actions(obs, mb["actions"])
+                with contexts_grouped(policy, groups):
+                    values, logp, entropy = policy.evaluate_actions(obs, mb["actions"])
                 adv = mb["advantages"]
                 if cfg.normalize_advantage and adv.numel() > 1:
                     adv = (adv - adv.mean()) / (adv.std() + 1e-8)

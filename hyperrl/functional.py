@@ -136,6 +136,49 @@ def _padded_layout(group: torch.Tensor, num_groups: int) -> tuple[torch.Tensor, 
     return group * width + slot, width
 
 
+class Runs(NamedTuple):
+    """``W`` runs of ``T`` consecutive samples -- a world's rollout in an env-major minibatch --
+    each cut into segments of consecutive samples that share a context (:func:`runs`)."""
+
+    segment: torch.Tensor  #: ``(W, T)`` long: which segment of its run a sample is in
+    pos: torch.Tensor  #: ``(W, T)`` long: where in its segment a sample is
+    counts: torch.Tensor  #: ``(W,)`` long: segments per run
+    host_counts: torch.Tensor  #: ``counts`` on the CPU
+    width: int  #: the longest segment
+
+
+def runs(starts: torch.Tensor) -> Runs:
+    """The segments of ``W`` runs from ``starts (W, T)`` bool, true where a sample's context
+    differs from the one before it (a run's first sample always starts a segment). One host
+    sync, for the counts and the longest segment."""
+    starts = starts.clone()
+    starts[:, 0] = True
+    steps = torch.arange(starts.shape[1], device=starts.device).expand_as(starts)
+    pos = steps - torch.where(starts, steps, 0).cummax(dim=1).values
+    segment = starts.long().cumsum(dim=1) - 1
+    counts = segment[:, -1] + 1
+    host = torch.cat([counts, pos.max().view(1) + 1]).cpu()
+    return Runs(segment, pos, counts, host[:-1], int(host[-1]))
+
+
+def runs_grouping(segments: Runs, picked: torch.Tensor, picked_host: torch.Tensor) -> Grouping:
+    """The :class:`Grouping` of the runs ``picked (K,)`` of ``segments`` laid end to end (``K x
+    T`` samples, env-major), one group per segment, computed on the device without a host sync:
+    the same indices on the CPU, ``picked_host``, give the number of groups. A caller that knows
+    its minibatch's layout so skips the deduplication (:meth:`hyperrl.HyperHead.forward_grouped`).
+    """
+    counts = segments.counts[picked]
+    group = ((counts.cumsum(0) - counts).unsqueeze(1) + segments.segment[picked]).reshape(-1)
+    num_groups = int(segments.host_counts[picked_host].sum())
+    if num_groups * segments.width > MAX_PADDING_RATIO * len(group):
+        return Grouping(group, num_groups, None)
+    return Grouping(
+        group,
+        num_groups,
+        (group * segments.width + segments.pos[picked].reshape(-1), segments.width),
+    )
+
+
 def _pad(x: torch.Tensor, dest: torch.Tensor, num_groups: int, width: int) -> torch.Tensor:
     """``x (B, in)`` -> ``(U, M, in)``, sample ``i`` at flat row ``dest[i]``, zeros elsewhere."""
     padded = x.new_zeros(num_groups * width, x.shape[1]).index_copy(0, dest, x)

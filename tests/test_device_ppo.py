@@ -430,3 +430,39 @@ def test_restore_brings_back_optimizer_and_statistics(tmp_path):
     ours, theirs = again.obs_norm["observation"], algo.obs_norm["observation"]
     torch.testing.assert_close(ours.mean, theirs.mean)
     torch.testing.assert_close(ours.var, theirs.var)
+
+
+def test_update_groups_samples_by_episode_instead_of_deduplicating(monkeypatch):
+    """The update knows which samples share a context from where each world's context changed
+    in the rollout: the same step as deduplicating every minibatch, without deduplicating."""
+    import copy
+
+    import hyperrl.conditioning as conditioning
+    from hyperrl.functional import unique_rows
+
+    algo = _trainer(num_envs=16, n_steps=8, stagger_episodes=False)
+    algo.env.max_episode_steps = 12  # every world resets, with a new context, mid-rollout 2
+    algo.collect()
+    batch = algo.collect()
+    segments = algo._context_runs(batch["obs"])
+    assert segments.counts.tolist() == [2] * 16 and segments.width == 4
+    calls = []
+    monkeypatch.setattr(conditioning, "unique_rows", lambda c: calls.append(1) or unique_rows(c))
+    policy, optimizer = algo.policy, algo.policy.optimizer
+    before = copy.deepcopy((policy.state_dict(), optimizer.state_dict()))
+    start = [p.detach().clone() for p in policy.parameters()]
+    torch.manual_seed(5)
+    algo.update(batch)
+    assert not calls
+    heads = [m for m in policy.modules() if isinstance(m, HyperHead)]
+    assert heads and all(head.given_groups is None for head in heads)  # only within the update
+    grouped = [p.detach().clone() for p in policy.parameters()]
+    policy.load_state_dict(before[0])
+    optimizer.load_state_dict(before[1])
+    algo.context_keys = ()  # as for a policy without hyper heads: deduplicate per minibatch
+    torch.manual_seed(5)
+    algo.update(batch)
+    assert calls
+    for got, want in zip(grouped, policy.parameters(), strict=True):
+        torch.testing.assert_close(got, want)
+    assert not all(map(torch.equal, grouped, start))  # and they did step

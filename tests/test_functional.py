@@ -164,3 +164,49 @@ def test_reused_heads_are_regenerated_when_contexts_or_parameters_change(monkeyp
         head(x, ctx)
         head(x, ctx)
     assert len(calls) == 7
+
+
+def _contexts_with_resets(changes_every: list[int], steps: int = 8) -> torch.Tensor:
+    """``(W, steps, 2)`` contexts: world ``w`` draws a new one every ``changes_every[w]`` steps
+    (0: never), like worlds resetting with new contexts mid-rollout."""
+    out = []
+    for every in changes_every:
+        episode = torch.arange(steps) // every if every else torch.zeros(steps, dtype=torch.long)
+        out.append(torch.randn(int(episode.max()) + 1, 2)[episode])
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize(
+    "changes_every",
+    [
+        [0, 0, 0, 0, 0],  # no world resets: one head per world, a reshape
+        [0, 3, 0, 5, 8],  # a few resets: a few more heads, padded
+        [0, 1, 0, 0, 0],  # a world whose context changes every step: too uneven, gathered
+    ],
+)
+def test_runs_grouping_groups_each_segment_of_the_picked_worlds(changes_every):
+    from hyperrl.functional import grouping, runs, runs_grouping
+
+    torch.manual_seed(0)
+    ctx = _contexts_with_resets(changes_every)  # (W, T, 2)
+    starts = torch.zeros(ctx.shape[:2], dtype=torch.bool)
+    starts[:, 1:] = (ctx[:, 1:] != ctx[:, :-1]).any(-1)
+    segments = runs(starts)
+    picked = torch.tensor([3, 1, 4, 0])
+    groups = runs_grouping(segments, picked, picked)
+    samples = ctx[picked].reshape(-1, 2)  # env-major, as a minibatch of these worlds
+    expected_unique, expected_group = unique_rows(samples)
+    assert groups.num_groups == len(expected_unique)  # one group per distinct context here
+    # the same partition of the samples as deduplicating them
+    same = groups.group[:, None] == groups.group[None, :]
+    torch.testing.assert_close(same, expected_group[:, None] == expected_group[None, :])
+    if changes_every[1] == 1:
+        assert groups.layout is None  # 8 x 8 padded rows for 32 samples: gathered instead
+    else:
+        dest, width = groups.layout
+        assert width == segments.width and len(set(dest.tolist())) == len(dest)
+        assert int(dest.max()) < groups.num_groups * width
+    layers = random_layers(groups.num_groups)
+    x = torch.randn(len(samples), 5)
+    expected = mlp_grouped(x, layers, grouping(groups.group, groups.num_groups), torch.relu)
+    torch.testing.assert_close(mlp_grouped(x, layers, groups, torch.relu), expected)

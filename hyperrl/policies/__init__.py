@@ -7,7 +7,7 @@ from hyperrl.policies.actor_critic import (
 )
 from hyperrl.policies.common import GENERATOR_INPUTS, HEAD_OPTIONS
 from hyperrl.policies.extractors import ContextFeaturesExtractor, norm_obs_keys
-from hyperrl.policies.networks import ContextualNet
+from hyperrl.policies.networks import ContextualNet, contexts_grouped
 from hyperrl.policies.off_policy import (
     ConcatSACPolicy,
     ConcatTD3Policy,
@@ -31,5 +31,6 @@ __all__ = [
     "HyperActorCriticPolicy",
     "HyperSACPolicy",
     "HyperTD3Policy",
+    "contexts_grouped",
     "norm_obs_keys",
 ]

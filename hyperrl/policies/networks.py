@@ -12,13 +12,15 @@ the conditioning ladder over the trunk's output. What conditions the head is cho
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from hyperrl.conditioning import HyperHead, make_head
+from hyperrl.functional import Grouping
 from hyperrl.init import init_linear
 
 
@@ -111,3 +113,26 @@ class ContextualNet(nn.Module):
         if self.generator_input == "context":
             return self.head(x, ctx)
         return self.head(x, obs if self.generator_input == "observation" else features)
+
+
+@contextlib.contextmanager
+def contexts_grouped(policy: nn.Module, groups: Grouping | None) -> Iterator[None]:
+    """Within, the context-conditioned hyper heads of ``policy`` take ``groups`` as which samples
+    of each batch share a context instead of deduplicating the contexts (no sort, no host sync).
+    For a caller that knows its batches' layout: an env-major minibatch of whole worlds
+    (:func:`hyperrl.functional.runs_grouping`). ``None`` changes nothing."""
+    nets = [] if groups is None else policy.modules()
+    heads = [
+        net.head
+        for net in nets
+        if isinstance(net, ContextualNet)
+        and net.generator_input == "context"
+        and isinstance(net.head, HyperHead)
+    ]
+    for head in heads:
+        head.given_groups = groups
+    try:
+        yield
+    finally:
+        for head in heads:
+            head.given_groups = None
