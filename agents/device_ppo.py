@@ -42,7 +42,7 @@ from agents.device_common import (
 )
 from envs.batched import BatchedContextualEnv, Obs
 from hyperrl import HyperActorCriticPolicy, HyperHead
-from hyperrl.functional import Runs, runs, runs_grouping
+from hyperrl.functional import Runs, runs_grouping, split_runs
 from hyperrl.policies import contexts_grouped, norm_obs_keys
 
 
@@ -167,7 +167,11 @@ class DevicePPO:
         self.context_keys: tuple[str, ...] = ()
         if any(isinstance(m, HyperHead) for m in self.policy.modules()):
             self.context_keys = tuple(getattr(self.policy, "context_keys", ()))
-        self.norm_keys = norm_obs_keys(env.observation_space) if cfg.normalize_obs else []
+        # every key but what the policy conditions on: identical contexts must stay identical
+        policy_context = getattr(self.policy, "context_keys", ("context",))
+        self.norm_keys = (
+            norm_obs_keys(env.observation_space, policy_context) if cfg.normalize_obs else []
+        )
         self.obs_norm = {
             k: RunningNorm(env.observation_space[k].shape, device) for k in self.norm_keys
         }
@@ -264,7 +268,7 @@ class DevicePPO:
         for k in self.context_keys:
             v = obs[k].transpose(0, 1).reshape(N, T, -1)
             changed[:, 1:] |= (v[:, 1:] != v[:, :-1]).any(dim=-1)
-        return runs(changed)
+        return split_runs(changed)
 
     def update(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """``n_epochs`` passes over the rollout in minibatches of whole worlds (env-major)."""

@@ -160,9 +160,10 @@ class HyperHead(ConditionedHead):
 
     Set ``reuse_heads = True`` to keep the heads generated for the last batch's contexts and reuse
     them, outside autograd, until the contexts or the parameters change (see ``_grouped_heads``).
-    Set ``given_groups`` to a :class:`~hyperrl.functional.Grouping` of the next batches (which
-    samples share a context) and the head takes it instead of deduplicating their contexts: no
-    sort, no host sync (:func:`hyperrl.policies.contexts_grouped` sets it on a policy's heads).
+    Set ``given_groups`` to a :class:`~hyperrl.functional.Grouping` (which samples share a
+    context) and every call until it is cleared takes it instead of deduplicating the contexts:
+    no sort, no host sync. The caller vouches for the layout; only the batch size is checked
+    (:func:`hyperrl.policies.contexts_grouped` sets and clears it on a policy's heads).
     """
 
     def __init__(

@@ -138,7 +138,7 @@ def _padded_layout(group: torch.Tensor, num_groups: int) -> tuple[torch.Tensor, 
 
 class Runs(NamedTuple):
     """``W`` runs of ``T`` consecutive samples -- a world's rollout in an env-major minibatch --
-    each cut into segments of consecutive samples that share a context (:func:`runs`)."""
+    each cut into segments of consecutive samples that share a context (:func:`split_runs`)."""
 
     segment: torch.Tensor  #: ``(W, T)`` long: which segment of its run a sample is in
     pos: torch.Tensor  #: ``(W, T)`` long: where in its segment a sample is
@@ -147,7 +147,7 @@ class Runs(NamedTuple):
     width: int  #: the longest segment
 
 
-def runs(starts: torch.Tensor) -> Runs:
+def split_runs(starts: torch.Tensor) -> Runs:
     """The segments of ``W`` runs from ``starts (W, T)`` bool, true where a sample's context
     differs from the one before it (a run's first sample always starts a segment). One host
     sync, for the counts and the longest segment."""
@@ -161,21 +161,21 @@ def runs(starts: torch.Tensor) -> Runs:
     return Runs(segment, pos, counts, host[:-1], int(host[-1]))
 
 
-def runs_grouping(segments: Runs, picked: torch.Tensor, picked_host: torch.Tensor) -> Grouping:
-    """The :class:`Grouping` of the runs ``picked (K,)`` of ``segments`` laid end to end (``K x
-    T`` samples, env-major), one group per segment, computed on the device without a host sync:
-    the same indices on the CPU, ``picked_host``, give the number of groups. A caller that knows
-    its minibatch's layout so skips the deduplication (:meth:`hyperrl.HyperHead.forward_grouped`).
+def runs_grouping(runs: Runs, picked: torch.Tensor, picked_host: torch.Tensor) -> Grouping:
+    """The :class:`Grouping` of the runs ``picked (K,)`` laid end to end (``K x T`` samples,
+    env-major), one group per segment, computed on the device without a host sync (the same
+    indices on the CPU, ``picked_host``, give the number of groups). With it, a minibatch of
+    whole runs needs no deduplication (:meth:`hyperrl.HyperHead.forward_grouped`).
     """
-    counts = segments.counts[picked]
-    group = ((counts.cumsum(0) - counts).unsqueeze(1) + segments.segment[picked]).reshape(-1)
-    num_groups = int(segments.host_counts[picked_host].sum())
-    if num_groups * segments.width > MAX_PADDING_RATIO * len(group):
+    counts = runs.counts[picked]
+    group = ((counts.cumsum(0) - counts).unsqueeze(1) + runs.segment[picked]).reshape(-1)
+    num_groups = int(runs.host_counts[picked_host].sum())
+    if num_groups * runs.width > MAX_PADDING_RATIO * len(group):
         return Grouping(group, num_groups, None)
     return Grouping(
         group,
         num_groups,
-        (group * segments.width + segments.pos[picked].reshape(-1), segments.width),
+        (group * runs.width + runs.pos[picked].reshape(-1), runs.width),
     )
 
 

@@ -64,6 +64,8 @@ def graphed(
                 if backward:
                     out.backward()
         torch.cuda.current_stream().wait_stream(stream)
+        del out  # a live autograd graph from the warm-up would leak into the capture
+        torch.cuda.synchronize()
         head.zero_grad(set_to_none=True)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph), torch.set_grad_enabled(backward):

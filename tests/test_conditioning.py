@@ -135,3 +135,21 @@ def test_given_groups_replace_the_deduplication_until_cleared():
         head(x[:4], ctx[:4])
     head.given_groups = None
     torch.testing.assert_close(head(x, ctx), expected)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("generator", ["per_layer", "lowrank"])
+def test_forward_grouped_never_syncs_the_gpu(generator):
+    """What lets a minibatch step run ahead of the GPU (and be captured in a CUDA graph)."""
+    from hyperrl.functional import grouping
+
+    head = make_head("hyper", 64, 8, 8, hidden_sizes=(256, 256), generator=generator).cuda()
+    contexts = torch.randn(512, 8, device="cuda")
+    groups = grouping(torch.arange(512, device="cuda").repeat_interleave(32), 512)
+    x = torch.randn(512 * 32, 64, device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        head.forward_grouped(x, contexts, groups).square().mean().backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

@@ -191,9 +191,13 @@ def test_running_norm_equals_the_statistics_of_everything_seen():
     torch.testing.assert_close(norm.var, data.var(0, unbiased=False))
 
 
-def _trainer(num_envs=16, n_steps=8, seed=0, **config) -> DevicePPO:
+def _trainer(num_envs=16, n_steps=8, seed=0, generator_input="context", **config) -> DevicePPO:
     cfg = DevicePPOConfig(n_steps=n_steps, n_minibatches=4, **config)
-    policy_kwargs = {"conditioning": "hyper", "context_keys": ("context",)}
+    policy_kwargs = {
+        "conditioning": "hyper",
+        "context_keys": ("context",),
+        "generator_input": generator_input,
+    }
     return DevicePPO(TorchPendulum(num_envs, seed=seed), policy_kwargs=policy_kwargs, config=cfg)
 
 
@@ -432,15 +436,17 @@ def test_restore_brings_back_optimizer_and_statistics(tmp_path):
     torch.testing.assert_close(ours.var, theirs.var)
 
 
-def test_update_groups_samples_by_episode_instead_of_deduplicating(monkeypatch):
+@pytest.mark.parametrize("generator_input", ["context", "both"])
+def test_update_groups_samples_by_episode_instead_of_deduplicating(monkeypatch, generator_input):
     """The update knows which samples share a context from where each world's context changed
-    in the rollout: the same step as deduplicating every minibatch, without deduplicating."""
+    in the rollout: the same step as deduplicating every minibatch, without deduplicating. Heads
+    generated from the observation too (``both``) are left to deduplicate."""
     import copy
 
     import hyperrl.conditioning as conditioning
     from hyperrl.functional import unique_rows
 
-    algo = _trainer(num_envs=16, n_steps=8, stagger_episodes=False)
+    algo = _trainer(num_envs=16, n_steps=8, stagger_episodes=False, generator_input=generator_input)
     algo.env.max_episode_steps = 12  # every world resets, with a new context, mid-rollout 2
     algo.collect()
     batch = algo.collect()
@@ -453,13 +459,14 @@ def test_update_groups_samples_by_episode_instead_of_deduplicating(monkeypatch):
     start = [p.detach().clone() for p in policy.parameters()]
     torch.manual_seed(5)
     algo.update(batch)
-    assert not calls
+    assert bool(calls) == (generator_input == "both")
     heads = [m for m in policy.modules() if isinstance(m, HyperHead)]
     assert heads and all(head.given_groups is None for head in heads)  # only within the update
     grouped = [p.detach().clone() for p in policy.parameters()]
     policy.load_state_dict(before[0])
     optimizer.load_state_dict(before[1])
     algo.context_keys = ()  # as for a policy without hyper heads: deduplicate per minibatch
+    calls.clear()
     torch.manual_seed(5)
     algo.update(batch)
     assert calls

@@ -185,13 +185,13 @@ def _contexts_with_resets(changes_every: list[int], steps: int = 8) -> torch.Ten
     ],
 )
 def test_runs_grouping_groups_each_segment_of_the_picked_worlds(changes_every):
-    from hyperrl.functional import grouping, runs, runs_grouping
+    from hyperrl.functional import grouping, runs_grouping, split_runs
 
     torch.manual_seed(0)
     ctx = _contexts_with_resets(changes_every)  # (W, T, 2)
     starts = torch.zeros(ctx.shape[:2], dtype=torch.bool)
     starts[:, 1:] = (ctx[:, 1:] != ctx[:, :-1]).any(-1)
-    segments = runs(starts)
+    segments = split_runs(starts)
     picked = torch.tensor([3, 1, 4, 0])
     groups = runs_grouping(segments, picked, picked)
     samples = ctx[picked].reshape(-1, 2)  # env-major, as a minibatch of these worlds
