@@ -179,6 +179,13 @@ def runs_grouping(runs: Runs, picked: torch.Tensor, picked_host: torch.Tensor) -
     )
 
 
+def _rows(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``t[index]`` along dim 0 as ``index_select``: its backward adds whole rows, where the
+    backward of ``t[index]`` accumulates in an order that varies between runs on a multithreaded
+    CPU (and is 2.5x slower there), which made seeded training irreproducible."""
+    return t.index_select(0, index)
+
+
 def _pad(x: torch.Tensor, dest: torch.Tensor, num_groups: int, width: int) -> torch.Tensor:
     """``x (B, in)`` -> ``(U, M, in)``, sample ``i`` at flat row ``dest[i]``, zeros elsewhere."""
     padded = x.new_zeros(num_groups * width, x.shape[1]).index_copy(0, dest, x)
@@ -208,10 +215,12 @@ def mlp_grouped(
         return mlp_shared(x, [(w[0], b[0]) for w, b in layers], activation)
     group, _, layout = group if isinstance(group, Grouping) else grouping(group, num_groups)
     if layout is None:
-        return mlp_per_sample(x, [(w[group], b[group]) for w, b in layers], activation)
+        return mlp_per_sample(
+            x, [(_rows(w, group), _rows(b, group)) for w, b in layers], activation
+        )
     dest, width = layout
     out = _mlp_batched(_pad(x, dest, num_groups, width), layers, activation)
-    return out.reshape(num_groups * width, -1)[dest]
+    return _rows(out.reshape(num_groups * width, -1), dest)
 
 
 def mlp_low_rank(
@@ -242,11 +251,12 @@ def mlp_low_rank(
             h = F.linear(h, w0, b0) + low + c.unsqueeze(1)
             if i < len(layers) - 1:
                 h = activation(h)
-        return h.reshape(num_groups * width, -1)[dest]
+        return _rows(h.reshape(num_groups * width, -1), dest)
     h = x
     for i, (w0, b0, u, v, c) in enumerate(layers):
-        proj = torch.bmm(h.unsqueeze(1), v[group]).squeeze(1)  # (B, r)
-        h = F.linear(h, w0, b0) + torch.bmm(u[group], proj.unsqueeze(-1)).squeeze(-1) + c[group]
+        proj = torch.bmm(h.unsqueeze(1), _rows(v, group)).squeeze(1)  # (B, r)
+        low = torch.bmm(_rows(u, group), proj.unsqueeze(-1)).squeeze(-1)
+        h = F.linear(h, w0, b0) + low + _rows(c, group)
         if i < len(layers) - 1:
             h = activation(h)
     return h

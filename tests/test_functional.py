@@ -210,3 +210,31 @@ def test_runs_grouping_groups_each_segment_of_the_picked_worlds(changes_every):
     x = torch.randn(len(samples), 5)
     expected = mlp_grouped(x, layers, grouping(groups.group, groups.num_groups), torch.relu)
     torch.testing.assert_close(mlp_grouped(x, layers, groups, torch.relu), expected)
+
+
+def test_gathered_heads_give_the_same_gradients_every_time():
+    """Seeded training must repeat itself: the per-sample gather's backward once accumulated rows
+    in an order that varied between runs on two CPU threads."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.manual_seed(0)
+        group = torch.randint(0, 25, (64,))  # too uneven to pad: the heads are gathered
+        assert functional.grouping(group, 25).layout is None
+        layers = [
+            (torch.randn(25, o, i, requires_grad=True), torch.randn(25, o, requires_grad=True))
+            for i, o in [(64, 64), (64, 2)]
+        ]
+        x = torch.randn(64, 64)
+
+        def gradients():
+            for w, b in layers:
+                w.grad = b.grad = None
+            mlp_grouped(x, layers, group, torch.tanh).square().sum().backward()
+            return torch.cat([t.grad.flatten() for layer in layers for t in layer])
+
+        first = gradients()
+        for _ in range(20):
+            assert torch.equal(gradients(), first)
+    finally:
+        torch.set_num_threads(threads)
