@@ -230,7 +230,7 @@ def _train(args, run_dir: Path | None, rank: int, device: str) -> Path:
                 for key, value in result.items():
                     logger.record(f"eval/{split}_{key}", value)
                 value = result["return"]
-                if split == "train" and value > best[0]:
+                if split == "train" and value >= best[0]:  # ties: the later model
                     best[0] = value
                     algo.model.num_timesteps = algo.num_timesteps
                     algo.model.save(run_dir / "best_model.zip")

@@ -94,7 +94,9 @@ def new_run_dir(root: Path, algo: str, env_id: str) -> Path:
 
 class SplitEvalCallback(BaseCallback):
     """Every ``eval_freq`` calls: mean return on each context split, logged as
-    ``eval/<split>_return``; the best model on the train split is saved as ``best_model.zip``."""
+    ``eval/<split>_return``; the best model on the train split is saved as ``best_model.zip``
+    (on a tie, the later one: a return that saturates, CartPole's 500, would otherwise keep the
+    first and least trained policy to reach it)."""
 
     def __init__(
         self, eval_envs: dict[str, VecEnv], eval_freq: int, episodes: int, run_dir: Path
@@ -113,7 +115,7 @@ class SplitEvalCallback(BaseCallback):
                 self.model, env, self.episodes, deterministic=True, warn=False
             )
             self.logger.record(f"eval/{split}_return", mean)
-            if split == "train" and mean > self.best:
+            if split == "train" and mean >= self.best:
                 self.best = mean
                 self.model.save(self.run_dir / "best_model.zip")
         self._log_generated_weights()

@@ -299,3 +299,29 @@ def test_caption_writes_on_a_top_band_only():
     rows = np.nonzero(changed.any(axis=1))[0]
     assert rows.size and rows.max() < 20  # only the band at the top
     assert out.shape == frame.shape and out.dtype == np.uint8
+
+
+def test_best_model_on_a_tie_is_the_later_one(tmp_path, monkeypatch):
+    """A saturated return (CartPole's 500) must not pin best_model.zip to the first, least
+    trained policy that reached it."""
+    import agents.train as train_module
+
+    returns = iter([400.0, 500.0, 500.0, 450.0])
+    monkeypatch.setattr(train_module, "evaluate_policy", lambda *a, **k: (next(returns), 0.0))
+    saved = []
+
+    class Model:
+        num_timesteps = 0
+        logger = type("Logger", (), {"record": lambda *a: None, "dump": lambda *a: None})()
+
+        def save(self, path):
+            saved.append((path.name, self.num_timesteps))
+
+    callback = train_module.SplitEvalCallback({"train": None}, 1, 1, tmp_path)
+    callback.model = Model()
+    monkeypatch.setattr(callback, "_log_generated_weights", lambda: None)
+    for step in range(1, 5):
+        callback.model.num_timesteps = step
+        callback.n_calls = step
+        callback._on_step()
+    assert saved == [("best_model.zip", 1), ("best_model.zip", 2), ("best_model.zip", 3)]
