@@ -191,15 +191,17 @@ def _build(args, algo, algo_defaults, config, n_envs, policy_name, run_dir):
     env_kwargs = config.pop("env_kwargs", None) or {}
     normalize = config.pop("normalize", False)
     venv = make_envs(args.env, n_envs, args.seed, env_kwargs, split="train")
+    policy, policy_kwargs = policy_for(algo, policy_name, venv, args.env)
+    policy_kwargs |= config.pop("policy_kwargs", None) or {}
     if normalize:
+        # every key but what the policy conditions on (a goal too): identical contexts must stay
+        # identical, or every step gets its own generated head
         keys = (
-            norm_obs_keys(venv.observation_space)
+            norm_obs_keys(venv.observation_space, policy_kwargs.get("context_keys", ("context",)))
             if isinstance(venv.observation_space, gym.spaces.Dict)
             else None
         )
         venv = VecNormalize(venv, norm_obs_keys=keys)
-    policy, policy_kwargs = policy_for(algo, policy_name, venv, args.env)
-    policy_kwargs |= config.pop("policy_kwargs", None) or {}
     device = args.device
     if device == "auto" and not issubclass(algo, OffPolicyAlgorithm):
         device = "cpu"  # on-policy SB3 with CPU envs runs faster on the CPU

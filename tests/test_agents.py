@@ -325,3 +325,19 @@ def test_best_model_on_a_tie_is_the_later_one(tmp_path, monkeypatch):
         callback.n_calls = step
         callback._on_step()
     assert saved == [("best_model.zip", 1), ("best_model.zip", 2), ("best_model.zip", 3)]
+
+
+def test_normalized_goal_runs_keep_the_goal_raw(tmp_path):
+    """The hyper policies condition on the goal of a goal env: normalising it with running
+    statistics would change it at every step."""
+    run_dir = tmp_path / "goal"
+    code = train_agent.main(
+        ["--algo", "ppo", "--env", "hyperrl/FetchReach-v0", "-n", "64", "--eval-freq", "0"]
+        + ["--save-freq", "0", "--no-progress", "-f", str(run_dir), "--hyperparams"]
+        + ["normalize:true", "n_steps:64", "batch_size:32", "policy_kwargs:{net_arch: [16]}"]
+    )
+    assert code == 0
+    import pickle
+
+    vecnorm = pickle.loads((run_dir / "vecnormalize.pkl").read_bytes())
+    assert sorted(vecnorm.norm_obs_keys) == ["achieved_goal", "observation"]
