@@ -163,12 +163,11 @@ class DevicePPO:
             )
         self.policy = self.model.policy
         self.rank, self.world_size = start_in_step(self.policy, seed)
+        policy_context = tuple(getattr(self.policy, "context_keys", ("context",)))
+        hyper = any(isinstance(m, HyperHead) for m in self.policy.modules())
         #: the observation keys a hyper policy generates its heads from (none: no hyper heads)
-        self.context_keys: tuple[str, ...] = ()
-        if any(isinstance(m, HyperHead) for m in self.policy.modules()):
-            self.context_keys = tuple(getattr(self.policy, "context_keys", ()))
+        self.context_keys: tuple[str, ...] = policy_context if hyper else ()
         # every key but what the policy conditions on: identical contexts must stay identical
-        policy_context = getattr(self.policy, "context_keys", ("context",))
         self.norm_keys = (
             norm_obs_keys(env.observation_space, policy_context) if cfg.normalize_obs else []
         )

@@ -116,6 +116,12 @@ def grouping(group: torch.Tensor, num_groups: int) -> Grouping:
     return Grouping(group, num_groups, _padded_layout(group, num_groups))
 
 
+def _too_uneven(num_groups: int, width: int, batch: int) -> bool:
+    """Whether padding every group to ``width`` samples would exceed :data:`MAX_PADDING_RATIO`
+    times the batch (then the heads are gathered per sample instead)."""
+    return num_groups * width > MAX_PADDING_RATIO * batch
+
+
 def _padded_layout(group: torch.Tensor, num_groups: int) -> tuple[torch.Tensor, int] | None:
     """Where each sample goes in a group-major, zero-padded ``(U * M)`` block (``M`` = the
     largest group): ``(dest (B,), M)``, or ``None`` when padding would exceed
@@ -127,7 +133,7 @@ def _padded_layout(group: torch.Tensor, num_groups: int) -> tuple[torch.Tensor, 
     batch = group.shape[0]
     counts = torch.bincount(group, minlength=num_groups)
     width = int(counts.max())
-    if num_groups * width > MAX_PADDING_RATIO * batch:
+    if _too_uneven(num_groups, width, batch):
         return None
     order = torch.argsort(group, stable=True)
     starts = torch.cumsum(counts, 0) - counts
@@ -170,7 +176,7 @@ def runs_grouping(runs: Runs, picked: torch.Tensor, picked_host: torch.Tensor) -
     counts = runs.counts[picked]
     group = ((counts.cumsum(0) - counts).unsqueeze(1) + runs.segment[picked]).reshape(-1)
     num_groups = int(runs.host_counts[picked_host].sum())
-    if num_groups * runs.width > MAX_PADDING_RATIO * len(group):
+    if _too_uneven(num_groups, runs.width, len(group)):
         return Grouping(group, num_groups, None)
     return Grouping(
         group,
