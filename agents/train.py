@@ -50,6 +50,7 @@ class TrainArgs:
     save_freq: int = 50_000
     run_dir: str | None = None
     resume: str | None = None
+    batched: bool = False
     progress_bar: bool = True
     verbose: int = 0
 
@@ -149,7 +150,10 @@ def _config_file(
 
 def train(args: TrainArgs) -> Path:
     """Train (or resume) a run; returns its folder. Ctrl-C saves the model and everything needed
-    to ``--resume``."""
+    to ``--resume``. ``args.batched`` trains a gymnasium id on its batched CPU twin
+    (:data:`envs.NATIVE_TWINS`) with the on-device trainer."""
+    if args.batched and not args.resume:
+        args = dataclasses.replace(args, env=envs.batched_twin(args.env))
     if args.env in envs.BATCHED_ENVS or (
         args.resume and read_run_config(Path(args.resume)).get("trainer") == "device"
     ):

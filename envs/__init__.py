@@ -7,7 +7,9 @@ from envs.context import SPLITS, ContextFeature, ContextSpace, scaled_feature
 from envs.registration import (
     BATCHED_ENVS,
     ENVS,
+    NATIVE_TWINS,
     SUITES,
+    batched_twin,
     context_space,
     cpu_twin,
     describe_envs,
@@ -22,11 +24,13 @@ register_envs()
 __all__ = [
     "BATCHED_ENVS",
     "ENVS",
+    "NATIVE_TWINS",
     "SUITES",
     "SPLITS",
     "ContextFeature",
     "ContextSpace",
     "ContextualEnv",
+    "batched_twin",
     "context_space",
     "cpu_twin",
     "describe_envs",

@@ -47,6 +47,49 @@ TASK_FEATURES: dict[str, ContextFeature] = {
 }
 
 
+#: physics feature -> the model fields it scales, each with the column scaled (``None``: all);
+#: ``"gravity"`` is ``opt.gravity``. The one table every backend applies contexts from.
+PHYSICS_FIELDS: dict[str, tuple[tuple[str, int | None], ...]] = {
+    "gravity": (("gravity", None),),
+    "mass_scale": (("body_mass", None), ("body_inertia", None)),
+    "friction_scale": (("geom_friction", 0),),
+    "damping_scale": (("dof_damping", None),),
+    "actuator_scale": (("actuator_gear", 0),),
+}
+
+
+def model_field(model: mujoco.MjModel, name: str) -> np.ndarray:
+    """The live array of a field of :data:`PHYSICS_FIELDS` (``"gravity"``: ``opt.gravity``)."""
+    return model.opt.gravity if name == "gravity" else getattr(model, name)
+
+
+def nominal_fields(model: mujoco.MjModel) -> dict[str, np.ndarray]:
+    """Copies of every field :data:`PHYSICS_FIELDS` scales, as compiled."""
+    return {
+        name: model_field(model, name).copy()
+        for targets in PHYSICS_FIELDS.values()
+        for name, _ in targets
+    }
+
+
+def scale_model(
+    model: mujoco.MjModel, nominal: Mapping[str, np.ndarray], context: Mapping[str, float]
+) -> None:
+    """Write ``nominal`` scaled by ``context``'s physics features into ``model`` (a feature
+    missing from ``context`` takes its nominal value, so the nominal context restores the compiled
+    model exactly). The derived quantities are not updated: call ``mujoco.mj_setConst`` next."""
+    for feature, targets in PHYSICS_FIELDS.items():
+        spec = PHYSICS_FEATURES[feature]
+        factor = context.get(feature, spec.nominal) / spec.nominal
+        for name, column in targets:
+            field = model_field(model, name)
+            field[:] = nominal[name]
+            if column is None:
+                field *= factor
+            else:
+                field[:, column] *= factor
+
+
 class ContextualLocomotion(ContextualEnv):
     """A gymnasium MuJoCo v5 locomotion env whose physics and/or task follow a context.
 
@@ -79,28 +122,12 @@ class ContextualLocomotion(ContextualEnv):
             raise ValueError(f"'direction' needs an env that reports y_velocity, not {env_id}")
         space = ContextSpace([catalogue[f] for f in features])
         super().__init__(env, space, split, hidden_context, contexts)
-        model = env.unwrapped.model
-        self._nominal = {
-            "gravity": model.opt.gravity.copy(),
-            "body_mass": model.body_mass.copy(),
-            "body_inertia": model.body_inertia.copy(),
-            "geom_friction": model.geom_friction.copy(),
-            "dof_damping": model.dof_damping.copy(),
-            "actuator_gear": model.actuator_gear.copy(),
-        }
+        self._nominal = nominal_fields(env.unwrapped.model)
         self._forward_weight = float(getattr(env.unwrapped, "_forward_reward_weight", 1.0))
 
     def apply_context(self, context: Mapping[str, float]) -> None:
-        model, nominal = self.env.unwrapped.model, self._nominal
-        scale = {name: context.get(name, f.nominal) for name, f in PHYSICS_FEATURES.items()}
-        model.opt.gravity[:] = nominal["gravity"] * (scale["gravity"] / 9.81)
-        model.body_mass[:] = nominal["body_mass"] * scale["mass_scale"]
-        model.body_inertia[:] = nominal["body_inertia"] * scale["mass_scale"]
-        model.geom_friction[:] = nominal["geom_friction"]
-        model.geom_friction[:, 0] *= scale["friction_scale"]
-        model.dof_damping[:] = nominal["dof_damping"] * scale["damping_scale"]
-        model.actuator_gear[:] = nominal["actuator_gear"]
-        model.actuator_gear[:, 0] *= scale["actuator_scale"]
+        model = self.env.unwrapped.model
+        scale_model(model, self._nominal, context)
         mujoco.mj_setConst(model, self.env.unwrapped.data)
 
     def step(self, action: Any) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:

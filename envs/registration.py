@@ -80,6 +80,15 @@ class BatchedSpec:
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
+#: gymnasium id -> its batched CPU twin (MuJoCo threads, :mod:`envs.native_locomotion`), which
+#: ``train_agent.py --batched`` trains on
+NATIVE_TWINS: dict[str, str] = {
+    env_id: env_id.replace("/Contextual", "/").replace("/", "/Batched", 1)
+    for env_id, spec in ENVS.items()
+    if spec.entry_point == "envs.locomotion:ContextualLocomotion"
+}
+
+
 #: batched envs for the on-device trainer (``train_agent.py --env <id>``); not gymnasium envs
 BATCHED_ENVS: dict[str, BatchedSpec] = {
     f"{NAMESPACE}/TorchPendulum-v0": BatchedSpec(
@@ -92,6 +101,10 @@ BATCHED_ENVS: dict[str, BatchedSpec] = {
             {"env_id": f"{name}-v5", "features": tuple(PHYSICS_FEATURES)},
         )
         for name in ("HalfCheetah", "Hopper", "Walker2d", "Ant")
+    },
+    **{
+        batched: BatchedSpec("envs.native_locomotion:NativeLocomotion", cpu, dict(ENVS[cpu].kwargs))
+        for cpu, batched in NATIVE_TWINS.items()
     },
     f"{NAMESPACE}/WarpFetchReach-v0": BatchedSpec(
         "envs.warp_manipulation:WarpFetchReach", f"{NAMESPACE}/ContextualFetchReach-v0"
@@ -121,8 +134,21 @@ def make_batched(
     return cls(num_envs=num_envs, split=split, device=device, seed=seed, **(spec.kwargs | kwargs))
 
 
-#: keywords of batched envs that their CPU twins do not take (MuJoCo Warp buffer sizes)
-DEVICE_ONLY_KWARGS = ("nconmax", "njmax")
+#: keywords of batched envs that their CPU twins do not take (MuJoCo Warp buffer sizes, threads)
+DEVICE_ONLY_KWARGS = ("nconmax", "njmax", "nthread")
+
+
+def batched_twin(env_id: str) -> str:
+    """The batched CPU twin of a gymnasium id (a batched id: itself).
+
+    :raises ValueError: for an id without one, naming those that have one."""
+    if env_id in BATCHED_ENVS:
+        return env_id
+    if env_id not in NATIVE_TWINS:
+        raise ValueError(
+            f"{env_id!r} has no batched CPU backend; --batched works for {', '.join(NATIVE_TWINS)}"
+        )
+    return NATIVE_TWINS[env_id]
 
 
 def twin_kwargs(env_id: str, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -168,7 +194,8 @@ def describe_envs() -> str:
                 f"holdout {_fmt(f.holdout)}  bounds {_fmt(f.bounds)}"
             )
     for env_id, spec in BATCHED_ENVS.items():
-        lines.append(f"{env_id}\n    batched on-device twin of {spec.cpu_twin} (device PPO, SAC)")
+        backend = "CPU threads" if env_id in NATIVE_TWINS.values() else "on-device"
+        lines.append(f"{env_id}\n    batched {backend} twin of {spec.cpu_twin} (device PPO, SAC)")
     lines.append(f"{GOAL_ONLY}\n    goal only (desired_goal); FetchReach-v4 fixed for MuJoCo 4")
     for env_id, kwargs in SUITES.items():
         lines.append(

@@ -32,6 +32,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--save-freq", type=int, default=50_000, help="env steps; 0 disables")
     p.add_argument("-f", "--run-dir", default=None, help="default: runs/<algo>/<env>_<n>")
     p.add_argument("--resume", default=None, metavar="RUN_DIR")
+    p.add_argument(
+        "--batched",
+        action="store_true",
+        help="train a MuJoCo locomotion id on its batched CPU twin (MuJoCo threads, the "
+        "on-device PPO/SAC trainer; e.g. hyperrl/ContextualHalfCheetah-v0 -> "
+        "hyperrl/BatchedHalfCheetah-v0); evaluation and videos run on the id given",
+    )
     p.add_argument("--no-progress", dest="progress_bar", action="store_false")
     p.add_argument("-v", "--verbose", type=int, default=0)
     args = TrainArgs(**vars(p.parse_args(argv)))
