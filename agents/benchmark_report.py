@@ -135,21 +135,81 @@ def plot_return_vs_context(root: Path, out_dir: Path, bins: int = 8) -> list[Pat
     return written
 
 
-def _curve(run_dir: Path) -> tuple[np.ndarray, np.ndarray] | None:
+def run_curve(
+    run_dir: Path, tag: str = "rollout/ep_rew_mean"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """A run's TensorBoard scalar ``tag``: ``(steps, values, minutes)``, sorted by step, minutes
+    of wall time since the run's first event of any tag; ``None`` when it was never logged."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    steps, values = [], []
+    steps, values, times, start = [], [], [], np.inf
     for events in sorted((run_dir / "tb").rglob("events.out.tfevents.*")):
         acc = EventAccumulator(str(events.parent), size_guidance={"scalars": 0})
         acc.Reload()
-        if "rollout/ep_rew_mean" in acc.Tags()["scalars"]:
-            for s in acc.Scalars("rollout/ep_rew_mean"):
+        tags = acc.Tags()["scalars"]
+        for other in tags:
+            start = min([start] + [s.wall_time for s in acc.Scalars(other)[:1]])
+        if tag in tags:
+            for s in acc.Scalars(tag):
                 steps.append(s.step)
                 values.append(s.value)
+                times.append(s.wall_time)
     if not steps:
         return None
     order = np.argsort(steps)
-    return np.array(steps)[order], np.array(values)[order]
+    minutes = (np.array(times) - start) / 60
+    return np.array(steps)[order], np.array(values)[order], minutes[order]
+
+
+def _curve(run_dir: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    curve = run_curve(run_dir)
+    return None if curve is None else curve[:2]
+
+
+def plot_run_curves(
+    runs: Sequence[Path],
+    path: Path,
+    references: dict[str, float] | None = None,
+    splits: Sequence[str] = ("train", "interpolation", "extrapolation"),
+) -> Path:
+    """A panel per run: evaluation return per split (``eval/<split>_return``) against wall-clock
+    minutes, env steps on a second axis, and a dashed line at ``references[env]`` (e.g. the
+    rl-baselines3-zoo return of the env's stock version), the env read from ``config.yml``."""
+    import yaml
+
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(runs), figsize=(4.6 * len(runs), 3.4), squeeze=False)
+    for ax, run in zip(axes[0], runs, strict=True):
+        env = yaml.safe_load((run / "config.yml").read_text())["env"]
+        last = None
+        for split in splits:
+            curve = run_curve(run, f"eval/{split}_return")
+            if curve is not None:
+                steps, values, minutes = curve
+                ax.plot(minutes, values, marker=".", label=split)
+                last = (steps, minutes)
+        reference = (references or {}).get(env)
+        if reference is not None:
+            ax.axhline(reference, color="grey", ls="--", lw=1, label="rl-zoo (stock env)")
+        if last is not None and len(last[0]) > 1:
+            steps, minutes = last
+            top = ax.secondary_xaxis(
+                "top",
+                functions=(
+                    lambda m, s=steps, t=minutes: np.interp(m, t, s) / 1e6,
+                    lambda x, s=steps, t=minutes: np.interp(x * 1e6, s, t),
+                ),
+            )
+            top.set_xlabel("env steps (M)", fontsize=8)
+        ax.set_title(env, fontsize=9)
+        ax.set_xlabel("wall-clock minutes (2 CPU cores)")
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("mean return (deterministic)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def plot_learning_curves(root: Path, out_dir: Path, points: int = 50) -> Path | None:

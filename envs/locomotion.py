@@ -117,6 +117,13 @@ class ContextualLocomotion(ContextualEnv):
             raise ValueError(
                 f"unknown locomotion features {unknown}; choose from {list(catalogue)}"
             )
+        if (
+            kwargs.get("render_mode") in ("rgb_array", "depth_array")
+            and not {"camera_name", "camera_id", "xml_file"} & set(kwargs)
+        ):
+            # the stock models' tracking camera: the free default one stays put while a runner
+            # leaves the frame within a second
+            kwargs["camera_name"] = "track"
         env = gym.make(env_id, **kwargs)
         if "direction" in features and "y_velocity" not in _info_keys(env):
             raise ValueError(f"'direction' needs an env that reports y_velocity, not {env_id}")

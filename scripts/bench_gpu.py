@@ -1,16 +1,22 @@
-"""Throughput of the on-device path against SB3 PPO on the same machine.
+"""Throughput of the batched path (on-device trainers) against SB3 PPO on the same machine.
 
-For each number of worlds: env-steps/s of the batched env alone (random actions), of a rollout
-with the hyper policy (``DevicePPO.collect``), and of training end to end (rollout + update);
-then SB3 PPO with the same hyper policy on the CPU twin (``--sb3-envs`` subprocess envs) as the
-reference. Prints a Markdown table with ratios to SB3 (``--out`` also writes it) and the update's
-share of a training iteration (``1 - train / rollout``: what the update costs beside the rollout,
-the first place to look when training is far below physics). ``--conditionings hyper
-lowrank_hyper`` adds a row per kind of head. The ratio is
-of throughput under each path's own settings, not of equal work per sample: the device path
-updates 5 epochs of ~16k-sample minibatches, SB3 its defaults (10 epochs of 64 samples).
+For each number of worlds: env-steps/s of the batched env alone (random actions; physics with
+observations, rewards and auto-resets), of a rollout with the hyper policy
+(``DevicePPO.collect``), and of training end to end (rollout + update); then SB3 PPO with the
+same hyper policy on the CPU twin (``--sb3-envs`` subprocess envs) as the reference. Prints a
+Markdown table with ratios to SB3 (``--out`` also writes it) and where a training iteration's
+time goes: physics (``train / physics``), the policy and copies of the rollout (``train /
+rollout - train / physics``) and the update (``1 - train / rollout``). ``--conditionings hyper
+lowrank_hyper`` adds a row per kind of head. The ratio is of throughput under each path's own
+settings, not of equal work per sample: the device path updates 5 epochs of minibatches of whole
+worlds (about 16k samples, or ``--minibatches`` per rollout), SB3 its defaults (10 epochs of 64
+samples).
+
+On a GPU the env is MuJoCo Warp's (``hyperrl/WarpHalfCheetah-v0``); on the CPU, MuJoCo's own
+threads (``hyperrl/BatchedHalfCheetah-v0``, :mod:`envs.native_locomotion`):
 
     python scripts/bench_gpu.py --env hyperrl/WarpHalfCheetah-v0 --envs 1024 4096 16384
+    python scripts/bench_gpu.py --device cpu --envs 64 256 512 --minibatches 4 --sb3-envs 2
     python scripts/bench_gpu.py --device cpu --envs 16 64 --steps 8 --sb3-envs 2   # a smoke run
 
 The generated-head minibatch cost alone: ``python scripts/bench_hypernet.py --sizes 64 256 256 8
@@ -58,6 +64,7 @@ def device_rates(
     repeats: int,
     conditionings: Sequence[str] = ("hyper",),
     tf32: bool = True,
+    minibatches: int | None = None,
 ) -> dict[str, dict[str, float]]:
     """Per kind of head: ``physics`` (measured once, the same env for every head), ``rollout``
     and ``train`` env-steps/s."""
@@ -73,8 +80,8 @@ def device_rates(
         return steps * n
 
     physics_rate = rate(physics, dev, repeats)
-    # minibatches of about 16,384 samples, made of whole worlds
-    wanted = max(1, n * steps // 16384)
+    # minibatches of about 16,384 samples (or as asked), made of whole worlds
+    wanted = minibatches or max(1, n * steps // 16384)
     n_minibatches = max(k for k in range(1, wanted + 1) if n % k == 0)
     cfg = DevicePPOConfig(n_steps=steps, n_minibatches=n_minibatches, n_epochs=5, tf32=tf32)
     out = {}
@@ -125,9 +132,17 @@ def sb3_rate(env_id: str, n_envs: int, steps: int) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--env", default="hyperrl/WarpHalfCheetah-v0", choices=sorted(envs.BATCHED_ENVS))
-    p.add_argument("--envs", type=int, nargs="+", default=[1024, 4096, 16384])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument(
+        "--env",
+        default=None,
+        choices=sorted(envs.BATCHED_ENVS),
+        help="default: hyperrl/WarpHalfCheetah-v0 (CUDA), hyperrl/BatchedHalfCheetah-v0 (CPU)",
+    )
+    p.add_argument(
+        "--envs", type=int, nargs="+", default=None, help="default: 1024 4096 16384 (CUDA), "
+        "64 256 512 (CPU)"
+    )  # fmt: skip
     p.add_argument("--steps", type=int, default=32, help="rollout length (n_steps)")
     p.add_argument("--repeats", type=int, default=3, help="timed calls after one warm-up")
     p.add_argument(
@@ -143,12 +158,19 @@ def main(argv: list[str] | None = None) -> int:
         default=True,
         help="the device trainer's TF32 matmuls on CUDA (its default: on)",
     )
+    p.add_argument(
+        "--minibatches", type=int, default=None, help="per rollout (default: ~16k samples each)"
+    )
     p.add_argument("--sb3-envs", type=int, default=16, help="0: no SB3 reference")
     p.add_argument("--sb3-steps", type=int, default=8192)
     p.add_argument("--out", default=None, help="also write the table here")
     args = p.parse_args(argv)
-    reference = sb3_rate(args.env, args.sb3_envs, args.sb3_steps) if args.sb3_envs else None
     cuda = args.device.startswith("cuda")
+    if args.env is None:
+        args.env = "hyperrl/WarpHalfCheetah-v0" if cuda else "hyperrl/BatchedHalfCheetah-v0"
+    if args.envs is None:
+        args.envs = [1024, 4096, 16384] if cuda else [64, 256, 512]
+    reference = sb3_rate(args.env, args.sb3_envs, args.sb3_steps) if args.sb3_envs else None
     name = torch.cuda.get_device_name() if cuda else "CPU"
     tf32 = f", TF32 {'on' if args.tf32 else 'off'}" if cuda else ""
     sb3 = (
@@ -160,20 +182,30 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.env} on {args.device} ({name}), torch {torch.__version__}, rollout "
         f"{args.steps} steps{tf32}; {sb3}",
         "",
-        "| worlds | heads | physics steps/s | rollout steps/s | train steps/s | update share "
-        "| train × SB3 |",
-        "| ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+        "| worlds | heads | physics steps/s | rollout steps/s | train steps/s | time: physics / "
+        "policy / update | train × SB3 |",
+        "| ---: | --- | ---: | ---: | ---: | :---: | ---: |",
     ]
     for n in args.envs:
         rates = device_rates(
-            args.env, n, args.device, args.steps, args.repeats, args.conditionings, args.tf32
+            args.env,
+            n,
+            args.device,
+            args.steps,
+            args.repeats,
+            args.conditionings,
+            args.tf32,
+            args.minibatches,
         )
         for conditioning, r in rates.items():
-            update_share = 1 - r["train"] / r["rollout"]  # of a training iteration's time
+            # shares of a training iteration's time (seconds per step are 1 / rate)
+            physics = r["train"] / r["physics"]
+            update = 1 - r["train"] / r["rollout"]
+            policy = 1 - physics - update
             ratio = f"{r['train'] / reference:.1f}" if reference else "—"
             lines.append(
                 f"| {n:,} | {conditioning} | {r['physics']:,.0f} | {r['rollout']:,.0f} | "
-                f"{r['train']:,.0f} | {update_share:.0%} | {ratio} |"
+                f"{r['train']:,.0f} | {physics:.0%} / {policy:.0%} / {update:.0%} | {ratio} |"
             )
             print(lines[-1], flush=True)
     table = "\n".join(lines)

@@ -228,3 +228,24 @@ def test_train_agent_batched_trains_the_gymnasium_id_and_evaluates_on_it(tmp_pat
     (run_dir / "config.yml").write_text(yaml.safe_dump(config))
     train(TrainArgs(resume=str(run_dir), progress_bar=False, device="cpu", eval_freq=0))
     assert PPO.load(run_dir / "model.zip", device="cpu").num_timesteps == 96
+
+
+def test_device_ppo_learns_to_hop_on_the_batched_backend():
+    """The batched preset's PPO settings on contextual Hopper, 64 worlds, 120k steps (~30 s on
+    two cores). The untrained policy's mean action stands still until the Hopper falls (a return
+    of about 100); trained, it hops on (about 280 and 400 for seeds 1 and 0 here)."""
+    from agents.device_ppo import DevicePPO, DevicePPOConfig
+    from agents.device_train import evaluate_batched
+    from hyperrl import HyperActorCriticPolicy
+
+    torch.manual_seed(0)
+    env = envs.make_batched("hyperrl/BatchedHopper-v0", 64, seed=0)
+    config = DevicePPOConfig(n_steps=32, n_minibatches=4, n_epochs=5, gamma=0.99)
+    policy_kwargs = {"log_std_init": -1.0}
+    algo = DevicePPO(env, HyperActorCriticPolicy, policy_kwargs, config, seed=0)
+    evaluation = envs.make_batched("hyperrl/BatchedHopper-v0", 32, seed=1)
+    before = evaluate_batched(algo, evaluation, seed=7)["return"]
+    algo.learn(120_000)
+    after = evaluate_batched(algo, evaluation, seed=7)["return"]
+    assert before < 150
+    assert after > 220, (before, after)
