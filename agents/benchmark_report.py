@@ -180,7 +180,8 @@ def plot_run_curves(
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(runs), figsize=(4.6 * len(runs), 3.4), squeeze=False)
     for ax, run in zip(axes[0], runs, strict=True):
-        env = yaml.safe_load((run / "config.yml").read_text())["env"]
+        config = yaml.safe_load((run / "config.yml").read_text())
+        env = config["env"]
         last = None
         for split in splits:
             curve = run_curve(run, f"eval/{split}_return")
@@ -201,8 +202,8 @@ def plot_run_curves(
                 ),
             )
             top.set_xlabel("env steps (M)", fontsize=8)
-        ax.set_title(env, fontsize=9)
-        ax.set_xlabel("wall-clock minutes (2 CPU cores)")
+        ax.set_title(f"{env}, {config.get('n_envs', '?')} envs", fontsize=9, pad=30)
+        ax.set_xlabel("wall-clock minutes")
         ax.legend(fontsize=7)
     axes[0][0].set_ylabel("mean return (deterministic)")
     fig.tight_layout()

@@ -221,10 +221,10 @@ class BatchedLocomotion(BatchedContextualEnv):
         """``(N,)``: the env's forward reward, or the task reward that replaces it."""
         vx = velocity[:, 0]
         if "target_velocity" in self._column:
-            target = self.contexts[:, self._column["target_velocity"]].to(vx.dtype)
+            target = self.contexts[:, self._column["target_velocity"]].to(vx)
             return -self._forward_weight * (vx - target).abs()
         if "direction" in self._column:
-            a = self.contexts[:, self._column["direction"]].to(vx.dtype)
+            a = self.contexts[:, self._column["direction"]].to(vx)
             return self._forward_weight * (vx * torch.cos(a) + velocity[:, 1] * torch.sin(a))
         return self._forward_weight * vx
 

@@ -117,10 +117,8 @@ class ContextualLocomotion(ContextualEnv):
             raise ValueError(
                 f"unknown locomotion features {unknown}; choose from {list(catalogue)}"
             )
-        if (
-            kwargs.get("render_mode") in ("rgb_array", "depth_array")
-            and not {"camera_name", "camera_id", "xml_file"} & set(kwargs)
-        ):
+        chosen = {"camera_name", "camera_id", "xml_file"} & set(kwargs)
+        if kwargs.get("render_mode") in ("rgb_array", "depth_array") and not chosen:
             # the stock models' tracking camera: the free default one stays put while a runner
             # leaves the frame within a second
             kwargs["camera_name"] = "track"

@@ -118,7 +118,9 @@ class NativeLocomotion(BatchedLocomotion):
 
     def _position(self, qpos: torch.Tensor, worlds: np.ndarray | None = None) -> torch.Tensor:
         """``(n, 2)`` float64: the x/y position the env's velocity differentiates, from the
-        worlds' ``qpos`` and (for the mass centre) :attr:`NativeWorlds.extra` ``"xipos"``."""
+        worlds' ``qpos`` (x only) or from :attr:`NativeWorlds.extra` (the main body's ``xpos``,
+        or the mass centre of ``xipos``) of the worlds of index array ``worlds`` (all when
+        ``None``)."""
         velocity = self.family.velocity
         if velocity == "qpos":
             return torch.nn.functional.pad(qpos[:, :1], (0, 1))
@@ -133,11 +135,8 @@ class NativeLocomotion(BatchedLocomotion):
         w = self.worlds
         actions = actions.detach().to("cpu", torch.float64)
         w.step(actions.numpy())
-        if self.family.velocity == "qpos":
-            after = self._position(w.qpos)
-        else:  # positions as mj_step leaves them: within its last substep
-            w.forward(w.before_last_substep())
-            after = self._position(w.qpos)
+        w.forward(w.before_last_substep())  # contact forces, positions... where mj_step leaves them
+        after = self._position(w.qpos)
         velocity = (after - self._xy) / self.dt
         self._xy = after.clone()  # after may view arrays the next step overwrites
         cfrc_ext = w.extra.get("cfrc_ext")

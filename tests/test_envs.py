@@ -150,6 +150,26 @@ def test_renders_rgb_array_headless(env_id):
     assert frame.ndim == 3 and frame.shape[2] == 3 and frame.std() > 0
 
 
+@pytest.mark.parametrize("name", ["HalfCheetah", "Ant"])
+def test_locomotion_videos_follow_the_body(name):
+    """Moved 20 m along x, the robot is still in the picture (the stock tracking camera); the
+    free camera shows empty floor there."""
+
+    def robot_share(frame):  # orange-brown limbs: red above green (floor, sky: not)
+        frame = frame.astype(int)
+        return float((frame[..., 0] > frame[..., 1] + 20).mean())
+
+    env = gym.make(f"hyperrl/Contextual{name}-v0", render_mode="rgb_array")
+    env.reset(seed=0)
+    base = env.unwrapped
+    qpos, qvel = base.data.qpos.copy(), base.data.qvel.copy()
+    here = robot_share(env.render())
+    qpos[0] += 20.0
+    base.set_state(qpos, qvel)
+    there = robot_share(env.render())
+    assert here > 0.01 and there > 0.5 * here, (here, there)
+
+
 def test_listing_names_every_env_and_feature():
     text = envs.describe_envs()
     for env_id in ENVS:

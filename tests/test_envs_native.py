@@ -172,6 +172,20 @@ def test_results_do_not_depend_on_the_thread_count(env_id):
     assert torch.equal(runs[0], runs[1])
 
 
+def test_threads_default_to_the_cores_shared_among_the_local_ranks(monkeypatch):
+    import os
+
+    from envs.native_backend import default_threads
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert default_threads() == 4
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # torchrun --nproc-per-node 2
+    assert default_threads() == 2
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert default_threads() == 1
+
+
 def test_humanoid_observes_its_com_quantities_and_contact_forces():
     native = envs.make_batched("hyperrl/BatchedHumanoid-v0", 2, seed=0)
     obs = native.reset()["observation"]
