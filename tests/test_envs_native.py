@@ -203,6 +203,8 @@ def test_batched_twins_and_their_errors():
     assert envs.batched_twin("hyperrl/ContextualHumanoid-v0") == "hyperrl/BatchedHumanoid-v0"
     assert envs.batched_twin("hyperrl/AntDir-v0") == "hyperrl/BatchedAntDir-v0"
     assert envs.cpu_twin("hyperrl/BatchedHalfCheetahVel-v0") == "hyperrl/HalfCheetahVel-v0"
+    kwargs = {"nthread": 1, "ctrl_cost_weight": 0.01}  # evaluation's CPU twin takes no threads
+    assert envs.twin_kwargs("hyperrl/BatchedHopper-v0", kwargs) == {"ctrl_cost_weight": 0.01}
     with pytest.raises(ValueError, match="no batched CPU backend.*ContextualHalfCheetah"):
         envs.batched_twin("hyperrl/ContextualCartPole-v0")
     with pytest.raises(ValueError, match="nthread must be >= 1"):
