@@ -16,7 +16,7 @@ On a GPU the env is MuJoCo Warp's (``hyperrl/WarpHalfCheetah-v0``); on the CPU, 
 threads (``hyperrl/BatchedHalfCheetah-v0``, :mod:`envs.native_locomotion`):
 
     python scripts/bench_gpu.py --env hyperrl/WarpHalfCheetah-v0 --envs 1024 4096 16384
-    python scripts/bench_gpu.py --device cpu --envs 64 256 512 --minibatches 4 --sb3-envs 2
+    python scripts/bench_gpu.py --device cpu --envs 64 256 512 --minibatches 16 --sb3-envs 2
     python scripts/bench_gpu.py --device cpu --envs 16 64 --steps 8 --sb3-envs 2   # a smoke run
 
 The generated-head minibatch cost alone: ``python scripts/bench_hypernet.py --sizes 64 256 256 8
@@ -65,6 +65,7 @@ def device_rates(
     conditionings: Sequence[str] = ("hyper",),
     tf32: bool = True,
     minibatches: int | None = None,
+    settle: int = 0,
 ) -> dict[str, dict[str, float]]:
     """Per kind of head: ``physics`` (measured once, the same env for every head), ``rollout``
     and ``train`` env-steps/s."""
@@ -79,6 +80,8 @@ def device_rates(
             env.step(low + (high - low) * torch.rand(n, *low.shape, device=dev))
         return steps * n
 
+    for _ in range(settle):  # past the first steps after a reset, which cost less
+        env.step(low + (high - low) * torch.rand(n, *low.shape, device=dev))
     physics_rate = rate(physics, dev, repeats)
     # minibatches of about 16,384 samples (or as asked), made of whole worlds
     wanted = minibatches or max(1, n * steps // 16384)
@@ -161,6 +164,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--minibatches", type=int, default=None, help="per rollout (default: ~16k samples each)"
     )
+    p.add_argument(
+        "--settle",
+        type=int,
+        default=0,
+        help="random-action steps before physics is timed (the first steps after a reset, the "
+        "robot falling onto the floor, are cheaper than running: on the CPU backend, HalfCheetah "
+        "at 512 worlds steps ~40k/s right after a reset, ~26k/s after 200 steps)",
+    )
     p.add_argument("--sb3-envs", type=int, default=16, help="0: no SB3 reference")
     p.add_argument("--sb3-steps", type=int, default=8192)
     p.add_argument("--out", default=None, help="also write the table here")
@@ -196,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
             args.conditionings,
             args.tf32,
             args.minibatches,
+            args.settle,
         )
         for conditioning, r in rates.items():
             # shares of a training iteration's time (seconds per step are 1 / rate)
