@@ -15,7 +15,7 @@ backends do too (see :attr:`_Family.velocity`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -190,6 +190,25 @@ class BatchedLocomotion(BatchedContextualEnv):
         """``(n, dim)`` float64 U(-1, 1) from ``self.generator`` (on the host, like the contexts:
         the generator is a CPU one)."""
         return torch.rand(n, dim, generator=self.generator, dtype=torch.float64) * 2 - 1
+
+    def _observation(
+        self, qpos: torch.Tensor, qvel: torch.Tensor, extra: Mapping[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """``(N, obs_dim)``: gymnasium's ``_get_obs`` from the state and what ``mj_step`` left
+        beside it (``extra``: ``cfrc_ext`` for envs that observe it, and for Humanoid ``cinert``,
+        ``cvel``, ``qfrc_actuator``), in the backend's dtype."""
+        clip = self.family.qvel_clip
+        parts = [qpos[:, self._skip :], qvel if clip is None else qvel.clamp(-clip, clip)]
+        if self.family.com_observations:
+            for name, first in (("cinert", 1), ("cvel", 1), ("qfrc_actuator", 6)):
+                if self._com_in_obs[name]:
+                    parts.append(extra[name][:, first:].flatten(1))
+        if self._cfrc_in_obs:
+            forces = extra["cfrc_ext"][:, 1:]
+            if self.family.contact == "ant":
+                forces = forces.clamp(*self._force_range)
+            parts.append(forces.flatten(1))
+        return torch.cat(parts, -1)
 
     def _reward(
         self,

@@ -94,6 +94,7 @@ class NativeWorlds:
         self.warmstart = np.zeros((nworld, mjm.nv))
         self._sensordata = np.empty((nworld, substeps, mjm.nsensordata))
         self._timestep = float(mjm.opt.timestep)
+        self._rk4 = mjm.opt.integrator == mujoco.mjtIntegrator.mjINT_RK4
         qpos = state_offset(mjm, mujoco.mjtState.mjSTATE_QPOS)
         qvel = state_offset(mjm, mujoco.mjtState.mjSTATE_QVEL)
         self._qpos = slice(qpos, qpos + mjm.nq)
@@ -114,11 +115,12 @@ class NativeWorlds:
     def set_state(self, worlds: np.ndarray, qpos: np.ndarray, qvel: np.ndarray) -> None:
         """Put the worlds of index array ``worlds`` ``(n,)`` in the state of a fresh ``MjData``
         (``mj_resetData``) with ``qpos`` ``(n, nq)`` and ``qvel`` ``(n, nv)``, and clear their
-        warm starts."""
+        warm starts and controls."""
         self.state[worlds] = self._initial
         self.state[worlds, self._qpos] = qpos
         self.state[worlds, self._qvel] = qvel
         self.warmstart[worlds] = 0.0
+        self.control[worlds] = 0.0
 
     def step(self, ctrl: np.ndarray) -> None:
         """Advance every world by ``substeps`` MuJoCo steps under ``ctrl`` ``(nworld, nu)``."""
@@ -137,8 +139,7 @@ class NativeWorlds:
             state=self.trajectory,
             sensordata=self._sensordata,
         )
-        before = self.trajectory[:, -2] if self.substeps > 1 else self._previous
-        last = self.trajectory[:, -1]
+        before, last = self.before_last_substep(), self.trajectory[:, -1]
         np.subtract(last[:, self._qvel], before[:, self._qvel], out=self.warmstart)
         self.warmstart /= self._timestep
         self.state[:] = last
@@ -164,7 +165,6 @@ class NativeWorlds:
         worlds = np.arange(self.nworld) if worlds is None else np.asarray(worlds)
         out = {name: t.numpy() for name, t in self.extra.items()}
         ctrl = self.control[:, 0]
-        rk4 = self.models[0].opt.integrator == mujoco.mjtIntegrator.mjINT_RK4
 
         def run(chunk: np.ndarray, data: mujoco.MjData) -> None:
             for i in chunk:
@@ -174,7 +174,7 @@ class NativeWorlds:
                 data.qacc_warmstart[:] = self.warmstart[i]
                 mujoco.mj_forward(model, data)
                 if post_constraint:
-                    if rk4:
+                    if self._rk4:
                         _last_rk4_stage(model, data)
                     mujoco.mj_rnePostConstraint(model, data)
                 else:

@@ -112,7 +112,6 @@ class NativeLocomotion(BatchedLocomotion):
                 w.set_const(i)
         qpos, qvel = self._initial_state(len(worlds))
         w.set_state(worlds, qpos.numpy(), qvel.numpy())
-        w.control[worlds] = 0.0
         w.forward(w.state, worlds, post_constraint=False)  # what set_state's mj_forward leaves
         self._xy[worlds] = self._position(w.qpos[worlds], worlds)
 
@@ -144,19 +143,5 @@ class NativeLocomotion(BatchedLocomotion):
         return reward.to(self.device, torch.float32), terminated.to(self.device)
 
     def _observe(self) -> torch.Tensor:
-        w, clip = self.worlds, self.family.qvel_clip
-        qvel = w.qvel if clip is None else w.qvel.clamp(-clip, clip)
-        parts = [w.qpos[:, self._skip :], qvel]
-        if self.family.com_observations:
-            if self._com_in_obs["cinert"]:
-                parts.append(w.extra["cinert"][:, 1:].flatten(1))
-            if self._com_in_obs["cvel"]:
-                parts.append(w.extra["cvel"][:, 1:].flatten(1))
-            if self._com_in_obs["qfrc_actuator"]:
-                parts.append(w.extra["qfrc_actuator"][:, 6:])
-        if self._cfrc_in_obs:
-            forces = w.extra["cfrc_ext"][:, 1:]
-            if self.family.contact == "ant":
-                forces = forces.clamp(*self._force_range)
-            parts.append(forces.flatten(1))
-        return torch.cat(parts, -1).to(self.device, torch.float32)
+        w = self.worlds
+        return self._observation(w.qpos, w.qvel, w.extra).to(self.device, torch.float32)

@@ -181,9 +181,4 @@ class WarpLocomotion(BatchedLocomotion):
 
     def _observe(self) -> torch.Tensor:
         w = self.worlds
-        clip = self.family.qvel_clip
-        qvel = w.qvel if clip is None else w.qvel.clamp(-clip, clip)
-        parts = [w.qpos[:, self._skip :], qvel]
-        if self._cfrc_in_obs:
-            parts.append(w.cfrc_ext[:, 1:].clamp(*self._force_range).flatten(1))
-        return torch.cat(parts, -1)
+        return self._observation(w.qpos, w.qvel, {"cfrc_ext": w.cfrc_ext})
