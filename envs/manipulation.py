@@ -9,6 +9,7 @@ this module applies :func:`envs.compat.patch_gymnasium_robotics`.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
@@ -40,6 +41,41 @@ FETCH_FEATURES: dict[str, ContextFeature] = {
     "object_friction_scale": scaled_feature("object_friction_scale", 1.0),
     "table_friction_scale": scaled_feature("table_friction_scale", 1.0),
 }
+
+
+@dataclass(frozen=True)
+class FetchParts:
+    """What a Fetch object task's physics context scales: the object body, its geoms (indices
+    ``(k,)``) and the table's."""
+
+    object_body: int
+    object_geoms: np.ndarray
+    table_geoms: np.ndarray
+
+
+def scale_fetch_model(
+    model: mujoco.MjModel,
+    data: mujoco.MjData,
+    nominal: Mapping[str, np.ndarray],
+    parts: FetchParts,
+    context: Mapping[str, float],
+) -> None:
+    """Write a Fetch physics context into ``model``: the object's mass and inertia times
+    ``object_mass_scale``, the sliding friction of its geoms and of the table's times their
+    scales (features left out stay nominal), then what ``mj_setConst`` derives, computed with
+    ``data`` as scratch. ``nominal`` holds the model's ``body_mass``, ``body_inertia``,
+    ``geom_friction`` and ``eq_data`` as built."""
+    scale = {name: context.get(name, f.nominal) for name, f in FETCH_FEATURES.items()}
+    body = parts.object_body
+    model.body_mass[body] = nominal["body_mass"][body] * scale["object_mass_scale"]
+    model.body_inertia[body] = nominal["body_inertia"][body] * scale["object_mass_scale"]
+    model.geom_friction[:] = nominal["geom_friction"]
+    model.geom_friction[parts.object_geoms, 0] *= scale["object_friction_scale"]
+    model.geom_friction[parts.table_geoms, 0] *= scale["table_friction_scale"]
+    mujoco.mj_setConst(model, data)
+    # mj_setConst also recomputes the mocap weld's relative pose from qpos0, which is not where
+    # gymnasium-robotics set it up; keep the env's own
+    model.eq_data[:] = nominal["eq_data"]
 
 
 def make_robotics_env(env_id: str, **kwargs: Any) -> gym.Env:
@@ -85,15 +121,20 @@ class ContextualFetch(ContextualEnv):
         space = ContextSpace([FETCH_FEATURES[f] for f in features])
         super().__init__(env, space, split, hidden_context, contexts)
         model = env.unwrapped.model
-        self._object_body = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_BODY, "object0")
+        body = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_BODY, "object0")
         table = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_BODY, "table0")
-        if self._object_body < 0 or table < 0:
+        if body < 0 or table < 0:
             raise ValueError(
                 f"{env_id} has no object0/table0 body; use a Fetch task with an object"
             )
-        self._object_geoms = (model.geom_bodyid == self._object_body).nonzero()[0]
-        self._table_geoms = (model.geom_bodyid == table).nonzero()[0]
-        self._nominal = {
+        #: what the context scales
+        self.parts = FetchParts(
+            body,
+            (model.geom_bodyid == body).nonzero()[0],
+            (model.geom_bodyid == table).nonzero()[0],
+        )
+        #: the model's fields as built, which :func:`scale_fetch_model` scales
+        self.nominal = {
             "body_mass": model.body_mass.copy(),
             "body_inertia": model.body_inertia.copy(),
             "geom_friction": model.geom_friction.copy(),
@@ -101,17 +142,8 @@ class ContextualFetch(ContextualEnv):
         }
 
     def apply_context(self, context: Mapping[str, float]) -> None:
-        model, nominal, body = self.env.unwrapped.model, self._nominal, self._object_body
-        scale = {name: context.get(name, f.nominal) for name, f in FETCH_FEATURES.items()}
-        model.body_mass[body] = nominal["body_mass"][body] * scale["object_mass_scale"]
-        model.body_inertia[body] = nominal["body_inertia"][body] * scale["object_mass_scale"]
-        model.geom_friction[:] = nominal["geom_friction"]
-        model.geom_friction[self._object_geoms, 0] *= scale["object_friction_scale"]
-        model.geom_friction[self._table_geoms, 0] *= scale["table_friction_scale"]
-        mujoco.mj_setConst(model, self.env.unwrapped.data)
-        # mj_setConst also recomputes the mocap weld's relative pose from qpos0, which is not
-        # where gymnasium-robotics set it up; keep the env's own
-        model.eq_data[:] = nominal["eq_data"]
+        env = self.env.unwrapped
+        scale_fetch_model(env.model, env.data, self.nominal, self.parts, context)
 
     def compute_reward(self, achieved_goal: Any, desired_goal: Any, info: Any) -> Any:
         """The wrapped task's reward, for ``HerReplayBuffer``."""

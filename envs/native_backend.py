@@ -7,6 +7,9 @@ thread pool stays open across steps. One :meth:`NativeWorlds.step` advances ever
 released. The state arrays are shared with torch (``torch.from_numpy``), so reading ``qpos`` or
 ``qvel`` of every world costs no copy and no Python loop.
 
+Each step's inputs are one row per world of the components of ``control_spec`` (actuator
+controls by default; the Fetch robot's mocap target too), held for its ``substeps``.
+
 What ``mj_step`` computes besides the state (``cfrc_ext``, ``cinert``, ``cvel``,
 ``qfrc_actuator``, ``xipos``) is not part of the rollout's output. Envs that observe it ask for
 it as ``extras``: :meth:`NativeWorlds.forward` recomputes it per world from a state of the last
@@ -34,6 +37,7 @@ import torch
 from mujoco import rollout
 
 FULLPHYSICS = int(mujoco.mjtState.mjSTATE_FULLPHYSICS)
+CTRL = int(mujoco.mjtState.mjSTATE_CTRL)
 
 
 def default_threads() -> int:
@@ -44,11 +48,11 @@ def default_threads() -> int:
     return max(1, (cores or 1) // max(1, ranks))
 
 
-def state_offset(model: mujoco.MjModel, component: mujoco.mjtState) -> int:
-    """Where ``component`` starts in a ``mjSTATE_FULLPHYSICS`` state vector (components are
-    laid out in the order of their bits)."""
+def state_offset(model: mujoco.MjModel, component: mujoco.mjtState, spec: int = FULLPHYSICS) -> int:
+    """Where ``component`` starts in a state vector of ``spec`` (``mjSTATE_FULLPHYSICS`` by
+    default; components are laid out in the order of their bits)."""
     bit = int(component)
-    below = sum(1 << k for k in range(bit.bit_length() - 1)) & FULLPHYSICS
+    below = sum(1 << k for k in range(bit.bit_length() - 1)) & spec
     return mujoco.mj_stateSize(model, below)
 
 
@@ -62,6 +66,9 @@ class NativeWorlds:
         steps on the calling thread.
     :param extras: ``MjData`` fields :meth:`forward` computes per world (``"cfrc_ext"``,
         ``"cinert"``...), each then an ``(nworld, *shape)`` float64 tensor in :attr:`extra`.
+    :param control_spec: the ``mjtState`` components a step's input holds (``mjSTATE_CTRL``;
+        add ``mjSTATE_MOCAP_POS | mjSTATE_MOCAP_QUAT`` to move mocap bodies), laid out as
+        ``mj_getState`` lays them out.
     """
 
     def __init__(
@@ -71,6 +78,7 @@ class NativeWorlds:
         substeps: int = 1,
         nthread: int | None = None,
         extras: Sequence[str] = (),
+        control_spec: int = CTRL,
     ) -> None:
         if nthread is None:
             nthread = default_threads()
@@ -90,7 +98,9 @@ class NativeWorlds:
         #: ``(nworld, substeps, nstate)``: the state after each substep of the last step
         self.trajectory = np.repeat(self.state[:, None], substeps, axis=1)
         self._previous = self.state.copy()  # the state a step started from (for substeps == 1)
-        self.control = np.zeros((nworld, substeps, mjm.nu))
+        self.control_spec = int(control_spec)
+        #: ``(nworld, substeps, ncontrol)``: every world's inputs of the last step
+        self.control = np.zeros((nworld, substeps, mujoco.mj_stateSize(mjm, self.control_spec)))
         self.warmstart = np.zeros((nworld, mjm.nv))
         self._sensordata = np.empty((nworld, substeps, mjm.nsensordata))
         self._timestep = float(mjm.opt.timestep)
@@ -123,7 +133,8 @@ class NativeWorlds:
         self.control[worlds] = 0.0
 
     def step(self, ctrl: np.ndarray) -> None:
-        """Advance every world by ``substeps`` MuJoCo steps under ``ctrl`` ``(nworld, nu)``."""
+        """Advance every world by ``substeps`` MuJoCo steps under ``ctrl`` ``(nworld,
+        ncontrol)``, one row of ``control_spec`` components per world."""
         self.control[:] = ctrl[:, None, :]
         if self.substeps == 1:
             self._previous[:] = self.state
@@ -132,7 +143,7 @@ class NativeWorlds:
             self._datas,
             self.state,
             self.control,
-            control_spec=int(mujoco.mjtState.mjSTATE_CTRL),
+            control_spec=self.control_spec,
             skip_checks=True,
             nstep=self.substeps,
             initial_warmstart=self.warmstart,
@@ -149,7 +160,11 @@ class NativeWorlds:
         return self.trajectory[:, -2] if self.substeps > 1 else self._previous
 
     def forward(
-        self, states: np.ndarray, worlds: np.ndarray | None = None, post_constraint: bool = True
+        self,
+        states: np.ndarray,
+        worlds: np.ndarray | None = None,
+        post_constraint: bool = True,
+        velocities: np.ndarray | None = None,
     ) -> None:
         """Fill :attr:`extra` for the worlds of index array ``worlds`` (all when ``None``) under
         the last control.
@@ -164,13 +179,13 @@ class NativeWorlds:
             return
         worlds = np.arange(self.nworld) if worlds is None else np.asarray(worlds)
         out = {name: t.numpy() for name, t in self.extra.items()}
-        ctrl = self.control[:, 0]
+        inputs = self.control[:, 0]
 
         def run(chunk: np.ndarray, data: mujoco.MjData) -> None:
             for i in chunk:
                 model = self.models[i]
                 mujoco.mj_setState(model, data, states[i], FULLPHYSICS)
-                data.ctrl[:] = ctrl[i]
+                mujoco.mj_setState(model, data, inputs[i], self.control_spec)
                 data.qacc_warmstart[:] = self.warmstart[i]
                 mujoco.mj_forward(model, data)
                 if post_constraint:
@@ -179,6 +194,9 @@ class NativeWorlds:
                     mujoco.mj_rnePostConstraint(model, data)
                 else:
                     data.cfrc_ext[:] = 0.0
+                if velocities is not None:
+                    data.qvel[:] = velocities[i, self._qvel]
+                    mujoco.mj_comVel(model, data)
                 for name, array in out.items():
                     array[i] = getattr(data, name)
 

@@ -80,13 +80,26 @@ class BatchedSpec:
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
-#: gymnasium id -> its batched CPU twin (MuJoCo threads, :mod:`envs.native_locomotion`), which
-#: ``train_agent.py --batched`` trains on
+#: CPU env class -> the class of its batched CPU twin (MuJoCo threads)
+_NATIVE_CLASSES = {
+    "envs.locomotion:ContextualLocomotion": "envs.native_locomotion:NativeLocomotion",
+    "envs.manipulation:ContextualFetch": "envs.native_manipulation:NativeFetch",
+    "envs.manipulation:ContextualFetchReach": "envs.native_manipulation:NativeFetch",
+}
+
+#: gymnasium id -> its batched CPU twin (MuJoCo threads: :mod:`envs.native_locomotion`,
+#: :mod:`envs.native_manipulation`), which ``train_agent.py --batched`` trains on
 NATIVE_TWINS: dict[str, str] = {
     env_id: env_id.replace("/Contextual", "/").replace("/", "/Batched", 1)
     for env_id, spec in ENVS.items()
-    if spec.entry_point == "envs.locomotion:ContextualLocomotion"
+    if spec.entry_point in _NATIVE_CLASSES
 }
+
+
+def _native_spec(cpu: str) -> BatchedSpec:
+    spec = ENVS[cpu]
+    kwargs = spec.kwargs or {"env_id": "FetchReach-v4"}  # ContextualFetchReach takes no id
+    return BatchedSpec(_NATIVE_CLASSES[spec.entry_point], cpu, dict(kwargs))
 
 
 #: batched envs for the on-device trainer (``train_agent.py --env <id>``); not gymnasium envs
@@ -102,10 +115,7 @@ BATCHED_ENVS: dict[str, BatchedSpec] = {
         )
         for name in ("HalfCheetah", "Hopper", "Walker2d", "Ant")
     },
-    **{
-        batched: BatchedSpec("envs.native_locomotion:NativeLocomotion", cpu, dict(ENVS[cpu].kwargs))
-        for cpu, batched in NATIVE_TWINS.items()
-    },
+    **{batched: _native_spec(cpu) for cpu, batched in NATIVE_TWINS.items()},
     f"{NAMESPACE}/WarpFetchReach-v0": BatchedSpec(
         "envs.warp_manipulation:WarpFetchReach", f"{NAMESPACE}/ContextualFetchReach-v0"
     ),

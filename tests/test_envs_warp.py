@@ -601,11 +601,11 @@ def test_mat2euler_matches_gymnasium_robotics():
     pytest.importorskip("gymnasium_robotics")
     from gymnasium_robotics.utils import rotations
 
-    from envs.warp_manipulation import _mat2euler
+    from envs.batched_manipulation import mat2euler
 
     rng = np.random.default_rng(0)
     quats = rng.normal(size=(64, 4))
     mats = rotations.quat2mat(quats / np.linalg.norm(quats, axis=1, keepdims=True))
     mats[0] = rotations.euler2mat(np.array([0.3, np.pi / 2, -0.2]))  # gimbal lock
-    got = _mat2euler(torch.from_numpy(mats)).numpy()
+    got = mat2euler(torch.from_numpy(mats)).numpy()
     np.testing.assert_allclose(got, rotations.mat2euler(mats), atol=1e-9)
