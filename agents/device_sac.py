@@ -1,10 +1,10 @@
 """SAC whose replay buffer, sampling and updates stay on one device (the GPU path).
 
 The FastSAC / FastTD3 recipe: many parallel worlds of a
-:class:`~envs.batched.BatchedContextualEnv` fill a replay buffer of device tensors, and every
+:class:`~envs.batched.BatchedContextualEnv` fill a replay buffer of device tensors
+(:mod:`agents.device_replay`; with ``n_sampled_goal`` > 0 it relabels goals, HER), and every
 vector step is followed by ``gradient_steps`` large-batch SAC updates. Read top to bottom:
-:class:`DeviceSACConfig`, :class:`DeviceReplay` (the circular buffer), :class:`DeviceSAC`
-(collect, update, learn, save).
+:class:`DeviceSACConfig`, :class:`DeviceSAC` (collect, update, learn, save).
 
 The policy is an ordinary SB3 SAC policy (by default :class:`hyperrl.HyperSACPolicy`, with
 ``actor``, ``critic`` and ``critic_target``) held by an ``stable_baselines3.SAC`` whose own replay
@@ -22,7 +22,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -39,6 +39,7 @@ from agents.device_common import (
     start_in_step,
     use_tf32,
 )
+from agents.device_replay import DeviceReplay, HerReplay, ReplaySample
 from envs.batched import BatchedContextualEnv, Obs
 from hyperrl import HyperSACPolicy
 
@@ -47,6 +48,10 @@ from hyperrl import HyperSACPolicy
 class DeviceSACConfig:
     """SAC hyperparameters (SB3's names). Every vector step adds ``num_envs`` transitions and is
     followed by ``gradient_steps`` updates on batches of ``batch_size``.
+
+    ``n_sampled_goal`` > 0 turns on hindsight relabelling (:class:`~agents.device_replay.HerReplay`,
+    the ``future`` strategy; ``--algo her`` sets 4): the env must be a goal env (``achieved_goal``,
+    ``desired_goal``, ``compute_reward``).
 
     ``learning_starts`` counts env steps over all worlds (and ranks): before it, actions are
     uniform and nothing is updated. ``policy_delay`` updates the actor and the entropy
@@ -67,6 +72,7 @@ class DeviceSACConfig:
     policy_delay: int = 1
     target_update_interval: int = 1
     log_interval: int = 100
+    n_sampled_goal: int = 0
     #: on CUDA, run the networks' float32 matmuls on TF32 tensor cores (:func:`use_tf32`)
     tf32: bool = True
 
@@ -82,6 +88,8 @@ class DeviceSACConfig:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
         if self.log_interval < 1:
             raise ValueError(f"log_interval must be >= 1, got {self.log_interval}")
+        if self.n_sampled_goal < 0:
+            raise ValueError(f"n_sampled_goal must be >= 0 (0: no HER), got {self.n_sampled_goal}")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> DeviceSACConfig:
@@ -91,87 +99,6 @@ class DeviceSACConfig:
         if unknown:
             raise ValueError(f"unknown device-SAC keys {unknown}; valid keys are {sorted(valid)}")
         return cls(**values)
-
-
-class ReplaySample(NamedTuple):
-    """A batch of ``B`` transitions: ``observations``/``next_observations`` dicts of ``(B, ...)``,
-    ``actions (B, act_dim)`` in [-1, 1], ``rewards (B, 1)``, ``dones (B, 1)`` (1.0 where the
-    episode terminated; truncations bootstrap)."""
-
-    observations: Obs
-    actions: torch.Tensor
-    next_observations: Obs
-    dones: torch.Tensor
-    rewards: torch.Tensor
-
-
-class DeviceReplay:
-    """A circular buffer of ``capacity`` transitions, every field a device tensor.
-
-    :param capacity: rows kept; the oldest are overwritten first.
-    :param observation_space: the single-world ``Dict`` space (one ``(capacity, *shape)`` tensor
-        per key, for observations and next observations).
-    :param action_dim: width of the stored (squashed) actions.
-    :param device: where the rows live.
-    """
-
-    def __init__(
-        self,
-        capacity: int,
-        observation_space: gym.spaces.Dict,
-        action_dim: int,
-        device: torch.device,
-    ) -> None:
-        self.capacity, self.device = capacity, torch.device(device)
-        shapes = {k: space.shape for k, space in observation_space.spaces.items()}
-        self.obs = {k: torch.zeros(capacity, *s, device=self.device) for k, s in shapes.items()}
-        self.next_obs = {k: torch.zeros_like(v) for k, v in self.obs.items()}
-        self.actions = torch.zeros(capacity, action_dim, device=self.device)
-        self.rewards = torch.zeros(capacity, device=self.device)
-        self.dones = torch.zeros(capacity, device=self.device)
-        self.pos = 0  # next row to write
-        self.size = 0  # rows filled
-
-    def add(
-        self,
-        obs: Obs,
-        next_obs: Obs,
-        actions: torch.Tensor,
-        rewards: torch.Tensor,
-        terminated: torch.Tensor,
-    ) -> None:
-        """Append ``N`` transitions: ``obs``/``next_obs`` dicts of ``(N, ...)`` (``next_obs``
-        taken before any auto-reset, i.e. ``info["final_observation"]``), ``actions (N, act_dim)``
-        in [-1, 1], ``rewards (N,)``, ``terminated (N,)`` bool. Past ``capacity`` it wraps."""
-        n = actions.shape[0]
-        if n > self.capacity:  # only the newest rows would survive; skip the rest
-            obs = {k: v[-self.capacity :] for k, v in obs.items()}
-            next_obs = {k: v[-self.capacity :] for k, v in next_obs.items()}
-            actions, rewards = actions[-self.capacity :], rewards[-self.capacity :]
-            terminated, n = terminated[-self.capacity :], self.capacity
-        rows = (self.pos + torch.arange(n, device=self.device)) % self.capacity
-        for k in self.obs:
-            self.obs[k][rows] = obs[k].to(self.obs[k].dtype)
-            self.next_obs[k][rows] = next_obs[k].to(self.next_obs[k].dtype)
-        self.actions[rows] = actions
-        self.rewards[rows] = rewards.to(self.rewards.dtype)
-        self.dones[rows] = terminated.to(self.dones.dtype)
-        self.pos = (self.pos + n) % self.capacity
-        self.size = min(self.size + n, self.capacity)
-
-    def sample(self, batch_size: int, generator: torch.Generator | None = None) -> ReplaySample:
-        """``batch_size`` rows drawn uniformly (with replacement) from the filled ones; the
-        generator must live on the buffer's device."""
-        if self.size == 0:
-            raise ValueError("the replay buffer is empty; collect before sampling")
-        idx = torch.randint(self.size, (batch_size,), device=self.device, generator=generator)
-        return ReplaySample(
-            {k: v[idx] for k, v in self.obs.items()},
-            self.actions[idx],
-            {k: v[idx] for k, v in self.next_obs.items()},
-            self.dones[idx, None],
-            self.rewards[idx, None],
-        )
 
 
 class DeviceSAC:
@@ -233,7 +160,7 @@ class DeviceSAC:
         self.rank, self.world_size = start_in_step(self.policy, seed, extra)
         self.generator = torch.Generator(device=device).manual_seed(seed + 1000 * self.rank)
         action_dim = int(np.prod(env.action_space.shape))
-        self.replay = DeviceReplay(cfg.buffer_size, env.observation_space, action_dim, device)
+        self.replay = self._replay(action_dim)
         self.action_low = torch.as_tensor(env.action_space.low, device=device)
         self.action_high = torch.as_tensor(env.action_space.high, device=device)
         self.num_timesteps = 0
@@ -241,6 +168,25 @@ class DeviceSAC:
         self._obs: Obs | None = None
         self.episodes = EpisodeStats(env.num_envs, device)
         self._reset_stats()
+
+    def _replay(self, action_dim: int) -> DeviceReplay:
+        env, cfg = self.env, self.config
+        if cfg.n_sampled_goal == 0:
+            return DeviceReplay(cfg.buffer_size, env.observation_space, action_dim, env.device)
+        if not hasattr(env, "compute_reward"):
+            raise ValueError(
+                f"HER (n_sampled_goal={cfg.n_sampled_goal}) needs an env with compute_reward; "
+                f"{type(env).__name__} has none (use a Fetch task, or n_sampled_goal 0)"
+            )
+        return HerReplay(
+            cfg.buffer_size,
+            env.observation_space,
+            action_dim,
+            env.device,
+            env.num_envs,
+            env.compute_reward,
+            cfg.n_sampled_goal,
+        )
 
     # --- acting ----------------------------------------------------------------------------
 
@@ -271,8 +217,13 @@ class DeviceSAC:
                 actions = self.actor(self._obs)
             next_obs, reward, terminated, truncated, info = env.step(self.scale_actions(actions))
             # the observation before the auto-reset; equal to next_obs for worlds that go on
-            self.replay.add(self._obs, info["final_observation"], actions, reward, terminated)
-            self.episodes.add(reward, terminated | truncated, info)
+            done = terminated | truncated
+            final = info["final_observation"]
+            if isinstance(self.replay, HerReplay):  # it needs where episodes end
+                self.replay.add(self._obs, final, actions, reward, terminated, done)
+            else:
+                self.replay.add(self._obs, final, actions, reward, terminated)
+            self.episodes.add(reward, done, info)
             self._obs = next_obs
             self.num_timesteps += N * self.world_size  # every rank's steps
 

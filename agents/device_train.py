@@ -1,6 +1,6 @@
 """The run folder around :class:`agents.device_ppo.DevicePPO` (``--algo ppo``, the default) and
-:class:`agents.device_sac.DeviceSAC` (``--algo sac``): what ``train_agent.py`` does when ``--env``
-names a batched env (:data:`envs.BATCHED_ENVS`).
+:class:`agents.device_sac.DeviceSAC` (``--algo sac``; ``--algo her`` relabels goals): what
+``train_agent.py`` does when ``--env`` names a batched env (:data:`envs.BATCHED_ENVS`).
 
 Same folder as the SB3 path (``config.yml``, ``contexts.yml``, ``model.zip``, ``best_model.zip``,
 ``vecnormalize.pkl``, ``checkpoints/``, ``tb/``), so ``scripts/evaluate.py`` evaluates and films
@@ -32,7 +32,10 @@ from envs.batched import BatchedContextualEnv
 TRAINERS: dict[str, tuple[type, type, type]] = {
     "ppo": (PPO, DevicePPO, DevicePPOConfig),
     "sac": (SAC, DeviceSAC, DeviceSACConfig),
+    "her": (SAC, DeviceSAC, DeviceSACConfig),
 }
+#: what ``--algo her`` adds to the device SAC's config (SB3's HerReplayBuffer default)
+HER_DEFAULTS = {"n_sampled_goal": 4}
 
 
 def device_of(name: str) -> str:
@@ -54,10 +57,12 @@ def build(
     """The batched env and the trainer (:data:`TRAINERS`) for a resolved config."""
     config = dict(config)
     sb3_class, trainer, config_class = TRAINERS[algo]
+    if algo == "her":
+        config = HER_DEFAULTS | config
     env_kwargs = config.pop("env_kwargs", None) or {}
     if "normalize" in config:  # the SB3 path's switch: observations and rewards
         normalize = bool(config.pop("normalize"))
-        if algo == "sac" and normalize:
+        if sb3_class is SAC and normalize:
             raise ValueError("the device SAC does not normalise observations; drop 'normalize'")
         if algo == "ppo":
             config["normalize_obs"] = config["normalize_reward"] = normalize
@@ -68,7 +73,7 @@ def build(
         from stable_baselines3.common.policies import MultiInputActorCriticPolicy
         from stable_baselines3.sac.policies import MultiInputPolicy
 
-        policy = MultiInputPolicy if algo == "sac" else MultiInputActorCriticPolicy
+        policy = MultiInputPolicy if sb3_class is SAC else MultiInputActorCriticPolicy
     return trainer(
         env,
         policy,
@@ -155,7 +160,7 @@ def _train(args, run_dir: Path | None, rank: int, device: str) -> Path:
     else:
         if args.algo not in TRAINERS:
             raise ValueError(
-                f"batched env {args.env} trains with --algo ppo or --algo sac (the on-device "
+                f"batched env {args.env} trains with --algo ppo, sac or her (the on-device "
                 f"trainers), not {args.algo!r}; use its CPU twin {envs.cpu_twin(args.env)} for "
                 "other SB3 algorithms"
             )

@@ -35,8 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--batched",
         action="store_true",
-        help="train a MuJoCo locomotion id on its batched CPU twin (MuJoCo threads, the "
-        "on-device PPO/SAC trainer; e.g. hyperrl/ContextualHalfCheetah-v0 -> "
+        help="train a contextual MuJoCo id (locomotion, Fetch) on its batched CPU twin (MuJoCo "
+        "threads, the on-device PPO/SAC/HER trainer; e.g. hyperrl/ContextualHalfCheetah-v0 -> "
         "hyperrl/BatchedHalfCheetah-v0); evaluation and videos run on the id given",
     )
     p.add_argument("--no-progress", dest="progress_bar", action="store_false")

@@ -14,7 +14,8 @@ from stable_baselines3.common.logger import configure
 from stable_baselines3.common.type_aliases import DictReplayBufferSamples
 
 import envs
-from agents.device_sac import DeviceReplay, DeviceSAC, DeviceSACConfig, ReplaySample
+from agents.device_replay import RUNNING, DeviceReplay, HerReplay, ReplaySample
+from agents.device_sac import DeviceSAC, DeviceSACConfig
 from agents.device_train import evaluate_batched
 from agents.evaluation import evaluate_run
 from agents.train import TrainArgs, train
@@ -300,3 +301,87 @@ def test_data_parallel_ranks_stay_in_step(tmp_path):
     alone = _trainer(learning_starts=32, batch_size=16, gradient_steps=2, log_interval=2)
     initial = torch.nn.utils.parameters_to_vector(alone.policy.parameters()).detach().clone()
     assert not torch.equal(rank0["params"], initial)
+
+
+# -- hindsight relabelling (HER) ------------------------------------------------------------------
+
+
+def _goal_space():
+    import gymnasium as gym
+
+    box = gym.spaces.Box(-10.0, 10.0, (3,))
+    return gym.spaces.Dict({"observation": box, "achieved_goal": box, "desired_goal": box})
+
+
+def _far(achieved, desired):
+    """A sparse reward: 0 within 0.5 of the goal, else -1."""
+    return -(torch.linalg.vector_norm(achieved - desired, dim=-1) > 0.5).float()
+
+
+def _her_steps(replay, steps, ends):
+    """Add ``steps`` vector steps of 2 worlds; world ``n`` at step ``t`` achieves ``(t, n, 0)``
+    (its next observation), wants ``(-1, -1, -1)``; ``ends[n]`` are the steps its episodes end
+    at."""
+    for t in steps:
+        achieved = torch.tensor([[t, 0.0, 0.0], [t, 1.0, 0.0]])
+        obs = {"observation": achieved - 1, "achieved_goal": achieved - 1}
+        obs["desired_goal"] = torch.full((2, 3), -1.0)
+        next_obs = {**obs, "observation": achieved, "achieved_goal": achieved}
+        ended = torch.tensor([t in ends[0], t in ends[1]])
+        replay.add(obs, next_obs, torch.zeros(2, 1), torch.full((2,), -1.0), ended & False, ended)
+
+
+def test_her_relabels_with_goals_achieved_later_in_the_same_episode():
+    replay = HerReplay(8, _goal_space(), 1, torch.device("cpu"), 2, _far, n_sampled_goal=4)
+    ends = ({2, 5}, {3})  # world 0: episodes 0-2, 3-5, 6-...; world 1: 0-3, 4-...
+    _her_steps(replay, range(7), ends)  # 4 steps kept: 3, 4, 5, 6
+    assert replay.capacity == 8 and replay.steps == 7
+    assert replay.episode_end.view(4, 2).tolist()[1] == [5, RUNNING]  # step 5: world 0 ended
+    g = torch.Generator().manual_seed(0)
+    batch = replay.sample(4000, g)
+    step = batch.next_observations["achieved_goal"][:, 0].long()
+    world = batch.next_observations["achieved_goal"][:, 1].long()
+    goal = batch.observations["desired_goal"]
+    torch.testing.assert_close(batch.next_observations["desired_goal"], goal)
+    relabelled = goal[:, 0] >= 0
+    assert 0.77 < float(relabelled.float().mean()) < 0.83  # 4 / (4 + 1)
+    kept = goal[~relabelled]
+    torch.testing.assert_close(kept, torch.full_like(kept, -1.0))
+    torch.testing.assert_close(
+        batch.rewards[~relabelled], torch.full((int((~relabelled).sum()), 1), -1.0)
+    )
+    goal_step, goal_world = goal[relabelled, 0].long(), goal[relabelled, 1].long()
+    step, world = step[relabelled], world[relabelled]
+    assert torch.equal(goal_world, world)  # the same world's episode
+    assert (goal_step >= step).all()  # from this step on
+    # ... up to the episode's last stored step: 5 for world 0's episode 3-5, 3 for world 1's
+    # episode 0-3; the others run on (6 is the newest step)
+    last = torch.where((world == 0) & (step <= 5), 5, torch.where((world == 1) & (step <= 3), 3, 6))
+    assert (goal_step <= last).all()
+    pairs = set(zip(step.tolist(), goal_step.tolist(), world.tolist(), strict=True))
+    assert pairs == {
+        (t, u, n)
+        for n in (0, 1)
+        for t in range(3, 7)
+        for u in range(t, 7)
+        if not (t <= (5, 3)[n] < u)
+    }
+    own = goal_step == step  # the goal reached by this very transition earns the reward
+    assert (batch.rewards[relabelled][own] == 0).all() and (
+        batch.rewards[relabelled][~own] == -1
+    ).all()
+
+
+def test_her_needs_a_goal_env_and_one_row_per_world():
+    space = TorchPendulum(1).observation_space
+    with pytest.raises(ValueError, match="'achieved_goal' and 'desired_goal'"):
+        HerReplay(8, space, 1, torch.device("cpu"), 2, _far)
+    with pytest.raises(ValueError, match="n_sampled_goal must be >= 0"):
+        DeviceSACConfig(n_sampled_goal=-1)
+    with pytest.raises(ValueError, match="needs an env with compute_reward"):
+        _trainer(n_sampled_goal=4)
+    replay = HerReplay(8, _goal_space(), 1, torch.device("cpu"), 2, _far)
+    one = {k: torch.zeros(1, 3) for k in ("observation", "achieved_goal", "desired_goal")}
+    ended = torch.ones(1, dtype=torch.bool)
+    with pytest.raises(ValueError, match="one step of all 2 worlds"):
+        replay.add(one, one, torch.zeros(1, 1), torch.zeros(1), ~ended, ended)

@@ -224,3 +224,43 @@ def test_unknown_env_ids_and_features_are_named():
         NativeFetch("FetchPull-v4", 2)
     with pytest.raises(ValueError, match="unknown Fetch features \\['gravity'\\]"):
         NativeFetch("FetchPush-v4", 2, features=("gravity",))
+
+
+def test_train_agent_batched_her_on_fetch_push_evaluates_and_films_on_the_twin(tmp_path):
+    """``--batched --algo her`` trains the device SAC with hindsight relabelling on the batched
+    twin; the run evaluates (with its success rate) and films on the gymnasium id."""
+    from stable_baselines3 import SAC
+
+    from agents.device_replay import HerReplay
+    from agents.evaluation import evaluate_run
+    from agents.train import TrainArgs, read_run_config, train
+
+    run_dir = tmp_path / "run"
+    hyperparams = ["learning_starts:64", "batch_size:32", "gradient_steps:1", "buffer_size:1000"]
+    hyperparams.append("policy_kwargs:{net_arch:[16,16]}")
+    args = TrainArgs(
+        algo="her",
+        env="hyperrl/ContextualFetchPush-v0",
+        batched=True,
+        n_envs=4,
+        timesteps=200,
+        hyperparams=hyperparams,
+        eval_freq=100,
+        eval_episodes=2,
+        save_freq=0,
+        progress_bar=False,
+        device="cpu",
+        run_dir=str(run_dir),
+    )
+    train(args)
+    saved = read_run_config(run_dir)
+    assert saved["env"] == "hyperrl/BatchedFetchPush-v0" and saved["algo"] == "her"
+    assert SAC.load(run_dir / "model.zip", device="cpu").num_timesteps == 200
+    result = evaluate_run(run_dir, splits=["train"], episodes=1, video=True)
+    assert result["env"] == "hyperrl/ContextualFetchPush-v0"
+    assert result["summary"]["train"]["success_rate"] in (0.0, 1.0)
+    assert list(run_dir.glob("**/*.mp4"))
+    from agents.device_train import build
+
+    algo = build(saved["env"], saved["hyperparams"], 4, "hyper", "cpu", 0, "her")
+    assert isinstance(algo.replay, HerReplay) and algo.replay.her_ratio == 0.8
