@@ -152,7 +152,7 @@ def train_on_device(args, run_dir: Path | None = None) -> Path:
 
 
 def _train(args, run_dir: Path | None, rank: int, device: str) -> Path:
-    from agents.train import _tensorboard_dir, new_run_dir, read_run_config
+    from agents.train import _tensorboard_dir, new_run_dir, read_run_config, splits_of
 
     if args.resume:
         run_dir = Path(args.resume)
@@ -201,7 +201,7 @@ def _train(args, run_dir: Path | None, rank: int, device: str) -> Path:
             split: envs.make_batched(
                 saved["env"], args.eval_episodes, split, device, None, **env_kwargs
             )
-            for split in envs.SPLITS
+            for split in splits_of(envs.cpu_twin(saved["env"]))
         }
         if args.eval_freq > 0 and rank == 0
         else {}
@@ -214,12 +214,13 @@ def _train(args, run_dir: Path | None, rank: int, device: str) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     if not args.resume:
         (run_dir / "config.yml").write_text(yaml.safe_dump(saved, sort_keys=False))
-        space = envs.context_space(saved["env"])
-        contexts = {
-            f.name: {k: v for k, v in dataclasses.asdict(f).items() if k != "name"}
-            for f in space.features
-        }
-        (run_dir / "contexts.yml").write_text(yaml.safe_dump(contexts, sort_keys=False))
+        if envs.cpu_twin(saved["env"]) in envs.ENVS:  # task suites have no context space
+            space = envs.context_space(saved["env"])
+            contexts = {
+                f.name: {k: v for k, v in dataclasses.asdict(f).items() if k != "name"}
+                for f in space.features
+            }
+            (run_dir / "contexts.yml").write_text(yaml.safe_dump(contexts, sort_keys=False))
     tb = _tensorboard_dir(args, run_dir)
     logger = configure(f"{tb}/run_1" if tb else None, ["tensorboard"] if tb else [])
     cpu_env = _cpu_env(saved)

@@ -90,7 +90,8 @@ class BatchedContextualEnv(ABC):
     physics (:meth:`_reset_worlds`, :meth:`_step_worlds`, :meth:`_observe`).
 
     :param num_envs: worlds stepped together.
-    :param space: the context space (the CPU env's).
+    :param space: the context space (the CPU env's); ``None`` for task suites, whose context is
+        a task descriptor the subclass observes (no context is drawn; ``split`` is theirs).
     :param split: which split contexts are drawn from at every (auto-)reset.
     :param max_episode_steps: truncation horizon.
     :param device: where every tensor lives.
@@ -103,7 +104,7 @@ class BatchedContextualEnv(ABC):
     def __init__(
         self,
         num_envs: int,
-        space: ContextSpace,
+        space: ContextSpace | None,
         split: str = "train",
         max_episode_steps: int = 1000,
         device: str | torch.device = "cpu",
@@ -111,7 +112,7 @@ class BatchedContextualEnv(ABC):
     ) -> None:
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
-        if split not in SPLITS:
+        if space is not None and split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
         self.num_envs, self.context_space, self.split = num_envs, space, split
         self.max_episode_steps = max_episode_steps
@@ -119,8 +120,9 @@ class BatchedContextualEnv(ABC):
         self.generator = torch.Generator()
         if seed is not None:
             self.generator.manual_seed(seed)
-        self.contexts = torch.zeros(num_envs, len(space), device=self.device)
-        self.scaled_contexts = scale_contexts(space, self.contexts)  # what obs carry; per reset
+        self.contexts = torch.zeros(num_envs, len(space or ()), device=self.device)
+        #: what observations carry; replaced at every reset
+        self.scaled_contexts = scale_contexts(space, self.contexts) if space else self.contexts
         self.episode_steps = torch.zeros(num_envs, dtype=torch.long, device=self.device)
 
     @functools.cached_property
@@ -132,7 +134,7 @@ class BatchedContextualEnv(ABC):
 
     @property
     def context_names(self) -> tuple[str, ...]:
-        return self.context_space.names
+        return self.context_space.names if self.context_space is not None else ()
 
     def _context_box(self) -> gym.spaces.Box:
         low, high = self.context_space.observation_bounds()

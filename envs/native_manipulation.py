@@ -1,5 +1,6 @@
 """Batched contextual Fetch tasks on CPU threads (MuJoCo's ``mujoco.rollout``): Reach, Push,
-Slide and PickAndPlace at batched speed without a GPU.
+Slide and PickAndPlace at batched speed without a GPU, and the multi-task suite over the object
+tasks (:class:`NativeFetchMultiTask`).
 
 :class:`NativeFetch` steps ``num_envs`` worlds of gymnasium-robotics' Fetch robot with
 :class:`envs.native_backend.NativeWorlds`, the mocap target (and PickAndPlace's finger controls)
@@ -24,6 +25,7 @@ import mujoco
 import numpy as np
 import torch
 
+from envs.batched import BatchedContextualEnv, Obs
 from envs.batched_manipulation import BatchedFetch
 from envs.manipulation import (
     FETCH_FEATURES,
@@ -32,6 +34,7 @@ from envs.manipulation import (
     ContextualFetchReach,
     scale_fetch_model,
 )
+from envs.multitask import FetchMultiTask
 from envs.native_backend import NativeWorlds, state_offset
 
 #: what a step's input holds: the finger controls (PickAndPlace), the mocap's position and
@@ -84,9 +87,11 @@ class NativeFetch(BatchedFetch):
         if env_id not in FETCH_IDS:
             raise ValueError(f"unknown Fetch env {env_id!r}; choose one of {FETCH_IDS}")
         if env_id == "FetchReach-v4":
-            cpu = ContextualFetchReach(tuple(features or REACH_FEATURES), **kwargs)
+            names = REACH_FEATURES if features is None else features
+            cpu = ContextualFetchReach(tuple(names), **kwargs)
         else:
-            cpu = ContextualFetch(env_id, tuple(features or FETCH_FEATURES), **kwargs)
+            names = FETCH_FEATURES if features is None else features
+            cpu = ContextualFetch(env_id, tuple(names), **kwargs)
         super().__init__(cpu, num_envs, split, device, seed, max_episode_steps, torch.float64)
         if self.has_object:
             self.parts, self.nominal = cpu.parts, cpu.nominal
@@ -163,3 +168,137 @@ class NativeFetch(BatchedFetch):
         else:
             w.forward(w.before_last_substep(), post_constraint=False, velocities=w.state)
         return self._finish_step()
+
+
+class NativeFetchMultiTask(BatchedContextualEnv):
+    """The batched twin of :class:`envs.multitask.FetchMultiTask`: Push, Slide and PickAndPlace
+    worlds side by side, each observing its task's descriptor as its context.
+
+    The CPU suite draws a task per episode; here each world keeps one task, the split's tasks
+    taking turns over the worlds (world ``i`` runs ``pool[i % len(pool)]``, ``pool`` the train or
+    the held-out tasks), so every vector step holds the tasks in equal shares. The worlds of a task
+    are a :class:`NativeFetch` of it with nominal physics; its reward, goals and draws are that
+    task's.
+
+    Shapes for ``N = num_envs``: observations ``{"observation": (N, 25), "achieved_goal": (N, 3),
+    "desired_goal": (N, 3), "context": (N, d)}`` float32 (``d``: the descriptor's width), rewards
+    ``(N,)``, ``terminated`` (never) and ``truncated`` ``(N,)``, ``info["is_success"]`` ``(N,)``,
+    ``info["task"]``: ``(N,)`` the index of each world's task in :attr:`all_tasks`.
+
+    :param num_envs: worlds stepped together (at least one per task of the split).
+    :param tasks: the train tasks; ``held_out``: the tasks of split ``"held_out"``.
+    :param descriptor: ``"onehot"`` or ``"text"``, as the CPU suite's.
+    :param split: ``"train"`` or ``"held_out"``.
+    :param device: torch device of what is returned.
+    :param seed: seeds the goal and object draws.
+    :param max_episode_steps: truncation horizon (50 when ``None``).
+    :param nthread: threads stepping each task's worlds.
+    """
+
+    def __init__(
+        self,
+        num_envs: int,
+        tasks: Sequence[str] = ("Push", "PickAndPlace"),
+        held_out: Sequence[str] = ("Slide",),
+        descriptor: str = "onehot",
+        split: str = "train",
+        device: str | torch.device = "cpu",
+        seed: int | None = None,
+        max_episode_steps: int | None = None,
+        nthread: int | None = None,
+    ) -> None:
+        suite = FetchMultiTask(tasks, held_out, descriptor, split)
+        pool = suite.tasks if split == "train" else suite.held_out
+        if num_envs < len(pool):
+            raise ValueError(f"num_envs ({num_envs}) must give each task of {pool} a world")
+        parts = []
+        for i, task in enumerate(pool):
+            part = NativeFetch(
+                f"Fetch{task}-v4",
+                len(range(i, num_envs, len(pool))),
+                seed=None if seed is None else seed + 1000 * i,
+                max_episode_steps=max_episode_steps,
+                nthread=nthread,
+            )
+            # nominal physics in every world (the suite's CPU envs have no physics context)
+            nominal = part.context_space.nominal
+            part.contexts[:] = torch.tensor([nominal[n] for n in part.context_names])
+            parts.append(part)
+        horizon = parts[0].max_episode_steps
+        # no context space: the context is the task's descriptor, and the split the task pool
+        super().__init__(num_envs, None, split, horizon, device, seed)
+        self.tasks, self.held_out = suite.tasks, suite.held_out
+        self.all_tasks = suite.all_tasks
+        self.observation_space, self.action_space = suite.observation_space, suite.action_space
+        self.parts = parts
+        #: ``(N,)`` world i's place in the order of :attr:`parts`' worlds
+        order = torch.cat([torch.arange(i, num_envs, len(pool)) for i in range(len(pool))])
+        self._order = order.to(self.device)
+        self._inverse = torch.argsort(order).to(self.device)
+        task_index = torch.tensor([self.all_tasks.index(t) for t in pool])
+        #: ``(N,)`` each world's task, an index into :attr:`all_tasks`
+        self.task = task_index[torch.arange(num_envs) % len(pool)].to(self.device)
+        table = torch.as_tensor(np.stack([suite.descriptors[t] for t in self.all_tasks]))
+        self.descriptors = table[self.task.cpu()].to(self.device)  #: ``(N, d)``
+        self.distance_threshold = parts[0].distance_threshold
+        self._sizes = [part.num_envs for part in parts]
+        suite.close()
+
+    def close(self) -> None:
+        """Stop every task's threads."""
+        for part in self.parts:
+            part.close()
+
+    def compute_reward(
+        self, achieved_goal: torch.Tensor, desired_goal: torch.Tensor
+    ) -> torch.Tensor:
+        """``(B,)`` what every task of the suite rewards (sparse: -1 beyond 5 cm of the goal)."""
+        return self.parts[0].compute_reward(achieved_goal, desired_goal)
+
+    def _split(self, values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``values`` ``(N, ...)`` in world order -> one chunk per task, in its worlds' order."""
+        return torch.split(values[self._order], self._sizes)
+
+    def _join(self, chunks: Sequence[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([c.to(self.device) for c in chunks])[self._inverse]
+
+    @property
+    def goals(self) -> torch.Tensor:
+        """``(N, 3)`` every world's goal."""
+        return self._join([part.goals for part in self.parts])
+
+    def _reset(self, mask: torch.Tensor, contexts: torch.Tensor | None) -> None:
+        """A world keeps its task, so there is no context to draw or pin: the task's own reset
+        draws the goal and the object."""
+        if contexts is not None and torch.as_tensor(contexts).numel():
+            raise ValueError("a multi-task world keeps its task; reset takes no contexts")
+        self.episode_steps[mask] = 0
+        self._reset_worlds(mask)
+
+    def _reset_worlds(self, mask: torch.Tensor) -> None:
+        for part, worlds in zip(self.parts, self._split(mask), strict=True):
+            if bool(worlds.any()):
+                part._reset_worlds(worlds.to(part.device))
+
+    def _step_worlds(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        results = [
+            part._step_worlds(chunk)
+            for part, chunk in zip(self.parts, self._split(actions), strict=True)
+        ]
+        reward = self._join([r for r, _ in results])
+        return reward, self._join([t for _, t in results])
+
+    def _step_info(self) -> dict[str, torch.Tensor]:
+        success = self._join([part._step_info()["is_success"] for part in self.parts])
+        return {"is_success": success, "task": self.task}
+
+    def _observe(self) -> torch.Tensor:
+        return self._join([part._observe() for part in self.parts])
+
+    def _obs(self) -> Obs:
+        return {
+            "observation": self._observe(),
+            "achieved_goal": self._join([part._achieved().float() for part in self.parts]),
+            "desired_goal": self.goals.float(),
+            "context": self.descriptors.clone(),
+        }

@@ -91,12 +91,14 @@ _NATIVE_CLASSES = {
 #: :mod:`envs.native_manipulation`), which ``train_agent.py --batched`` trains on
 NATIVE_TWINS: dict[str, str] = {
     env_id: env_id.replace("/Contextual", "/").replace("/", "/Batched", 1)
-    for env_id, spec in ENVS.items()
-    if spec.entry_point in _NATIVE_CLASSES
+    for env_id, spec in [*ENVS.items(), *SUITES.items()]
+    if env_id in SUITES or spec.entry_point in _NATIVE_CLASSES
 }
 
 
 def _native_spec(cpu: str) -> BatchedSpec:
+    if cpu in SUITES:
+        return BatchedSpec("envs.native_manipulation:NativeFetchMultiTask", cpu, SUITES[cpu])
     spec = ENVS[cpu]
     kwargs = spec.kwargs or {"env_id": "FetchReach-v4"}  # ContextualFetchReach takes no id
     return BatchedSpec(_NATIVE_CLASSES[spec.entry_point], cpu, dict(kwargs))

@@ -335,7 +335,7 @@ def test_run_folder_loads_in_sb3_evaluates_on_the_cpu_twin_and_resumes(tmp_path)
 
 
 def test_batched_env_trains_only_with_the_device_trainers(tmp_path):
-    with pytest.raises(ValueError, match="--algo ppo or --algo sac"):
+    with pytest.raises(ValueError, match="--algo ppo, sac or her"):
         train(TrainArgs(algo="td3", env="hyperrl/TorchPendulum-v0", run_dir=str(tmp_path / "r")))
     with pytest.raises(ValueError, match="unknown config key"):
         train(

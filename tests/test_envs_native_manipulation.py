@@ -264,3 +264,59 @@ def test_train_agent_batched_her_on_fetch_push_evaluates_and_films_on_the_twin(t
 
     algo = build(saved["env"], saved["hyperparams"], 4, "hyper", "cpu", 0, "her")
     assert isinstance(algo.replay, HerReplay) and algo.replay.her_ratio == 0.8
+
+
+def test_multi_task_worlds_each_run_their_task_with_its_descriptor():
+    import envs
+    from envs.native_manipulation import NativeFetchMultiTask
+
+    suite = NativeFetchMultiTask(5, seed=0, nthread=1)  # train tasks Push, PickAndPlace
+    obs = suite.reset()
+    assert suite.task.tolist() == [0, 1, 0, 1, 0] and suite.all_tasks[:2] == (
+        "Push",
+        "PickAndPlace",
+    )
+    torch.testing.assert_close(obs["context"], torch.eye(3)[[0, 1, 0, 1, 0]])
+    actions = torch.rand(5, 4, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    obs, reward, terminated, truncated, info = suite.step(actions)
+    push, pick = suite.parts
+    # world i is world i // 2 of its task's envs, which took world i's action
+    torch.testing.assert_close(obs["observation"][[0, 2, 4]], push._observe())
+    torch.testing.assert_close(obs["observation"][[1, 3]], pick._observe())
+    torch.testing.assert_close(obs["desired_goal"][[1, 3]], pick.goals.float())
+    assert torch.equal(info["task"], suite.task) and info["is_success"].shape == (5,)
+    twin = envs.make_batched("hyperrl/BatchedFetchMultiTask-v0", 2, split="held_out", seed=0)
+    assert twin.observation_space == suite.observation_space
+    assert twin.split == "held_out" and [twin.all_tasks[t] for t in twin.task] == ["Slide"] * 2
+    assert envs.batched_twin("hyperrl/FetchMultiTask-v0") == "hyperrl/BatchedFetchMultiTask-v0"
+    with pytest.raises(ValueError, match="keeps its task"):
+        suite.reset(contexts=torch.zeros(5, 1))
+
+
+def test_train_agent_batched_her_on_the_multi_task_suite_evaluates_per_task_split(tmp_path):
+    from agents.evaluation import evaluate_run
+    from agents.train import TrainArgs, read_run_config, train
+
+    run_dir = tmp_path / "run"
+    hyperparams = ["learning_starts:32", "batch_size:16", "buffer_size:500"]
+    hyperparams.append("policy_kwargs:{net_arch:[16]}")
+    train(
+        TrainArgs(
+            algo="her",
+            env="hyperrl/FetchMultiTask-v0",
+            batched=True,
+            n_envs=2,
+            timesteps=100,
+            hyperparams=hyperparams,
+            eval_freq=50,
+            eval_episodes=2,
+            save_freq=0,
+            progress_bar=False,
+            device="cpu",
+            run_dir=str(run_dir),
+        )
+    )
+    assert read_run_config(run_dir)["env"] == "hyperrl/BatchedFetchMultiTask-v0"
+    result = evaluate_run(run_dir, episodes=1)
+    assert result["env"] == "hyperrl/FetchMultiTask-v0"
+    assert set(result["summary"]) == {"train", "held_out"}
