@@ -181,6 +181,15 @@ class BatchedContextualEnv(ABC):
         return self._obs(), reward, terminated, truncated, info
 
     def _reset(self, mask: torch.Tensor, contexts: torch.Tensor | None) -> None:
+        if self.context_space is not None:
+            self._set_contexts(mask, contexts)
+        elif contexts is not None and torch.as_tensor(contexts).numel():
+            raise ValueError(f"{type(self).__name__} has no context space; reset takes no contexts")
+        self.episode_steps[mask] = 0
+        self._reset_worlds(mask)
+
+    def _set_contexts(self, mask: torch.Tensor, contexts: torch.Tensor | None) -> None:
+        """Draw (or pin to ``contexts`` ``(n, k)`` raw values) the worlds' contexts."""
         n = int(mask.sum())
         if contexts is None:
             contexts = sample_contexts(
@@ -199,8 +208,6 @@ class BatchedContextualEnv(ABC):
         updated[mask] = contexts
         self.contexts = updated
         self.scaled_contexts = scale_contexts(self.context_space, updated)
-        self.episode_steps[mask] = 0
-        self._reset_worlds(mask)
 
     def _obs(self) -> Obs:
         return {

@@ -267,14 +267,6 @@ class NativeFetchMultiTask(BatchedContextualEnv):
         """``(N, 3)`` every world's goal."""
         return self._join([part.goals for part in self.parts])
 
-    def _reset(self, mask: torch.Tensor, contexts: torch.Tensor | None) -> None:
-        """A world keeps its task, so there is no context to draw or pin: the task's own reset
-        draws the goal and the object."""
-        if contexts is not None and torch.as_tensor(contexts).numel():
-            raise ValueError("a multi-task world keeps its task; reset takes no contexts")
-        self.episode_steps[mask] = 0
-        self._reset_worlds(mask)
-
     def _reset_worlds(self, mask: torch.Tensor) -> None:
         for part, worlds in zip(self.parts, self._split(mask), strict=True):
             if bool(worlds.any()):

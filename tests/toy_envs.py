@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import gymnasium as gym
 import numpy as np
+import torch
 from gymnasium import spaces
+
+from envs.batched import BatchedContextualEnv
 
 
 class ContextualTarget(gym.Env):
@@ -93,3 +96,48 @@ class GoalTarget(gym.Env):
     def compute_reward(self, achieved_goal, desired_goal, info):
         distance = np.abs(np.asarray(achieved_goal) - np.asarray(desired_goal)).sum(-1)
         return -(distance > 0.1).astype(np.float32)
+
+
+class BatchedGoalPoint(BatchedContextualEnv):
+    """A batched 2-D goal task for HER: move a point from the origin to a goal drawn in
+    ``[-1, 1]^2`` per episode, ``0.1 * action`` per step, ``episode_length`` steps; sparse reward
+    ``-1`` until within ``threshold``, then 0. Random actions almost never reach the goal, so
+    without relabelling a learner sees no reward at all."""
+
+    def __init__(self, num_envs: int, episode_length: int = 20, threshold: float = 0.1, seed=0):
+        super().__init__(num_envs, None, "train", episode_length, "cpu", seed)
+        box = spaces.Box(-1.5, 1.5, (2,), np.float32)
+        self.observation_space = spaces.Dict(
+            {"observation": box, "achieved_goal": box, "desired_goal": box}
+        )
+        self.action_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
+        self.threshold = threshold
+        self.pos, self.goal = torch.zeros(num_envs, 2), torch.zeros(num_envs, 2)
+
+    def compute_reward(self, achieved_goal, desired_goal):
+        distance = torch.linalg.vector_norm(achieved_goal - desired_goal, dim=-1)
+        return -(distance > self.threshold).float()
+
+    def _reset_worlds(self, mask):
+        n = int(mask.sum())
+        self.pos[mask] = 0.0
+        self.goal[mask] = torch.rand(n, 2, generator=self.generator) * 2 - 1
+
+    def _step_worlds(self, actions):
+        self.pos = (self.pos + 0.1 * actions).clamp(-1.5, 1.5)
+        reward = self.compute_reward(self.pos, self.goal)
+        self._success = (reward == 0).float()
+        return reward, torch.zeros(self.num_envs, dtype=torch.bool)
+
+    def _step_info(self):
+        return {"is_success": self._success}
+
+    def _observe(self):
+        return self.pos.clone()
+
+    def _obs(self):
+        return {
+            "observation": self.pos.clone(),
+            "achieved_goal": self.pos.clone(),
+            "desired_goal": self.goal.clone(),
+        }
