@@ -171,10 +171,12 @@ def plot_run_curves(
     path: Path,
     references: dict[str, float] | None = None,
     splits: Sequence[str] = ("train", "interpolation", "extrapolation"),
+    metric: str = "return",
 ) -> Path:
-    """A panel per run: evaluation return per split (``eval/<split>_return``) against wall-clock
-    minutes, env steps on a second axis, and a dashed line at ``references[env]`` (e.g. the
-    rl-baselines3-zoo return of the env's stock version), the env read from ``config.yml``."""
+    """A panel per run: ``metric`` per split (``eval/<split>_<metric>``: ``return`` or
+    ``success_rate``) against wall-clock minutes, env steps on a second axis, and a dashed line at
+    ``references[env]`` (e.g. the rl-baselines3-zoo return of the env's stock version), the env
+    read from ``config.yml``."""
     import yaml
 
     plt = _pyplot()
@@ -184,7 +186,7 @@ def plot_run_curves(
         env = config["env"]
         last = None
         for split in splits:
-            curve = run_curve(run, f"eval/{split}_return")
+            curve = run_curve(run, f"eval/{split}_{metric}")
             if curve is not None:
                 steps, values, minutes = curve
                 ax.plot(minutes, values, marker=".", label=split)
@@ -205,7 +207,9 @@ def plot_run_curves(
         ax.set_title(f"{env}, {config.get('n_envs', '?')} envs", fontsize=9, pad=30)
         ax.set_xlabel("wall-clock minutes")
         ax.legend(fontsize=7)
-    axes[0][0].set_ylabel("mean return (deterministic)")
+    axes[0][0].set_ylabel(
+        "mean return (deterministic)" if metric == "return" else f"{metric} (deterministic)"
+    )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

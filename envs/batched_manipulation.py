@@ -143,13 +143,13 @@ class BatchedFetch(BatchedContextualEnv):
         """Set the goals of the worlds in ``mask`` and return ``(n, 2)`` the x/y where their
         objects start (``None`` without an object): Reach's goal is the context; the object
         tasks draw both as gymnasium-robotics does."""
-        n = int(mask.sum())
+        n, here = int(mask.sum()), mask.to(self._state_device)
         if not self.has_object:
             goals = self._start.repeat(n, 1)
             for name in self.context_names:
                 axis = "xyz".index(name[-1])
                 goals[:, axis] += self.contexts[mask, self._column[name]].to(goals)
-            self.goals[mask] = goals.to(self.goals)
+            self.goals[here] = goals
             return None
         goals = self._start + self._uniform(n, 3, self._target_range) + self._target_offset
         goals[:, 2] = self._height
@@ -157,7 +157,7 @@ class BatchedFetch(BatchedContextualEnv):
             lift = self._uniform(n, 1, 0.225)[:, 0] + 0.225
             up = torch.rand(n, generator=self.generator) < 0.5
             goals[:, 2] += torch.where(up.to(lift.device), lift, 0.0)
-        self.goals[mask] = goals.to(self.goals)
+        self.goals[here] = goals
         return self._start[:2] + self._object_offsets(n).to(self._start)
 
     def _uniform(self, n: int, dim: int, half: float) -> torch.Tensor:

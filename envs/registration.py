@@ -91,8 +91,7 @@ _NATIVE_CLASSES = {
 #: :mod:`envs.native_manipulation`), which ``train_agent.py --batched`` trains on
 NATIVE_TWINS: dict[str, str] = {
     env_id: env_id.replace("/Contextual", "/").replace("/", "/Batched", 1)
-    for env_id, spec in [*ENVS.items(), *SUITES.items()]
-    if env_id in SUITES or spec.entry_point in _NATIVE_CLASSES
+    for env_id in [*(i for i, s in ENVS.items() if s.entry_point in _NATIVE_CLASSES), *SUITES]
 }
 
 

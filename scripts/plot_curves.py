@@ -1,7 +1,9 @@
-"""Plot runs' evaluation return per context split against wall-clock time (and env steps).
+"""Plot runs' evaluation return (or success rate) per context split against wall-clock time
+(and env steps).
 
     python scripts/plot_curves.py runs/ppo/hyperrl_BatchedHalfCheetah-v0_1 RUN2 \\
         --out docs/results/batched_locomotion.png --reference hyperrl/BatchedHalfCheetah-v0=5819
+    python scripts/plot_curves.py runs/her_push --metric success_rate --out push.png
 """
 
 from __future__ import annotations
@@ -24,6 +26,12 @@ def main(argv: list[str] | None = None) -> int:
         metavar="ENV=RETURN",
         help="a dashed line per env id (e.g. the rl-baselines3-zoo return)",
     )
+    p.add_argument(
+        "--metric",
+        choices=("return", "success_rate"),
+        default="return",
+        help="what to plot (success_rate: goal-reaching envs)",
+    )
     args = p.parse_args(argv)
     references = {}
     for item in args.reference:
@@ -34,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     missing = [str(r) for r in args.runs if not (r / "config.yml").is_file()]
     if missing:
         p.error(f"not run folders (no config.yml): {', '.join(missing)}")
-    print(plot_run_curves(args.runs, args.out, references))
+    print(plot_run_curves(args.runs, args.out, references, metric=args.metric))
     return 0
 
 
