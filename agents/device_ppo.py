@@ -40,6 +40,7 @@ from agents.device_common import (
     start_in_step,
     use_tf32,
 )
+from agents.run_folder import atomic_save
 from envs.batched import BatchedContextualEnv, Obs
 from hyperrl import HyperActorCriticPolicy, HyperHead
 from hyperrl.functional import Runs, runs_grouping, split_runs
@@ -369,11 +370,12 @@ class DevicePPO:
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         self.model.num_timesteps = self.num_timesteps
-        self.model.save(run_dir / "model.zip")
+        atomic_save(run_dir / "model.zip", self.model.save)
         state = {"optimizer": self.policy.optimizer.state_dict(), "norms": self.norm_state()}
-        torch.save(state, run_dir / "trainer_state.pt")
+        atomic_save(run_dir / "trainer_state.pt", lambda tmp: torch.save(state, tmp))
         if self.obs_norm and cpu_env is not None:
-            self.vecnormalize(cpu_env).save(str(run_dir / "vecnormalize.pkl"))
+            vec = self.vecnormalize(cpu_env)
+            atomic_save(run_dir / "vecnormalize.pkl", lambda tmp: vec.save(str(tmp)))
 
     def restore(self, run_dir: str | Path) -> None:
         """Continue from what :meth:`save` wrote: parameters, step count, optimizer and running

@@ -40,6 +40,7 @@ from agents.device_common import (
     use_tf32,
 )
 from agents.device_replay import DeviceReplay, HerReplay, ReplaySample
+from agents.run_folder import atomic_save
 from envs.batched import BatchedContextualEnv, Obs
 from hyperrl import HyperSACPolicy
 
@@ -373,7 +374,7 @@ class DeviceSAC:
         run_dir.mkdir(parents=True, exist_ok=True)
         self.model.num_timesteps = self.num_timesteps
         self.model._n_updates = self.n_updates
-        self.model.save(run_dir / "model.zip")
+        atomic_save(run_dir / "model.zip", self.model.save)
 
     def restore(self, run_dir: str | Path) -> None:
         """Load what :meth:`save` wrote into ``run_dir``: parameters, optimizer states, the

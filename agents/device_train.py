@@ -26,6 +26,13 @@ from agents.algos import policy_for
 from agents.config import resolve
 from agents.device_ppo import DevicePPO, DevicePPOConfig
 from agents.device_sac import DeviceSAC, DeviceSACConfig
+from agents.run_folder import (
+    TrainingInterruptedError,
+    atomic_save,
+    signal_of,
+    stop_on_signals,
+    write_text,
+)
 from envs.batched import BatchedContextualEnv
 
 #: --algo -> (the SB3 class its checkpoints load with, the trainer, the trainer's config)
@@ -209,18 +216,19 @@ def _train(args, run_dir: Path | None, rank: int, device: str) -> Path:
     if args.resume:
         _restore(algo, run_dir, TRAINERS[saved["algo"]][0])
     if rank != 0:  # the other ranks only step worlds and share gradients
-        algo.learn(saved["n_timesteps"] - algo.num_timesteps)
+        with stop_on_signals():
+            algo.learn(saved["n_timesteps"] - algo.num_timesteps)
         return run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     if not args.resume:
-        (run_dir / "config.yml").write_text(yaml.safe_dump(saved, sort_keys=False))
+        write_text(run_dir / "config.yml", yaml.safe_dump(saved, sort_keys=False))
         if envs.cpu_twin(saved["env"]) in envs.ENVS:  # task suites have no context space
             space = envs.context_space(saved["env"])
             contexts = {
                 f.name: {k: v for k, v in dataclasses.asdict(f).items() if k != "name"}
                 for f in space.features
             }
-            (run_dir / "contexts.yml").write_text(yaml.safe_dump(contexts, sort_keys=False))
+            write_text(run_dir / "contexts.yml", yaml.safe_dump(contexts, sort_keys=False))
     tb = _tensorboard_dir(args, run_dir)
     logger = configure(f"{tb}/run_1" if tb else None, ["tensorboard"] if tb else [])
     cpu_env = _cpu_env(saved)
@@ -239,7 +247,7 @@ def _train(args, run_dir: Path | None, rank: int, device: str) -> Path:
                 if split == "train" and value >= best[0]:  # ties: the later model
                     best[0] = value
                     algo.model.num_timesteps = algo.num_timesteps
-                    algo.model.save(run_dir / "best_model.zip")
+                    atomic_save(run_dir / "best_model.zip", algo.model.save)
             logger.dump(algo.num_timesteps)
         if every["save"] > 0 and algo.num_timesteps - last["save"] >= every["save"]:
             last["save"] = algo.num_timesteps
@@ -253,15 +261,22 @@ def _train(args, run_dir: Path | None, rank: int, device: str) -> Path:
             "for tests and small runs, thousands rather than millions of steps/s (see "
             "docs/BENCHMARKS.md); on a GPU machine pass --device cuda"
         )
+    stopped: KeyboardInterrupt | None = None
     try:
-        if remaining > 0:
-            algo.learn(remaining, logger=logger, callback=periodic, progress_bar=args.progress_bar)
-    except KeyboardInterrupt:
+        with stop_on_signals():
+            if remaining > 0:
+                algo.learn(
+                    remaining, logger=logger, callback=periodic, progress_bar=args.progress_bar
+                )
+    except KeyboardInterrupt as err:
+        stopped = err
         print(
             f"\ninterrupted at {algo.num_timesteps} steps; saving. Continue with --resume {run_dir}"
         )
     finally:
         algo.save(run_dir, cpu_env)
+    if stopped is not None:
+        raise TrainingInterruptedError(signal_of(stopped), algo.num_timesteps, run_dir)
     return run_dir
 
 

@@ -26,6 +26,13 @@ from stable_baselines3.common.vec_env import VecEnv, VecNormalize, sync_envs_nor
 import envs
 from agents.algos import algo_class, close_matches, policy_for
 from agents.config import parse_overrides, resolve
+from agents.run_folder import (
+    TrainingInterruptedError,
+    atomic_save,
+    signal_of,
+    stop_on_signals,
+    write_text,
+)
 from hyperrl.policies import norm_obs_keys
 from hyperrl.policies.diagnostics import generated_weight_stats
 
@@ -118,7 +125,7 @@ class SplitEvalCallback(BaseCallback):
             self.logger.record(f"eval/{split}_return", mean)
             if split == "train" and mean >= self.best:
                 self.best = mean
-                self.model.save(self.run_dir / "best_model.zip")
+                atomic_save(self.run_dir / "best_model.zip", self.model.save)
         self._log_generated_weights()
         self.logger.dump(self.num_timesteps)
         return True
@@ -179,14 +186,14 @@ def train(args: TrainArgs) -> Path:
     model, venv = _build(args, algo, algo_defaults, config, n_envs, policy_name, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     saved = _config_file(args, dict(config), n_timesteps, n_envs, policy_name)
-    (run_dir / "config.yml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    write_text(run_dir / "config.yml", yaml.safe_dump(saved, sort_keys=False))
     if args.env in envs.ENVS:
         space = envs.context_space(args.env)
         contexts = {
             f.name: {k: v for k, v in dataclasses.asdict(f).items() if k != "name"}
             for f in space.features
         }
-        (run_dir / "contexts.yml").write_text(yaml.safe_dump(contexts, sort_keys=False))
+        write_text(run_dir / "contexts.yml", yaml.safe_dump(contexts, sort_keys=False))
     return _learn(args, model, venv, n_timesteps, run_dir, resumed=False)
 
 
@@ -282,26 +289,31 @@ def _learn(
     resumed: bool,
 ) -> Path:
     remaining = n_timesteps - (model.num_timesteps if resumed else 0)
+    stopped: KeyboardInterrupt | None = None
     try:
-        if remaining > 0:
-            model.learn(
-                remaining,
-                callback=_callbacks(args, model, run_dir),
-                progress_bar=args.progress_bar,
-                tb_log_name="run",
-                reset_num_timesteps=not resumed,
-            )
-    except KeyboardInterrupt:
+        with stop_on_signals():
+            if remaining > 0:
+                model.learn(
+                    remaining,
+                    callback=_callbacks(args, model, run_dir),
+                    progress_bar=args.progress_bar,
+                    tb_log_name="run",
+                    reset_num_timesteps=not resumed,
+                )
+    except KeyboardInterrupt as err:
+        stopped = err
         print(
             f"\ninterrupted at {model.num_timesteps} steps; saving. Continue with "
             f"--resume {run_dir}"
         )
     finally:
-        model.save(run_dir / "model.zip")
+        atomic_save(run_dir / "model.zip", model.save)
         if isinstance(venv, VecNormalize):
-            venv.save(str(run_dir / "vecnormalize.pkl"))
+            atomic_save(run_dir / "vecnormalize.pkl", lambda tmp: venv.save(str(tmp)))
         if isinstance(model, OffPolicyAlgorithm):
-            model.save_replay_buffer(run_dir / "replay_buffer.pkl")
+            atomic_save(run_dir / "replay_buffer.pkl", model.save_replay_buffer)
+    if stopped is not None:
+        raise TrainingInterruptedError(signal_of(stopped), model.num_timesteps, run_dir)
     return run_dir
 
 

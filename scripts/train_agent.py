@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from agents.algos import ALGOS, POLICIES
+from agents.run_folder import TrainingInterruptedError
 from agents.train import TrainArgs, train
 
 
@@ -47,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except TrainingInterruptedError as err:
+        print(err, file=sys.stderr)
+        return err.exit_code
     print(f"run folder: {run_dir}")
     return 0
 

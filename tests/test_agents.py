@@ -15,6 +15,7 @@ from agents import train as train_module
 from agents.algos import algo_class, policy_for
 from agents.config import load_preset, parse_overrides, resolve
 from agents.evaluation import evaluate_run
+from agents.run_folder import TrainingInterruptedError
 from agents.train import TrainArgs, load_model, train
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
@@ -102,7 +103,9 @@ def test_ctrl_c_saves_a_resumable_model(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(train_module, "_callbacks", lambda *a: [Interrupt()])
     run_dir = tmp_path / "interrupted"
-    train(TrainArgs(**FAST, timesteps=4096, n_envs=2, run_dir=str(run_dir)))
+    with pytest.raises(TrainingInterruptedError, match="stopped by SIGINT") as stopped:
+        train(TrainArgs(**FAST, timesteps=4096, n_envs=2, run_dir=str(run_dir)))
+    assert stopped.value.exit_code == 130 and stopped.value.run_dir == run_dir
     assert "--resume" in capsys.readouterr().out
     model = load_model(algo_class("ppo")[0], run_dir / "model.zip")
     assert 256 <= model.num_timesteps < 4096
