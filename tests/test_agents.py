@@ -317,8 +317,9 @@ def test_best_model_on_a_tie_is_the_later_one(tmp_path, monkeypatch):
         num_timesteps = 0
         logger = type("Logger", (), {"record": lambda *a: None, "dump": lambda *a: None})()
 
-        def save(self, path):
-            saved.append((path.name, self.num_timesteps))
+        def save(self, path):  # written through a temporary file, then renamed
+            saved.append(self.num_timesteps)
+            path.write_text(str(self.num_timesteps))
 
     callback = train_module.SplitEvalCallback({"train": None}, 1, 1, tmp_path)
     callback.model = Model()
@@ -327,7 +328,7 @@ def test_best_model_on_a_tie_is_the_later_one(tmp_path, monkeypatch):
         callback.model.num_timesteps = step
         callback.n_calls = step
         callback._on_step()
-    assert saved == [("best_model.zip", 1), ("best_model.zip", 2), ("best_model.zip", 3)]
+    assert saved == [1, 2, 3] and (tmp_path / "best_model.zip").read_text() == "3"
 
 
 def test_normalized_goal_runs_keep_the_goal_raw(tmp_path):
