@@ -206,6 +206,8 @@ def plot_run_curves(
             top.set_xlabel("env steps (M)", fontsize=8)
         ax.set_title(f"{env}, {config.get('n_envs', '?')} envs", fontsize=9, pad=30)
         ax.set_xlabel("wall-clock minutes")
+        if metric == "success_rate":
+            ax.set_ylim(0.0, 1.0)
         ax.legend(fontsize=7)
     axes[0][0].set_ylabel(
         "mean return (deterministic)" if metric == "return" else f"{metric} (deterministic)"
