@@ -26,13 +26,7 @@ from agents.algos import policy_for
 from agents.config import resolve
 from agents.device_ppo import DevicePPO, DevicePPOConfig
 from agents.device_sac import DeviceSAC, DeviceSACConfig
-from agents.run_folder import (
-    TrainingInterruptedError,
-    atomic_save,
-    signal_of,
-    stop_on_signals,
-    write_text,
-)
+from agents.run_folder import atomic_save, save_on_stop, stop_on_signals, write_text
 from envs.batched import BatchedContextualEnv
 
 #: --algo -> (the SB3 class its checkpoints load with, the trainer, the trainer's config)
@@ -261,22 +255,9 @@ def _train(args, run_dir: Path | None, rank: int, device: str) -> Path:
             "for tests and small runs, thousands rather than millions of steps/s (see "
             "docs/BENCHMARKS.md); on a GPU machine pass --device cuda"
         )
-    stopped: KeyboardInterrupt | None = None
-    try:
-        with stop_on_signals():
-            if remaining > 0:
-                algo.learn(
-                    remaining, logger=logger, callback=periodic, progress_bar=args.progress_bar
-                )
-    except KeyboardInterrupt as err:
-        stopped = err
-        print(
-            f"\ninterrupted at {algo.num_timesteps} steps; saving. Continue with --resume {run_dir}"
-        )
-    finally:
-        algo.save(run_dir, cpu_env)
-    if stopped is not None:
-        raise TrainingInterruptedError(signal_of(stopped), algo.num_timesteps, run_dir)
+    with save_on_stop(run_dir, lambda: algo.save(run_dir, cpu_env), lambda: algo.num_timesteps):
+        if remaining > 0:
+            algo.learn(remaining, logger=logger, callback=periodic, progress_bar=args.progress_bar)
     return run_dir
 
 

@@ -79,6 +79,26 @@ def stop_on_signals() -> Iterator[None]:
             signal.signal(s, handler)
 
 
+@contextlib.contextmanager
+def save_on_stop(
+    run_dir: Path, save: Callable[[], object], timesteps: Callable[[], int]
+) -> Iterator[None]:
+    """Run the block (training) under :func:`stop_on_signals`, then ``save()`` however it ended.
+    A stop signal or Ctrl-C is reported with the resume command and, once saved, raised again as
+    :class:`TrainingInterruptedError`; ``timesteps()`` gives the steps trained so far."""
+    stopped: KeyboardInterrupt | None = None
+    try:
+        with stop_on_signals():
+            yield
+    except KeyboardInterrupt as err:
+        stopped = err
+        print(f"\ninterrupted at {timesteps()} steps; saving. Continue with --resume {run_dir}")
+    finally:
+        save()
+    if stopped is not None:
+        raise TrainingInterruptedError(signal_of(stopped), timesteps(), run_dir)
+
+
 def atomic_save(path: str | Path, write: Callable[[Path], object]) -> None:
     """Write ``path`` with ``write(tmp)`` to a temporary file beside it, flush it to disk, then
     rename it over ``path``. If ``write`` fails (a full disk, a kill), ``path`` keeps its

@@ -26,13 +26,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecNormalize, sync_envs_nor
 import envs
 from agents.algos import algo_class, close_matches, policy_for
 from agents.config import parse_overrides, resolve
-from agents.run_folder import (
-    TrainingInterruptedError,
-    atomic_save,
-    signal_of,
-    stop_on_signals,
-    write_text,
-)
+from agents.run_folder import atomic_save, save_on_stop, write_text
 from hyperrl.policies import norm_obs_keys
 from hyperrl.policies.diagnostics import generated_weight_stats
 
@@ -289,31 +283,23 @@ def _learn(
     resumed: bool,
 ) -> Path:
     remaining = n_timesteps - (model.num_timesteps if resumed else 0)
-    stopped: KeyboardInterrupt | None = None
-    try:
-        with stop_on_signals():
-            if remaining > 0:
-                model.learn(
-                    remaining,
-                    callback=_callbacks(args, model, run_dir),
-                    progress_bar=args.progress_bar,
-                    tb_log_name="run",
-                    reset_num_timesteps=not resumed,
-                )
-    except KeyboardInterrupt as err:
-        stopped = err
-        print(
-            f"\ninterrupted at {model.num_timesteps} steps; saving. Continue with "
-            f"--resume {run_dir}"
-        )
-    finally:
+
+    def save() -> None:
         atomic_save(run_dir / "model.zip", model.save)
         if isinstance(venv, VecNormalize):
             atomic_save(run_dir / "vecnormalize.pkl", lambda tmp: venv.save(str(tmp)))
         if isinstance(model, OffPolicyAlgorithm):
             atomic_save(run_dir / "replay_buffer.pkl", model.save_replay_buffer)
-    if stopped is not None:
-        raise TrainingInterruptedError(signal_of(stopped), model.num_timesteps, run_dir)
+
+    with save_on_stop(run_dir, save, lambda: model.num_timesteps):
+        if remaining > 0:
+            model.learn(
+                remaining,
+                callback=_callbacks(args, model, run_dir),
+                progress_bar=args.progress_bar,
+                tb_log_name="run",
+                reset_num_timesteps=not resumed,
+            )
     return run_dir
 
 

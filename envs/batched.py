@@ -122,7 +122,9 @@ class BatchedContextualEnv(ABC):
             self.generator.manual_seed(seed)
         self.contexts = torch.zeros(num_envs, len(space or ()), device=self.device)
         #: what observations carry; replaced at every reset
-        self.scaled_contexts = scale_contexts(space, self.contexts) if space else self.contexts
+        self.scaled_contexts = (
+            scale_contexts(space, self.contexts) if space is not None else self.contexts
+        )
         self.episode_steps = torch.zeros(num_envs, dtype=torch.long, device=self.device)
 
     @functools.cached_property

@@ -122,8 +122,10 @@ class BatchedFetch(BatchedContextualEnv):
         self._finger_qpos = [int(j.qposadr[0]) for j in fingers]
         self._finger_qvel = [int(j.dofadr[0]) for j in fingers]
         # gymnasium-robotics' ctrl_set_action: position actuators aim at their joint + action
-        self._actuator_qpos = [int(m.jnt_qposadr[m.actuator_trnid[i, 0]]) for i in range(m.nu)]
-        self._actuator_biased = [int(m.actuator_biastype[i]) != 0 for i in range(m.nu)]
+        self._position_actuators = [i for i in range(m.nu) if int(m.actuator_biastype[i]) != 0]
+        self._position_joints = [
+            int(m.jnt_qposadr[m.actuator_trnid[i, 0]]) for i in self._position_actuators
+        ]
         if self.has_object:
             self._object_site = m.site("object0").id
             self._object_qpos = int(m.joint("object0:joint").qposadr[0])
@@ -177,13 +179,6 @@ class BatchedFetch(BatchedContextualEnv):
             todo = torch.linalg.vector_norm(out, dim=-1) < 0.1
         return out
 
-    def _context_factor(self, mask: torch.Tensor, name: str) -> torch.Tensor:
-        """``(n, 1)`` the value of physics feature ``name`` for the worlds in ``mask`` (1 without
-        it), the factor :func:`envs.manipulation.scale_fetch_model` multiplies by."""
-        if name not in self._column:
-            return torch.ones(int(mask.sum()), 1, device=self.device)
-        return self.contexts[mask, self._column[name]].unsqueeze(-1)
-
     def _inputs(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """What the twin's ``_set_action`` writes, from ``actions`` ``(N, 4)``: ``ctrl`` ``(N,
         nu)``, ``mocap_pos`` ``(N, 3)`` and ``mocap_quat`` ``(N, 4)`` (not normalised, as the
@@ -195,11 +190,10 @@ class BatchedFetch(BatchedContextualEnv):
         pos = self._kinematics("xpos")[:, self._hand] + move
         quat = self._kinematics("xquat")[:, self._hand] + self._rotation  # MuJoCo normalises
         grip = actions[:, 3:4] * (0.0 if self.block_gripper else 1.0)
-        ctrl = grip.expand(-1, len(self._actuator_qpos)).clone()
-        biased = [i for i, b in enumerate(self._actuator_biased) if b]
-        if biased:
-            joints = [self._actuator_qpos[i] for i in biased]
-            ctrl[:, biased] += self._kinematics("qpos")[:, joints]
+        ctrl = grip.expand(-1, self.mj_model.nu).clone()
+        if self._position_actuators:
+            qpos = self._kinematics("qpos")[:, self._position_joints]
+            ctrl[:, self._position_actuators] += qpos
         return ctrl, pos, quat
 
     def _finish_step(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -126,6 +126,13 @@ class WarpFetch(BatchedFetch):
         w.field("geom_friction")[mask] = friction
         w.update_derived()
 
+    def _context_factor(self, mask: torch.Tensor, name: str) -> torch.Tensor:
+        """``(n, 1)`` the value of physics feature ``name`` for the worlds in ``mask`` (1 without
+        it), the factor :func:`envs.manipulation.scale_fetch_model` multiplies by."""
+        if name not in self._column:
+            return torch.ones(int(mask.sum()), 1, device=self.device)
+        return self.contexts[mask, self._column[name]].unsqueeze(-1)
+
     def _step_worlds(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         w = self.worlds
         _, pos, quat = self._inputs(actions)
