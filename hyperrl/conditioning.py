@@ -9,8 +9,11 @@
 =================  ========================================================================
 
 All heads compute the same MLP shape ``in -> hidden... -> out`` with the same activation, so a
-comparison changes one keyword. ``layer_gains`` (one per layer) selects SB3's orthogonal init with
-those gains for the ordinary layers and as the standard init the generators reproduce.
+comparison changes one keyword. FiLM and the hyper heads read the context through the same
+:class:`~hyperrl.generators.ContextEmbedding`; ``linear_context`` (default ``True``) adds its
+linear term, which keeps their output following the context beyond the training range, to both.
+``layer_gains`` (one per layer) selects SB3's orthogonal init with those gains for the ordinary
+layers and as the standard init the generators reproduce.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from hyperrl.functional import (
     mlp_shared,
     unique_rows,
 )
-from hyperrl.generators import Generator, LowRankGenerator, embedding_mlp, make_generator
+from hyperrl.generators import ContextEmbedding, Generator, LowRankGenerator, make_generator
 from hyperrl.init import check_gains, init_linear
 from hyperrl.target import TargetSpec
 
@@ -121,14 +124,22 @@ class FiLMHead(ConditionedHead):
     without hidden layers modulates its input instead: ``W (gamma(z) * x + beta(z)) + b``.
 
     :param film_hidden: hidden widths of the network that reads the context.
+    :param linear_context: add the context's linear term to the embedding (see
+        :class:`~hyperrl.generators.ContextEmbedding`); ``False``: direction only.
     """
 
-    def __init__(self, *args, film_hidden: Sequence[int] = (64,), **kwargs) -> None:
+    def __init__(
+        self,
+        *args,
+        film_hidden: Sequence[int] = (64,),
+        linear_context: bool = True,
+        **kwargs,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.linears = self._linears(self.in_dim)
-        self.film_embedding = embedding_mlp(self.context_dim, film_hidden)
+        self.film_embedding = ContextEmbedding(self.context_dim, film_hidden, linear=linear_context)
         n = sum(self.hidden_sizes) if self.hidden_sizes else self.in_dim
-        self.film_out = nn.Linear(tuple(film_hidden)[-1], 2 * n)
+        self.film_out = nn.Linear(self.film_embedding.width, 2 * n)
         with torch.no_grad():
             self.film_out.weight.zero_()
             self.film_out.bias.copy_(torch.cat([torch.ones(n), torch.zeros(n)]))
@@ -156,6 +167,9 @@ class HyperHead(ConditionedHead):
     :param dedup: generate once per distinct context (``True``) or once per sample (the naive
         path, kept for tests and benchmarks). Ignored when the generator reads ``x``.
     :param init: the generator's init scheme, see :mod:`hyperrl.init`.
+    :param linear_context: give the generator's embedding its linear context term (default), so
+        the generated weights keep following the context beyond the training range (see
+        :class:`~hyperrl.generators.ContextEmbedding`); ``False``: the direction-only embedding.
     :param generator_kwargs: passed to the generator (``hidden``, ``rank``, ``chunk_size``...).
 
     Set ``reuse_heads = True`` to keep the heads generated for the last batch's contexts and reuse
@@ -173,6 +187,7 @@ class HyperHead(ConditionedHead):
         generator_input: str = "context",
         dedup: bool = True,
         init: str = "bias",
+        linear_context: bool = True,
         generator_kwargs: dict | None = None,
         **kwargs,
     ) -> None:
@@ -200,6 +215,7 @@ class HyperHead(ConditionedHead):
             self.target,
             init=init,
             layer_gains=self.layer_gains,
+            linear_context=linear_context,
             **(generator_kwargs or {}),
         )
         #: ``(per head, per sample)`` costs that :meth:`_factored` weighs, for low-rank heads
@@ -345,9 +361,9 @@ def make_head(
 ) -> ConditionedHead:
     """Build a head of the ladder by name (:data:`CONDITIONINGS`).
 
-    ``kwargs`` go to the head: ``film_hidden`` for ``"film"``; ``generator``, ``generator_input``,
-    ``init``, ``dedup``, ``generator_kwargs`` for the hyper heads (``"lowrank_hyper"`` fixes
-    ``generator="lowrank"``).
+    ``kwargs`` go to the head: ``film_hidden`` and ``linear_context`` for ``"film"``;
+    ``generator``, ``generator_input``, ``init``, ``dedup``, ``linear_context``,
+    ``generator_kwargs`` for the hyper heads (``"lowrank_hyper"`` fixes ``generator="lowrank"``).
     """
     common = dict(
         in_dim=in_dim,

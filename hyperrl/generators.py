@@ -11,11 +11,22 @@ The seed paper's taxonomy, all behind :class:`Generator`'s one interface:
 ``"lowrank"``             indirect; ``W = W0 + U(z) V(z)^T``, ``b = b0 + c(z)`` per target layer
 ========================  =========================================================================
 
-Every embedding ends with a :class:`ScaledLayerNorm`: a parameter-free LayerNorm divided by the
-width ``d``, so ``sum_k e_k^2 = 1/d`` for every context. The norm is what lets :mod:`hyperrl.init`
-hit the target variance exactly; the ``1/d`` is what makes a generated weight move, under Adam, at
-the rate a directly learned weight would (Adam's step is about ``lr`` per output-layer weight, and
-a generated weight sums ``d`` of them, each times ``e_k``).
+Every generator reads the context through a :class:`ContextEmbedding` of two parts:
+
+- a small MLP ending in a :class:`ScaledLayerNorm` (a parameter-free LayerNorm divided by the width
+  ``d``, so ``sum_k e_k^2 = 1/d`` for every context). The norm is what lets :mod:`hyperrl.init`
+  hit the target variance exactly; the ``1/d`` is what makes a generated weight move, under Adam,
+  at the rate a directly learned weight would (Adam's step is about ``lr`` per output-layer weight,
+  and a generated weight sums ``d`` of them, each times ``|e_k| ~ 1/d``). But a normalised
+  embedding keeps only a direction: beyond the training range the generated weights stop
+  following the context (they behave as if it were clamped to the range's edge).
+- with ``linear_context=True`` (the default) the context itself, divided by its width ``C``,
+  appended to the embedding. The output layers' columns that read it start at zero, so the init is
+  exactly the one above for every context; under Adam they add at most ``lr * mean_k |c_k|`` per
+  step to a generated weight, at most ``lr`` for contexts scaled to ``[-1, 1]`` on the train range
+  (the context convention); and they give every generated weight a term linear in the context,
+  which keeps growing beyond the training range. ``linear_context=False`` is the old,
+  direction-only path.
 
 Parameter counts are given per class as formulas of the context dimension ``C``, embedding width
 ``d`` (last entry of ``hidden``), the target's parameter count ``P`` and its layers; the tests
@@ -58,22 +69,47 @@ class ScaledLayerNorm(nn.Module):
         return nn.functional.layer_norm(x, (self.width,)) / self.width
 
 
-def embedding_mlp(
-    in_dim: int, hidden: Sequence[int], activation: type[nn.Module] = nn.ReLU
-) -> nn.Sequential:
-    """``(N, in_dim) -> (N, hidden[-1])``: ``[Linear, activation] * len(hidden)``, then
-    :class:`ScaledLayerNorm`.
+class ContextEmbedding(nn.Sequential):
+    """``(N, in_dim) -> (N, width)``: ``[Linear, activation] * len(hidden)``, then
+    :class:`ScaledLayerNorm` (``norm_width = hidden[-1]`` entries); with ``linear=True`` the
+    input divided by ``in_dim`` is appended (``width = norm_width + in_dim``), else
+    ``width = norm_width``.
+
+    Layers that read the embedding keep the columns past ``norm_width`` at zero at init
+    (:meth:`zero_linear_columns`), so the init does not depend on the context's scale.
 
     Parameter count: ``sum(a * b + b)`` over consecutive pairs of ``(in_dim, *hidden)``.
     """
-    hidden = tuple(hidden)
-    if not hidden or any(h <= 0 for h in hidden):
-        raise ValueError(f"hidden must be a non-empty sequence of positive ints, got {hidden}")
-    layers: list[nn.Module] = []
-    for a, b in zip((in_dim, *hidden[:-1]), hidden, strict=True):
-        layers += [nn.Linear(a, b), activation()]
-    layers.append(ScaledLayerNorm(hidden[-1]))
-    return nn.Sequential(*layers)
+
+    def __init__(
+        self,
+        in_dim: int,
+        hidden: Sequence[int],
+        activation: type[nn.Module] = nn.ReLU,
+        linear: bool = True,
+    ) -> None:
+        hidden = tuple(hidden)
+        if not hidden or any(h <= 0 for h in hidden):
+            raise ValueError(f"hidden must be a non-empty sequence of positive ints, got {hidden}")
+        if not isinstance(linear, bool):
+            raise ValueError(f"linear_context must be True or False, got {linear!r}")
+        layers: list[nn.Module] = []
+        for a, b in zip((in_dim, *hidden[:-1]), hidden, strict=True):
+            layers += [nn.Linear(a, b), activation()]
+        layers.append(ScaledLayerNorm(hidden[-1]))
+        super().__init__(*layers)
+        self.in_dim, self.linear = in_dim, linear
+        self.norm_width = hidden[-1]
+        self.width = self.norm_width + (in_dim if linear else 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        e = super().forward(x)
+        return torch.cat([e, x / self.in_dim], dim=-1) if self.linear else e
+
+    @torch.no_grad()
+    def zero_linear_columns(self, reader: nn.Linear) -> None:
+        """Zero the columns of ``reader`` (an ``nn.Linear(width, ...)``) that read the context."""
+        reader.weight[:, self.norm_width :] = 0.0
 
 
 class Generator(nn.Module, ABC):
@@ -128,19 +164,23 @@ class Generator(nn.Module, ABC):
             self.init_scheme, ls.fan_in, ls.fan_out, 1.0 if gain is None else gain
         )
 
-    def _init_rows(self, linear: nn.Linear, rows: torch.Tensor) -> None:
-        """Init an output layer that writes flat positions ``rows`` (see ``init_output_rows``)."""
+    def _init_rows(
+        self, linear: nn.Linear, rows: torch.Tensor, embedding: ContextEmbedding
+    ) -> None:
+        """Init an output layer that reads ``embedding`` and writes flat positions ``rows`` (see
+        ``init_output_rows``)."""
         scheme = self.init_scheme
         sample = standard_init_sample(self.target, self.layer_gains) if scheme == "bias" else None
         var = position_variances(self.target, scheme, self.layer_gains) if sample is None else None
-        init_output_rows(linear, rows, scheme, sample, var)
+        init_output_rows(linear, rows, scheme, sample, var, embedding.norm_width)
 
 
 class PerLayerGenerator(Generator):
     """Direct generation with one hypernetwork per target layer.
 
-    Parameters: ``L * embedding(C, hidden) + sum_l (d + 1) * P_l`` where ``P_l`` is layer ``l``'s
-    weight-plus-bias count.
+    Parameters: ``L * embedding(C, hidden) + sum_l (d' + 1) * P_l`` where ``P_l`` is layer
+    ``l``'s weight-plus-bias count and ``d'`` the embedding's width (``d + C`` with the linear
+    context term, ``d`` without).
     """
 
     def __init__(
@@ -151,14 +191,16 @@ class PerLayerGenerator(Generator):
         activation: type[nn.Module] = nn.ReLU,
         init: str = "bias",
         layer_gains: Sequence[float] | None = None,
+        linear_context: bool = True,
     ) -> None:
         super().__init__(context_dim, target, init, layer_gains)
         self.embeddings = nn.ModuleList(
-            embedding_mlp(context_dim, hidden, activation) for _ in target.layers
+            ContextEmbedding(context_dim, hidden, activation, linear_context) for _ in target.layers
         )
-        self.heads = nn.ModuleList(nn.Linear(hidden[-1], ls.num_params) for ls in target.layers)
-        for ls, head in zip(target.layers, self.heads, strict=True):
-            self._init_rows(head, torch.arange(ls.weight_start, ls.bias_end))
+        width = self.embeddings[0].width
+        self.heads = nn.ModuleList(nn.Linear(width, ls.num_params) for ls in target.layers)
+        for ls, head, emb in zip(target.layers, self.heads, self.embeddings, strict=True):
+            self._init_rows(head, torch.arange(ls.weight_start, ls.bias_end), emb)
 
     def _generate(self, context: torch.Tensor) -> torch.Tensor:
         return torch.cat(
@@ -170,7 +212,7 @@ class PerLayerGenerator(Generator):
 class SharedGenerator(Generator):
     """Direct generation with one hypernetwork for the whole head.
 
-    Parameters: ``embedding(C, hidden) + (d + 1) * P``.
+    Parameters: ``embedding(C, hidden) + (d' + 1) * P`` (``d'``: see :class:`PerLayerGenerator`).
     """
 
     def __init__(
@@ -181,11 +223,12 @@ class SharedGenerator(Generator):
         activation: type[nn.Module] = nn.ReLU,
         init: str = "bias",
         layer_gains: Sequence[float] | None = None,
+        linear_context: bool = True,
     ) -> None:
         super().__init__(context_dim, target, init, layer_gains)
-        self.embedding = embedding_mlp(context_dim, hidden, activation)
-        self.head = nn.Linear(hidden[-1], target.num_params)
-        self._init_rows(self.head, torch.arange(target.num_params))
+        self.embedding = ContextEmbedding(context_dim, hidden, activation, linear_context)
+        self.head = nn.Linear(self.embedding.width, target.num_params)
+        self._init_rows(self.head, torch.arange(target.num_params), self.embedding)
 
     def _generate(self, context: torch.Tensor) -> torch.Tensor:
         return self.head(self.embedding(context))
@@ -198,10 +241,14 @@ class ChunkedGenerator(Generator):
     context embedding ``e(z)`` and one generator ``out`` shared by all chunks. ``offset`` is a
     learned base vector (the standard init sample under ``"bias"``, zero under hyperfan) and
     ``scale`` a fixed per-layer std that puts every layer's weights on its own scale. Biases
-    (``B_total = sum of fan_out``) come from a direct output layer on ``e(z)``.
+    (``B_total = sum of fan_out``) come from a direct output layer on ``e(z)``. The chunk path
+    normalises again, so with ``linear_context`` the weights get their linear context term from a
+    direct layer too: ``+ scale * S z / C``, ``S`` starting at zero.
 
-    Parameters: ``embedding(C, hidden) + K * E + (d + 1) * G + E * G + (G + 1) * chunk_size
-    + W_total + (d + 1) * B_total`` with ``E = chunk_embedding_dim``, ``G = generator_hidden``.
+    Parameters: ``embedding(C, hidden) + K * E + (d' + 1) * G + E * G + (G + 1) * chunk_size
+    + W_total + (d' + 1) * B_total [+ C * W_total]`` with ``E = chunk_embedding_dim``,
+    ``G = generator_hidden``, ``d'``: see :class:`PerLayerGenerator`; the last term with the
+    linear context term.
     """
 
     def __init__(
@@ -215,6 +262,7 @@ class ChunkedGenerator(Generator):
         chunk_size: int = 256,
         chunk_embedding_dim: int = 16,
         generator_hidden: int = 64,
+        linear_context: bool = True,
     ) -> None:
         super().__init__(context_dim, target, init, layer_gains)
         if chunk_size <= 0 or chunk_embedding_dim <= 0 or generator_hidden <= 0:
@@ -226,18 +274,22 @@ class ChunkedGenerator(Generator):
         self.num_weights = weight_rows.numel()
         self.chunk_size = chunk_size
         self.num_chunks = math.ceil(self.num_weights / chunk_size)
-        self.embedding = embedding_mlp(context_dim, hidden, activation)
+        self.embedding = ContextEmbedding(context_dim, hidden, activation, linear_context)
+        width = self.embedding.width
         self.chunk_embeddings = nn.Parameter(torch.randn(self.num_chunks, chunk_embedding_dim))
-        self.mix_context = nn.Linear(hidden[-1], generator_hidden)
+        self.mix_context = nn.Linear(width, generator_hidden)
         self.mix_chunk = nn.Linear(chunk_embedding_dim, generator_hidden, bias=False)
         self.act = activation()
         self.norm = ScaledLayerNorm(generator_hidden)
         self.out = nn.Linear(generator_hidden, chunk_size)
         self.offset = nn.Parameter(torch.zeros(self.num_weights))
         self.register_buffer("scale", torch.empty(self.num_weights), persistent=False)
-        self.bias_head = nn.Linear(hidden[-1], bias_rows.numel())
+        self.bias_head = nn.Linear(width, bias_rows.numel())
+        self.weight_linear = (
+            nn.Linear(context_dim, self.num_weights, bias=False) if linear_context else None
+        )
         self._init_chunks()
-        self._init_rows(self.bias_head, bias_rows)
+        self._init_rows(self.bias_head, bias_rows, self.embedding)
 
     @torch.no_grad()
     def _init_chunks(self) -> None:
@@ -251,6 +303,8 @@ class ChunkedGenerator(Generator):
             self.scale[start : start + n] = std
             start += n
         self.out.bias.zero_()
+        if self.weight_linear is not None:
+            self.weight_linear.weight.zero_()
         if self.init_scheme == "bias":
             self.out.weight.zero_()
             sample = standard_init_sample(self.target, self.layer_gains)
@@ -264,7 +318,10 @@ class ChunkedGenerator(Generator):
         e = self.embedding(context)  # (N, d)
         u = self.mix_context(e)[:, None, :] + self.mix_chunk(self.chunk_embeddings)[None]
         chunks = self.out(self.norm(self.act(u)))  # (N, K, chunk_size)
-        weights = self.offset + self.scale * chunks.reshape(n, -1)[:, : self.num_weights]
+        chunks = chunks.reshape(n, -1)[:, : self.num_weights]
+        if self.weight_linear is not None:
+            chunks = chunks + self.weight_linear(context / self.context_dim)
+        weights = self.offset + self.scale * chunks
         biases = self.bias_head(e)
         parts, w_at, b_at = [], 0, 0
         for ls in self.target.layers:
@@ -285,7 +342,8 @@ class LowRankGenerator(Generator):
     zero (``V``'s does not, so ``U`` gets a gradient at step 0). Under hyperfan ``W0, b0`` start at
     zero and ``U``, ``V`` are drawn so that ``Var(U V^T)`` equals the hyperfan target.
 
-    Parameters: ``embedding(C, hidden) + sum_l [P_l + (d + 1) * (r * (in_l + out_l) + out_l)]``.
+    Parameters: ``embedding(C, hidden) + sum_l [P_l + (d' + 1) * (r * (in_l + out_l) + out_l)]``
+    (``d'``: see :class:`PerLayerGenerator`).
     """
 
     def __init__(
@@ -297,17 +355,18 @@ class LowRankGenerator(Generator):
         init: str = "bias",
         layer_gains: Sequence[float] | None = None,
         rank: int = 4,
+        linear_context: bool = True,
     ) -> None:
         super().__init__(context_dim, target, init, layer_gains)
         if rank <= 0:
             raise ValueError(f"rank must be a positive int, got {rank}")
         self.rank = rank
-        self.embedding = embedding_mlp(context_dim, hidden, activation)
-        d = hidden[-1]
+        self.embedding = ContextEmbedding(context_dim, hidden, activation, linear_context)
+        d, width = self.embedding.norm_width, self.embedding.width
         self.base = nn.Parameter(torch.zeros(target.num_params))
-        self.u_heads = nn.ModuleList(nn.Linear(d, ls.fan_out * rank) for ls in target.layers)
-        self.v_heads = nn.ModuleList(nn.Linear(d, ls.fan_in * rank) for ls in target.layers)
-        self.b_heads = nn.ModuleList(nn.Linear(d, ls.fan_out) for ls in target.layers)
+        self.u_heads = nn.ModuleList(nn.Linear(width, ls.fan_out * rank) for ls in target.layers)
+        self.v_heads = nn.ModuleList(nn.Linear(width, ls.fan_in * rank) for ls in target.layers)
+        self.b_heads = nn.ModuleList(nn.Linear(width, ls.fan_out) for ls in target.layers)
         self._init_low_rank(d)
 
     @torch.no_grad()
@@ -329,6 +388,8 @@ class LowRankGenerator(Generator):
                 u.weight.normal_(0.0, factor_std * math.sqrt(d))
                 v.weight.normal_(0.0, factor_std * math.sqrt(d))
                 c.weight.normal_(0.0, math.sqrt(var_b * d))
+            for lin in (u, v, c):
+                self.embedding.zero_linear_columns(lin)
 
     def factors(self, context: torch.Tensor) -> list[LowRankFactors]:
         """Per-layer ``(W0 (out, in), b0 (out,), U (N, out, r), V (N, in, r), c (N, out))``:

@@ -12,7 +12,7 @@ weights are drawn so that each generated weight has the variance that preserves 
 share. With embedding ``e`` and ``W = H e``, ``Var(W) = Var(H) * sum_k e_k^2``; every generator
 here ends its embedding with a scaled LayerNorm (:class:`hyperrl.generators.ScaledLayerNorm`), so
 ``sum_k e_k^2 = 1/d`` for *every* context and the target variance holds exactly, whatever the
-context distribution.
+context distribution (the linear context term beside it starts at zero).
 
 The target's standard initialisation (what ``"bias"`` copies, and the reference the tests compare
 against) is PyTorch's ``nn.Linear`` default when no gains are given, or SB3's convention
@@ -120,21 +120,25 @@ def init_output_rows(
     init: str,
     target_sample: torch.Tensor,
     target_var: torch.Tensor,
+    norm_width: int | None = None,
 ) -> None:
     """Initialise a generator's output layer whose output ``j`` becomes flat position ``rows[j]``.
 
-    The layer reads an embedding of width ``d`` with ``sum_k e_k^2 = 1/d``, so
-    ``Var(H) = d Var(W)``.
+    The layer reads an embedding whose first ``d = norm_width`` entries (default: all) have
+    ``sum_k e_k^2 = 1/d``, so ``Var(H) = d Var(W)``; the columns past ``d`` (the linear context
+    term, :class:`hyperrl.generators.ContextEmbedding`) start at zero.
 
     :param linear: ``nn.Linear(d, len(rows))``.
     :param rows: ``(len(rows),)`` flat positions in the target vector.
     :param target_sample: ``(num_params,)`` a standard-init draw, used by ``"bias"``.
     :param target_var: ``(num_params,)`` per-position variance, used by the hyperfan schemes.
     """
+    d = linear.in_features if norm_width is None else norm_width
     if init == "bias":
         linear.weight.zero_()
         linear.bias.copy_(target_sample[rows])
     else:
-        std = (target_var[rows] * linear.in_features).sqrt()
+        std = (target_var[rows] * d).sqrt()
         linear.weight.normal_().mul_(std[:, None])
+        linear.weight[:, d:] = 0.0
         linear.bias.zero_()

@@ -17,12 +17,15 @@ def contexts(n=256):
     return torch.rand(n, CTX) * torch.tensor([20.0, 0.1, 3.0]) + torch.tensor([-9.81, 1.0, 0.0])
 
 
-def generated(kind, init, layer_gains=None, draws=1):
+def generated(kind, init, layer_gains=None, draws=1, linear_context=True):
     """Per-layer ``(W (n, out, in), b (n, out))`` over random contexts, pooled over ``draws``
     independently initialised generators: the schemes set the variance in expectation over the
     init, and one draw of a generator whose embedding varies in few directions fluctuates."""
     gens = [
-        make_generator(kind, CTX, SPEC, init=init, layer_gains=layer_gains) for _ in range(draws)
+        make_generator(
+            kind, CTX, SPEC, init=init, layer_gains=layer_gains, linear_context=linear_context
+        )
+        for _ in range(draws)
     ]
     flat = torch.cat([g(contexts()).detach() for g in gens])
     return SPEC.unflatten(flat)
@@ -38,8 +41,10 @@ def assert_moments(t, var, what, rtol=0.12):
 
 
 @pytest.mark.parametrize("kind", GENERATORS)
-def test_bias_hyperinit_reproduces_pytorch_default_linear_init(kind):
-    for (w, b), ls in zip(generated(kind, "bias"), SPEC.layers, strict=True):
+@pytest.mark.parametrize("linear_context", [True, False])
+def test_bias_hyperinit_reproduces_pytorch_default_linear_init(kind, linear_context):
+    layers = generated(kind, "bias", linear_context=linear_context)
+    for (w, b), ls in zip(layers, SPEC.layers, strict=True):
         # identical head for every context ...
         assert torch.allclose(w, w[:1].expand_as(w)) and torch.allclose(b, b[:1].expand_as(b))
         # ... drawn from nn.Linear's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), var 1/(3 fan_in)
@@ -62,8 +67,10 @@ def test_bias_hyperinit_with_gains_reproduces_orthogonal_init(kind):
 
 
 @pytest.mark.parametrize("kind", GENERATORS)
-def test_hyperfan_in_variances(kind):
-    for (w, b), ls in zip(generated(kind, "hyperfan_in", draws=16), SPEC.layers, strict=True):
+@pytest.mark.parametrize("linear_context", [True, False])
+def test_hyperfan_in_variances(kind, linear_context):
+    layers = generated(kind, "hyperfan_in", draws=16, linear_context=linear_context)
+    for (w, b), ls in zip(layers, SPEC.layers, strict=True):
         what = f"{kind} layer {ls.fan_in}->{ls.fan_out}"
         assert_moments(w, 1 / (2 * ls.fan_in), what + " weight")
         assert_moments(b, 0.5, what + " bias", rtol=0.25)

@@ -13,7 +13,7 @@ from toy_envs import ContextualTarget, obs_with_context
 
 from hyperrl import ConcatActorCriticPolicy, FiLMActorCriticPolicy, HyperActorCriticPolicy
 from hyperrl.conditioning import CONDITIONINGS
-from hyperrl.generators import GENERATORS
+from hyperrl.generators import GENERATORS, ContextEmbedding
 
 
 def obs_batch(policy, n=6, seed=0):
@@ -113,6 +113,35 @@ def test_save_then_load_in_a_fresh_process_gives_identical_actions(tmp_path):
         [sys.executable, "-c", code, json.dumps(obs)], capture_output=True, text=True, check=True
     )
     np.testing.assert_array_equal(np.array(json.loads(out.stdout)), expected)
+
+
+@pytest.mark.parametrize("conditioning", ["hyper", "film"])
+def test_linear_context_is_the_default_and_the_old_embedding_stays_selectable(
+    tmp_path, conditioning
+):
+    def embeddings(model):
+        return [m for m in model.policy.modules() if isinstance(m, ContextEmbedding)]
+
+    model = PPO(
+        HyperActorCriticPolicy,
+        ContextualTarget(),
+        n_steps=32,
+        seed=0,
+        policy_kwargs={"conditioning": conditioning},
+    )
+    assert embeddings(model) and all(e.linear for e in embeddings(model))
+    old = PPO(
+        HyperActorCriticPolicy,
+        ContextualTarget(),
+        n_steps=32,
+        seed=0,
+        policy_kwargs={"conditioning": conditioning, "linear_context": False},
+    )
+    old.save(tmp_path / "old.zip")
+    loaded = PPO.load(tmp_path / "old.zip", device="cpu")
+    assert embeddings(loaded) and not any(e.linear for e in embeddings(loaded))
+    with pytest.raises(ValueError, match="linear_context must be true or false"):
+        PPO(HyperActorCriticPolicy, ContextualTarget(), policy_kwargs={"linear_context": "no"})
 
 
 def _train(conditioning: str, discrete: bool, steps: int):

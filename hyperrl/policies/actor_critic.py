@@ -54,6 +54,9 @@ class HyperActorCriticPolicy(ContextPolicyMixin, ActorCriticPolicy):
     :param init: generator init: ``"bias"``, ``"hyperfan_in"``, ``"hyperfan_out"``.
     :param head_arch: hidden widths of the conditioned head.
     :param generator_input: ``"context"``, ``"observation"`` or ``"both"``.
+    :param linear_context: ``True`` (default): FiLM and the generators read the context through a
+        normalised embedding *and* a linear term, so their output keeps following the context
+        beyond the training range; ``False``: the normalised embedding alone (direction only).
     :param generator_kwargs: passed to the generator (``hidden``, ``rank``, ``chunk_size``...).
 
     With ``ortho_init`` (SB3's default) the trunk gets orthogonal init with gain sqrt(2) and the

@@ -22,6 +22,7 @@ HEAD_OPTIONS: dict[str, Any] = {
     "init": "bias",
     "head_arch": (64,),
     "generator_input": "context",
+    "linear_context": True,
     "generator_kwargs": None,
 }
 
@@ -35,6 +36,8 @@ def pop_head_options(kwargs: dict[str, Any], **defaults: Any) -> dict[str, Any]:
         raise ValueError(
             f"unknown conditioning {options['conditioning']!r}; choose one of {CONDITIONINGS}"
         )
+    if not isinstance(options["linear_context"], bool):
+        raise ValueError(f"linear_context must be true or false, got {options['linear_context']!r}")
     if options["generator_input"] not in GENERATOR_INPUTS:
         raise ValueError(
             f"unknown generator_input {options['generator_input']!r}; choose one of "

@@ -78,8 +78,10 @@ class ContextualNet(nn.Module):
         head_arch = head_options["head_arch"]
         layer_gains = None if gains is None else (gains[1],) * len(head_arch) + (gains[2],)
         kwargs: dict[str, Any] = {}
+        if conditioning in ("film", "hyper", "lowrank_hyper"):
+            kwargs["linear_context"] = head_options["linear_context"]
         if conditioning in ("hyper", "lowrank_hyper"):
-            kwargs = {
+            kwargs |= {
                 "init": head_options["init"],
                 "generator_kwargs": head_options["generator_kwargs"],
             }

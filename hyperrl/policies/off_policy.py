@@ -178,7 +178,7 @@ class HyperSACPolicy(_OffPolicyMixin, SACPolicy):
     ``net_arch=[256]`` to generate more. Takes every ``SACPolicy`` keyword and the head options of
     :class:`~hyperrl.policies.actor_critic.HyperActorCriticPolicy` (``context_keys``,
     ``conditioning``, ``generator``, ``init``, ``head_arch``, ``generator_input``,
-    ``generator_kwargs``)."""
+    ``linear_context``, ``generator_kwargs``)."""
 
     _actor_class = HyperSACActor
     _default_net_arch = [256, 256]
