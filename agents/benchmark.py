@@ -25,13 +25,18 @@ from typing import Any
 
 import numpy as np
 
-#: variant -> (--policy, extra --hyperparams): the conditioning ladder, one keyword apart
+#: variant -> (--policy, extra --hyperparams): the conditioning ladder, one keyword apart.
+#: ``sb3_multiinput`` is SB3's own MultiInputPolicy with the context as one more input (what a
+#: user tries first); the ``_direction_only`` variants read the context through the normalised
+#: embedding alone (``linear_context: false``, the path before the linear context term).
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "mlp_no_context": ("none", []),
+    "sb3_multiinput": ("mlp", []),
     "concat": ("concat", []),
     "film": ("film", []),
     "lowrank_hyper": ("lowrank_hyper", []),
     "hyper": ("hyper", []),
+    "hyper_direction_only": ("hyper", ["policy_kwargs:{linear_context: false}"]),
     "chunked_hyper": ("hyper", ["policy_kwargs:{generator: chunked}"]),
 }
 
@@ -46,7 +51,23 @@ class SuiteEnv:
     hyperparams: tuple[str, ...] = ()
 
 
-#: suites: the quick one fits the CPU, the full one is for a GPU machine
+#: the variants a suite runs by default (``--variants`` picks others)
+SUITE_VARIANTS: dict[str, tuple[str, ...]] = {
+    "quick": ("mlp_no_context", "concat", "film", "lowrank_hyper", "hyper", "chunked_hyper"),
+    "v2": (
+        "mlp_no_context",
+        "sb3_multiinput",
+        "concat",
+        "film",
+        "hyper",
+        "lowrank_hyper",
+        "hyper_direction_only",
+    ),
+    "full": ("mlp_no_context", "concat", "film", "lowrank_hyper", "hyper", "chunked_hyper"),
+}
+
+#: suites: the quick one fits the CPU in an hour; v2 (locomotion on the batched CPU backend at
+#: 5M steps) takes many hours on 2 cores, in resumable parts; the full one is for a GPU machine
 SUITES: dict[str, list[SuiteEnv]] = {
     "quick": [
         SuiteEnv("hyperrl/ContextualCartPole-v0", "ppo", 60_000),
@@ -56,6 +77,12 @@ SUITES: dict[str, list[SuiteEnv]] = {
         SuiteEnv(
             "hyperrl/ContextualHalfCheetah-v0", "ppo", 120_000, ("n_envs:4", "batch_size:256")
         ),
+    ],
+    "v2": [
+        SuiteEnv("hyperrl/BatchedHalfCheetah-v0", "ppo", 5_000_000),
+        SuiteEnv("hyperrl/ContextualPendulum-v0", "sac", 20_000),
+        SuiteEnv("hyperrl/BatchedAnt-v0", "ppo", 5_000_000),
+        SuiteEnv("hyperrl/BatchedHalfCheetahVel-v0", "ppo", 5_000_000),
     ],
     "full": [
         SuiteEnv("hyperrl/ContextualHalfCheetah-v0", "sac", 1_000_000),
@@ -89,14 +116,16 @@ def expand_grid(
     timesteps: int | None = None,
     envs: Sequence[str] | None = None,
 ) -> list[Cell]:
-    """Every cell of ``suite`` x ``variants`` x ``range(seeds)``.
+    """Every cell of ``suite`` x ``variants`` x ``range(seeds)``, seed by seed (every env and
+    variant of seed 0 first), so a grid stopped part way has comparable cells.
 
+    :param variants: default: the suite's (:data:`SUITE_VARIANTS`).
     :param timesteps: override the suite's budgets (for smoke runs).
     :param envs: only these env ids of the suite.
     """
     if suite not in SUITES:
         raise ValueError(f"unknown suite {suite!r}; choose one of {list(SUITES)}")
-    variants = list(variants or VARIANTS)
+    variants = list(variants or SUITE_VARIANTS[suite])
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
@@ -105,14 +134,22 @@ def expand_grid(
         raise ValueError(f"none of {list(envs or [])} is in suite {suite!r}")
     return [
         Cell(e.env, e.algo, v, s, timesteps or e.timesteps, (*e.hyperparams, *VARIANTS[v][1]))
+        for s in range(seeds)
         for e in suite_envs
         for v in variants
-        for s in range(seeds)
     ]
 
 
-def run_cell(cell: Cell, root: Path, eval_episodes: int = 10) -> Path:
-    """Train (or resume) and evaluate one cell; a finished cell is left as it is."""
+def run_cell(
+    cell: Cell, root: Path, eval_episodes: int = 10, grid: int = 7, grid_episodes: int = 2
+) -> Path:
+    """Train (or resume) and evaluate one cell; a finished cell is left as it is.
+
+    Besides the splits (``eval.json``), each context feature is swept alone over its whole bounds,
+    the others nominal: ``grid`` points, ``grid_episodes`` episodes each, into
+    ``grid/<feature>/eval.json`` (return against context; ``grid=0`` skips it). The sweeps run
+    before the splits, so a cell with ``eval.json`` has them all.
+    """
     from agents.evaluation import evaluate_run
     from agents.train import TrainArgs, train
 
@@ -137,12 +174,27 @@ def run_cell(cell: Cell, root: Path, eval_episodes: int = 10) -> Path:
             )
         )
     seconds = time.perf_counter() - start
+    space = _context_space(cell.env)
+    for feature in space.names if space is not None and grid else []:
+        out = run_dir / "grid" / feature
+        if not (out / "eval.json").is_file():
+            evaluate_run(
+                run_dir, episodes=grid_episodes, grid=grid, grid_features=[feature], out_dir=out
+            )
     result = evaluate_run(run_dir, episodes=eval_episodes)
     model = result["model"]
     (run_dir / "meta.json").write_text(
         json.dumps({"cell": cell.__dict__, "train_seconds": seconds, "params": _param_count(model)})
     )
     return run_dir
+
+
+def _context_space(env_id: str) -> Any:
+    """The physics or task context space of ``env_id`` (or of its CPU twin), if it has one."""
+    import envs
+
+    cpu = envs.cpu_twin(env_id)
+    return envs.context_space(cpu) if cpu in envs.ENVS else None
 
 
 def _param_count(model_path: str) -> int:

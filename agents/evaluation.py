@@ -90,6 +90,22 @@ def _slug(context: dict[str, Any], sep: str = "_") -> str:
     )
 
 
+def load_run(run: str | Path) -> tuple[Any, dict[str, Any], Path, Path]:
+    """``(model on the CPU, run config, run folder, model file)`` of a run folder (its
+    ``best_model.zip`` if there is one, else ``model.zip``) or of one of its ``.zip`` files."""
+    run = Path(run)
+    run_dir = run.parent if run.suffix == ".zip" else run
+    config = read_run_config(run_dir)
+    algo, _ = algo_class(config["algo"])
+    if run.suffix == ".zip":
+        model_path = run
+    elif (run_dir / "best_model.zip").is_file():
+        model_path = run_dir / "best_model.zip"
+    else:
+        model_path = run_dir / "model.zip"
+    return load_model(algo, model_path, device="cpu"), config, run_dir, model_path
+
+
 def evaluate_run(
     run: str | Path,
     splits: Sequence[str] | None = None,
@@ -109,27 +125,14 @@ def evaluate_run(
     :param grid_features: which features the grid spans (default: the first one).
     :param pinned: evaluate this one context (``"pinned"`` split) instead of splits or a grid.
     """
-    run = Path(run)
-    run_dir = run.parent if run.suffix == ".zip" else run
-    config = read_run_config(run_dir)
-    algo, _ = algo_class(config["algo"])
-    model_path = (
-        run
-        if run.suffix == ".zip"
-        else (
-            run_dir / "best_model.zip"
-            if (run_dir / "best_model.zip").is_file()
-            else run_dir / "model.zip"
-        )
-    )
-    model = load_model(algo, model_path, device="cpu")
+    model, config, run_dir, model_path = load_run(run)
     env_id = envs.cpu_twin(config["env"])  # a batched env is evaluated on its CPU twin
     env_kwargs = envs.twin_kwargs(config["env"], config["hyperparams"].get("env_kwargs") or {})
     if video:
         env_kwargs["render_mode"] = "rgb_array"
     obs_filter = _obs_filter(run_dir)
     out = Path(out_dir) if out_dir else run_dir
-    (out / "videos").mkdir(parents=True, exist_ok=True) if video else out.mkdir(exist_ok=True)
+    (out / "videos" if video else out).mkdir(parents=True, exist_ok=True)
 
     jobs: list[tuple[str, dict | None]] = []  # (split label, pinned context)
     if pinned:

@@ -22,7 +22,16 @@ from pathlib import Path
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-from agents.benchmark import SUITES, VARIANTS, aggregate, collect, expand_grid, markdown, run_grid  # noqa: E402
+from agents.benchmark import (  # noqa: E402
+    SUITE_VARIANTS,
+    SUITES,
+    VARIANTS,
+    aggregate,
+    collect,
+    expand_grid,
+    markdown,
+    run_grid,
+)
 from agents.benchmark_report import (  # noqa: E402
     per_env_markdown,
     plot_iqm,
@@ -36,7 +45,14 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--suite", default="quick", choices=list(SUITES))
     p.add_argument("--seeds", type=int, default=5)
-    p.add_argument("--variants", nargs="*", default=None, help=f"default: all of {list(VARIANTS)}")
+    p.add_argument(
+        "--variants",
+        nargs="*",
+        default=None,
+        choices=list(VARIANTS),
+        help="default: the suite's own (quick: "
+        f"{', '.join(SUITE_VARIANTS['quick'])}; v2: {', '.join(SUITE_VARIANTS['v2'])})",
+    )
     p.add_argument("--envs", nargs="*", default=None, help="only these env ids of the suite")
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel (local processes)")
     p.add_argument(

@@ -9,8 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
+import envs
 from agents.benchmark import (
+    SUITE_VARIANTS,
     SUITES,
     VARIANTS,
     Cell,
@@ -34,7 +37,7 @@ TINY_PPO = ("n_steps:32", "batch_size:64", "n_epochs:1")
 
 def test_grid_expansion():
     cells = expand_grid("quick", seeds=5)
-    assert len(cells) == len(SUITES["quick"]) * len(VARIANTS) * 5
+    assert len(cells) == len(SUITES["quick"]) * len(SUITE_VARIANTS["quick"]) * 5
     assert len({c.name for c in cells}) == len(cells)
     chunked = [c for c in cells if c.variant == "chunked_hyper"][0]
     assert chunked.hyperparams == ("policy_kwargs:{generator: chunked}",)
@@ -48,6 +51,46 @@ def test_grid_expansion():
         expand_grid("medium", 1)
     with pytest.raises(ValueError, match=r"unknown variants \['hypernet'\]"):
         expand_grid("quick", 1, ["hypernet"])
+
+
+def test_suite_v2_runs_seed_by_seed_with_the_users_first_try_and_the_old_embedding():
+    cells = expand_grid("v2", seeds=2)
+    per_seed = len(SUITES["v2"]) * len(SUITE_VARIANTS["v2"])
+    assert len(cells) == 2 * per_seed
+    assert {c.seed for c in cells[:per_seed]} == {0}  # a grid stopped part way stays comparable
+    by_variant = {c.variant: c for c in cells if c.env == "hyperrl/BatchedHalfCheetah-v0"}
+    assert set(by_variant) == set(SUITE_VARIANTS["v2"]) <= set(VARIANTS)
+    assert VARIANTS["sb3_multiinput"][0] == "mlp"
+    assert by_variant["hyper_direction_only"].hyperparams == (
+        "policy_kwargs:{linear_context: false}",
+    )
+    locomotion = [e for e in SUITES["v2"] if e.env.startswith("hyperrl/Batched")]
+    assert len(locomotion) >= 3 and all(e.timesteps >= 5_000_000 for e in locomotion)
+
+
+@pytest.mark.parametrize("variant", ["sb3_multiinput", "hyper_direction_only"])
+def test_a_batched_cell_trains_on_the_device_trainer_and_evaluates_on_the_cpu_twin(
+    tmp_path, variant
+):
+    cell = Cell(
+        "hyperrl/TorchPendulum-v0",
+        "ppo",
+        variant,
+        0,
+        1024,
+        ("n_envs:16", "n_steps:32", *VARIANTS[variant][1]),
+    )
+    run_dir = run_cell(cell, tmp_path, eval_episodes=1, grid=3, grid_episodes=1)
+    for feature in ("gravity", "mass", "length"):  # each swept alone over its bounds
+        sweep = json.loads((run_dir / "grid" / feature / "eval.json").read_text())["episodes"]
+        values = sorted({e["context"][feature] for e in sweep})
+        bounds = envs.context_space(cell.env).by_name[feature].bounds
+        assert len(sweep) == 3 and values == pytest.approx(np.linspace(*bounds, 3))
+    config = yaml.safe_load((run_dir / "config.yml").read_text())
+    assert config["trainer"] == "device" and config["policy"] == VARIANTS[variant][0]
+    summary = json.loads((run_dir / "eval.json").read_text())["summary"]
+    assert set(summary) == {"train", "interpolation", "extrapolation"}
+    assert json.loads((run_dir / "meta.json").read_text())["params"] > 0
 
 
 def test_run_grid_skips_finished_cells(tmp_path):
