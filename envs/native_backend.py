@@ -42,10 +42,11 @@ CTRL = int(mujoco.mjtState.mjSTATE_CTRL)
 
 def default_threads() -> int:
     """Threads for this process: the cores it may run on, shared among the ranks of a
-    ``torchrun`` job on this machine (``LOCAL_WORLD_SIZE``)."""
+    ``torchrun`` job on this machine (``LOCAL_WORLD_SIZE``), and no more than torch's thread
+    budget (so a process held to ``torch.set_num_threads(1)``, a benchmark worker, steps on one)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    return max(1, (cores or 1) // max(1, ranks))
+    return max(1, min((cores or 1) // max(1, ranks), torch.get_num_threads()))
 
 
 def state_offset(model: mujoco.MjModel, component: mujoco.mjtState, spec: int = FULLPHYSICS) -> int:

@@ -178,11 +178,15 @@ def test_threads_default_to_the_cores_shared_among_the_local_ranks(monkeypatch):
     from envs.native_backend import default_threads
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 16)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     assert default_threads() == 4
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # torchrun --nproc-per-node 2
     assert default_threads() == 2
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert default_threads() == 1
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # a worker held to one thread
     assert default_threads() == 1
 
 
