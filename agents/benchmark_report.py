@@ -6,6 +6,8 @@
 - :func:`plot_iqm`: the aggregate IQM with its 95 % interval per variant, a panel per split;
 - :func:`plot_return_vs_context`: per env, evaluation return against each context feature,
   binned over the feature's bounds, a line per variant (every episode of every seed);
+- :func:`plot_feature_sweeps`: per env, return against each feature swept alone over its bounds
+  (the others nominal; the cells' ``grid/<feature>`` evaluations), mean over seeds per variant;
 - :func:`plot_learning_curves`: per env, the training return (TensorBoard ``rollout/ep_rew_mean``)
   against env steps, mean over seeds, a line per variant.
 """
@@ -58,6 +60,20 @@ def ratios_markdown(
             else:
                 cells.append("–")
         lines.append(f"| {other} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def best_in_distribution_markdown(summary: dict[str, Any], variant: str = "hyper") -> str:
+    """``variant``'s IQM over the best variant's, on the in-distribution splits (the target:
+    within 5 % of the best)."""
+    lines = ["| split | best variant | " + variant + " / best |", "| --- | --- | ---: |"]
+    for split, entries in summary["splits"].items():
+        if split == "extrapolation" or variant not in entries:
+            continue
+        best = max(entries, key=lambda v: entries[v]["iqm"])
+        top = entries[best]["iqm"]
+        ratio = f"{entries[variant]['iqm'] / top:.2f}" if top > 0 else "–"
+        lines.append(f"| {split} | {best} | {ratio} |")
     return "\n".join(lines)
 
 
@@ -129,6 +145,56 @@ def plot_return_vs_context(root: Path, out_dir: Path, bins: int = 8) -> list[Pat
         fig.suptitle(f"{env}: light = train range, dark = interpolation hole", fontsize=9)
         fig.tight_layout()
         path = out_dir / f"return_vs_context_{env.split('/')[-1]}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def plot_feature_sweeps(root: Path, out_dir: Path) -> list[Path]:
+    """One figure per env (``sweeps_<env>.png``), a panel per context feature: the return of each
+    variant (mean over seeds, band: standard error) at each point of the feature's sweep."""
+    import envs
+
+    sweeps: dict[str, dict[str, dict[str, list]]] = defaultdict(
+        lambda: defaultdict(lambda: defaultdict(list))
+    )
+    for meta_path in sorted(root.rglob("meta.json")):
+        cell = json.loads(meta_path.read_text())["cell"]
+        for sweep in sorted((meta_path.parent / "grid").glob("*/eval.json")):
+            feature = sweep.parent.name
+            by_value: dict[float, list[float]] = defaultdict(list)
+            for ep in json.loads(sweep.read_text())["episodes"]:
+                by_value[ep["context"][feature]].append(ep["return"])
+            values = sorted(by_value)
+            run = (np.array(values), np.array([np.mean(by_value[v]) for v in values]))
+            sweeps[cell["env"]][feature][cell["variant"]].append(run)
+    plt = _pyplot()
+    written = []
+    for env, by_feature in sweeps.items():
+        space = envs.context_space(env)
+        features = [f for f in space.features if f.name in by_feature]
+        fig, axes = plt.subplots(1, len(features), figsize=(4 * len(features), 3), sharey=True)
+        for ax, feature in zip(np.atleast_1d(axes), features, strict=True):
+            for variant, runs in by_feature[feature.name].items():
+                x = runs[0][0]
+                ys = np.array([y for xs, y in runs if len(xs) == len(x)])
+                mean = ys.mean(0)
+                se = ys.std(0, ddof=1) / np.sqrt(len(ys)) if len(ys) > 1 else 0 * mean
+                (line,) = ax.plot(x, mean, marker="o", ms=3, label=f"{variant} ({len(ys)})")
+                ax.fill_between(x, mean - se, mean + se, color=line.get_color(), alpha=0.15)
+            ax.axvspan(*feature.train, color="0.9", zorder=0)
+            ax.axvline(feature.nominal, color="0.6", lw=0.8, ls=":")
+            ax.set_xlabel(feature.name)
+        np.atleast_1d(axes)[0].set_ylabel("return (mean over seeds)")
+        np.atleast_1d(axes)[-1].legend(fontsize=7)
+        fig.suptitle(
+            f"{env}: each feature swept alone over its bounds, the others nominal; "
+            "shaded: train range",
+            fontsize=9,
+        )
+        fig.tight_layout()
+        path = out_dir / f"sweeps_{env.split('/')[-1]}.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)

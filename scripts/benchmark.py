@@ -33,7 +33,9 @@ from agents.benchmark import (  # noqa: E402
     run_grid,
 )
 from agents.benchmark_report import (  # noqa: E402
+    best_in_distribution_markdown,
     per_env_markdown,
+    plot_feature_sweeps,
     plot_iqm,
     plot_learning_curves,
     plot_return_vs_context,
@@ -98,12 +100,21 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    table = "\n\n".join([markdown(summary), ratios_markdown(summary), per_env_markdown(records)])
+    against = ("concat", "sb3_multiinput", "film", "hyper_direction_only")
+    table = "\n\n".join(
+        [
+            markdown(summary),
+            ratios_markdown(summary, "hyper", against),
+            best_in_distribution_markdown(summary, "hyper"),
+            per_env_markdown(records),
+        ]
+    )
     (root / "results.md").write_text(table + "\n")
     (root / "results.json").write_text(json.dumps(summary | {"records": records}, indent=2))
     print(table)
     plot_iqm(summary, root / "iqm.png")
     figures = [root / "iqm.png", *plot_return_vs_context(root, root)]
+    figures += plot_feature_sweeps(root, root)
     curves = plot_learning_curves(root, root)
     figures += [curves] if curves else []
     print("figures: " + ", ".join(str(f) for f in figures))

@@ -249,7 +249,9 @@ def test_report_tables_and_figures_from_finished_cells(tmp_path):
 
     from agents.benchmark_report import (
         _curve,
+        best_in_distribution_markdown,
         per_env_markdown,
+        plot_feature_sweeps,
         plot_iqm,
         plot_learning_curves,
         plot_return_vs_context,
@@ -276,6 +278,12 @@ def test_report_tables_and_figures_from_finished_cells(tmp_path):
             ]
             summary = {"train": {"mean_return": ret, "std_return": 0.0, "episodes": 2}}
             (run / "eval.json").write_text(json.dumps({"summary": summary, "episodes": episodes}))
+            sweep = [  # a gravity sweep: the return falls off away from nominal
+                {"context": {"gravity": g, "mass": 1.0, "length": 1.0}, "return": ret - abs(g - 10)}
+                for g in (2.5, 10.0, 25.0)
+            ]
+            (run / "grid" / "gravity").mkdir(parents=True)
+            (run / "grid" / "gravity" / "eval.json").write_text(json.dumps({"episodes": sweep}))
             with SummaryWriter(str(run / "tb" / "run_1")) as writer:
                 for step in (10, 50, 100):
                     writer.add_scalar("rollout/ep_rew_mean", ret * 100 / step, step)
@@ -288,11 +296,16 @@ def test_report_tables_and_figures_from_finished_cells(tmp_path):
     ratios = ratios_markdown(summary)
     hyper, concat = (summary["splits"]["train"][v]["iqm"] for v in ("hyper", "concat"))
     assert f"| concat | {hyper / concat:.2f} |" in ratios and "| film | – |" in ratios
+    # hyper is the best variant on train contexts here: 1.00 of the best
+    assert "| train | hyper | 1.00 |" in best_in_distribution_markdown(summary)
     plot_iqm(summary, tmp_path / "iqm.png")
     figures = plot_return_vs_context(tmp_path, tmp_path)
     curves = plot_learning_curves(tmp_path, tmp_path)
     for path in (tmp_path / "iqm.png", *figures, curves):
         assert path.is_file() and path.stat().st_size > 5_000
     assert [f.name for f in figures] == ["return_vs_context_ContextualPendulum-v0.png"]
+    sweeps = plot_feature_sweeps(tmp_path, tmp_path)
+    assert [f.name for f in sweeps] == ["sweeps_ContextualPendulum-v0.png"]
+    assert sweeps[0].stat().st_size > 5_000
     steps, values = _curve(tmp_path / "x/hyper/seed1")
     assert steps.tolist() == [10, 50, 100] and values.tolist() == [-3000.0, -600.0, -300.0]
