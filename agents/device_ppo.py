@@ -386,7 +386,7 @@ class DevicePPO:
         self.num_timesteps = self.model.num_timesteps = model.num_timesteps
         state_path, vec_path = run_dir / "trainer_state.pt", run_dir / "vecnormalize.pkl"
         if state_path.is_file():
-            state = torch.load(state_path, map_location=self.env.device, weights_only=False)
+            state = torch.load(state_path, map_location=self.env.device, weights_only=True)
             self.policy.optimizer.load_state_dict(state["optimizer"])
             self.load_norm_state(state["norms"])
         elif vec_path.is_file():

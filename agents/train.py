@@ -55,6 +55,24 @@ class TrainArgs:
     progress_bar: bool = True
     verbose: int = 0
 
+    def __post_init__(self) -> None:
+        """:raises ValueError: for a count or frequency out of range, naming the flag."""
+        checks = [
+            ("-n/--timesteps", self.timesteps, 1, True),
+            ("--n-envs", self.n_envs, 1, True),
+            ("--eval-episodes", self.eval_episodes, 1, False),
+            ("--eval-freq", self.eval_freq, 0, False),
+            ("--save-freq", self.save_freq, 0, False),
+            ("--seed", self.seed, 0, False),
+        ]
+        for flag, value, low, optional in checks:
+            if value is None and optional:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                what = "a positive integer" if low == 1 else "a non-negative integer"
+                hint = " (0 disables it)" if flag in ("--eval-freq", "--save-freq") else ""
+                raise ValueError(f"{flag} must be {what}{hint}, got {value!r}")
+
 
 def check_env_id(env_id: str) -> None:
     """:raises ValueError: for an id gymnasium does not know, with the closest one."""

@@ -42,8 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--no-progress", dest="progress_bar", action="store_false")
     p.add_argument("-v", "--verbose", type=int, default=0)
-    args = TrainArgs(**vars(p.parse_args(argv)))
     try:
+        args = TrainArgs(**vars(p.parse_args(argv)))
         run_dir = train(args)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)

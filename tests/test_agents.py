@@ -186,6 +186,17 @@ def test_clear_errors_from_the_command_line(capsys, tmp_path):
     assert "has no 'context'" in error("--env", "Pendulum-v1", "--algo", "sac")
     assert "has no 'context'" in error("--env", "CartPole-v1", "--policy", "film")
     assert "PPO rejected the config" in error("--hyperparams", "policy_kwargs:{head_arc: [8]}")
+    for flag, value, expected in [
+        ("-n", "-5", "-n/--timesteps must be a positive integer, got -5"),
+        ("-n", "0", "-n/--timesteps must be a positive integer, got 0"),
+        ("--n-envs", "0", "--n-envs must be a positive integer, got 0"),
+        ("--eval-episodes", "0", "--eval-episodes must be a positive integer"),
+        ("--save-freq", "-1", "--save-freq must be a non-negative integer (0 disables it)"),
+        ("--eval-freq", "-10", "--eval-freq must be a non-negative integer (0 disables it)"),
+        ("--seed", "-1", "--seed must be a non-negative integer, got -1"),
+    ]:
+        assert expected in error(flag, value)
+    assert not (tmp_path / "x").exists()  # nothing half-made to refuse the next try
 
 
 def test_missing_or_corrupt_model(tmp_path, capsys, ppo_run):
