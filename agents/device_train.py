@@ -26,8 +26,19 @@ from agents.algos import policy_for
 from agents.config import resolve
 from agents.device_ppo import DevicePPO, DevicePPOConfig
 from agents.device_sac import DeviceSAC, DeviceSACConfig
-from agents.run_folder import atomic_save, save_on_stop, stop_on_signals, write_text
+from agents.run_folder import (
+    atomic_save,
+    resume_source,
+    save_on_stop,
+    stop_on_signals,
+    write_checkpoint,
+    write_manifest,
+    write_text,
+)
 from envs.batched import BatchedContextualEnv
+
+#: what the trainers' ``save`` writes (those that apply), listed in the run folder's manifest
+SAVED_FILES = ("model.zip", "trainer_state.pt", "vecnormalize.pkl")
 
 #: --algo -> (the SB3 class its checkpoints load with, the trainer, the trainer's config)
 TRAINERS: dict[str, tuple[type, type, type]] = {
@@ -245,7 +256,12 @@ def _train(args, run_dir: Path | None, rank: int, device: str) -> Path:
             logger.dump(algo.num_timesteps)
         if every["save"] > 0 and algo.num_timesteps - last["save"] >= every["save"]:
             last["save"] = algo.num_timesteps
-            algo.save(run_dir / "checkpoints" / f"step_{algo.num_timesteps}", cpu_env)
+            write_checkpoint(
+                run_dir,
+                algo.num_timesteps,
+                lambda folder: algo.save(folder, cpu_env),
+                args.keep_checkpoints,
+            )
 
     remaining = saved["n_timesteps"] - algo.num_timesteps
     warp = envs.BATCHED_ENVS[saved["env"]].entry_point.startswith("envs.warp_")
@@ -255,7 +271,11 @@ def _train(args, run_dir: Path | None, rank: int, device: str) -> Path:
             "for tests and small runs, thousands rather than millions of steps/s (see "
             "docs/BENCHMARKS.md); on a GPU machine pass --device cuda"
         )
-    with save_on_stop(run_dir, lambda: algo.save(run_dir, cpu_env), lambda: algo.num_timesteps):
+    def save() -> None:
+        algo.save(run_dir, cpu_env)
+        write_manifest(run_dir, algo.num_timesteps, SAVED_FILES)
+
+    with save_on_stop(run_dir, save, lambda: algo.num_timesteps):
         if remaining > 0:
             algo.learn(remaining, logger=logger, callback=periodic, progress_bar=args.progress_bar)
     return run_dir
@@ -286,7 +306,11 @@ def _cpu_env(saved: dict[str, Any]):
 
 
 def _restore(algo: DevicePPO | DeviceSAC, run_dir: Path, sb3_class: type) -> None:
+    """Continue from the run's newest complete save (:func:`agents.run_folder.resume_source`)."""
     from agents.train import load_model
 
-    load_model(sb3_class, run_dir / "model.zip", device="cpu")  # a clear error for a bad file
-    algo.restore(run_dir)
+    source, note = resume_source(run_dir)
+    if note:
+        print(note)
+    load_model(sb3_class, source / "model.zip", device="cpu")  # a clear error for a bad file
+    algo.restore(source)

@@ -13,11 +13,15 @@ non-zero exit status.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import shutil
 import signal
 import threading
-from collections.abc import Callable, Iterator
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 #: the signals that stop a run like Ctrl-C does
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -126,3 +130,154 @@ def atomic_save(path: str | Path, write: Callable[[Path], object]) -> None:
 def write_text(path: str | Path, text: str) -> None:
     """``Path.write_text`` through :func:`atomic_save`."""
     atomic_save(path, lambda tmp: tmp.write_text(text))
+
+
+# --- checkpoints ---------------------------------------------------------------------------------
+#
+# A run's saves share one layout: the files of one save (model.zip, and where they apply
+# vecnormalize.pkl, replay_buffer.pkl, trainer_state.pt) in a folder -- the run folder itself for
+# the latest save, ``checkpoints/step_<N>/`` for the periodic ones -- with ``manifest.json``
+# written last. A save is complete when its manifest is there and names files of the sizes it
+# lists; readers look only at complete saves, so a kill between two files of one save leaves a
+# save that is ignored rather than half read.
+
+MANIFEST = "manifest.json"
+CHECKPOINTS = "checkpoints"
+#: files kept only in the newest checkpoint (a replay buffer is often most of a run's disk)
+LARGE_FILES = ("replay_buffer.pkl",)
+
+
+def write_manifest(folder: Path, timesteps: int, names: Sequence[str]) -> None:
+    """Write ``folder/manifest.json`` (the save's step count and its files' sizes), last."""
+    files = {n: (folder / n).stat().st_size for n in names if (folder / n).is_file()}
+    write_text(folder / MANIFEST, json.dumps({"timesteps": int(timesteps), "files": files}))
+
+
+def read_manifest(folder: Path) -> dict[str, Any] | None:
+    """The manifest of a complete save in ``folder``, else ``None`` (no manifest, an unreadable
+    one, or a listed file missing or of another size)."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+        files = manifest["files"]
+        int(manifest["timesteps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    for name, size in files.items():
+        path = folder / name
+        if not path.is_file() or path.stat().st_size != size:
+            return None
+    return manifest
+
+
+def complete_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """``(timesteps, folder)`` of every complete checkpoint of ``run_dir``, oldest first."""
+    found = []
+    for folder in (Path(run_dir) / CHECKPOINTS).glob("step_*"):
+        manifest = read_manifest(folder)
+        if manifest is not None:
+            found.append((int(manifest["timesteps"]), folder))
+    return sorted(found)
+
+
+def resume_source(run_dir: Path) -> tuple[Path, str | None]:
+    """Where ``--resume`` should load from: ``(folder, note)``, the newest complete save among the
+    run folder's own and its checkpoints, with a note when that is not the run folder's own.
+    A ``model.zip`` without any manifest (a run saved before manifests existed) counts as
+    complete; an incomplete save in the run folder is used only when nothing complete is left.
+
+    :raises ValueError: when there is no model to resume from at all.
+    """
+    run_dir = Path(run_dir)
+    candidates = complete_checkpoints(run_dir)
+    has_model = (run_dir / "model.zip").is_file()
+    own = read_manifest(run_dir) if has_model else None
+    if has_model and own is None and not (run_dir / MANIFEST).exists():
+        return run_dir, None  # saved before manifests: take it as it is
+    if own is not None and (not candidates or own["timesteps"] >= candidates[-1][0]):
+        return run_dir, None
+    if candidates:
+        steps, folder = candidates[-1]
+        why = "has no model.zip" if not has_model else "holds an older or incomplete save"
+        return folder, f"{run_dir} {why}; resuming from {folder} ({steps} steps)"
+    if has_model:
+        return run_dir, f"{run_dir}'s last save did not complete; resuming from its model.zip"
+    raise ValueError(
+        f"{run_dir} has nothing to resume from (no model.zip and no complete checkpoint in "
+        f"{run_dir / CHECKPOINTS}); train a new run"
+    )
+
+
+def write_checkpoint(
+    run_dir: Path,
+    timesteps: int,
+    save: Callable[[Path], object],
+    keep: int = 3,
+) -> Path | None:
+    """One periodic checkpoint: ``save(folder)`` writes the files into
+    ``run_dir/checkpoints/step_<timesteps>/``, then the manifest is written; then only the
+    newest ``keep`` complete checkpoints stay, and :data:`LARGE_FILES` only in the newest.
+
+    Before writing, when the disk has less room than the previous checkpoint took (plus a
+    tenth), the save is skipped with a warning; a save that fails (a full disk, a read-only
+    folder) is removed with a warning. Either way the earlier checkpoints stay untouched and
+    training goes on; returns the new folder, or ``None`` when nothing was saved.
+    """
+    run_dir = Path(run_dir)
+    folder = run_dir / CHECKPOINTS / f"step_{int(timesteps)}"
+    previous = complete_checkpoints(run_dir)
+    if previous:
+        needed = _checkpoint_bytes(previous[-1][1]) * 1.1
+        free = shutil.disk_usage(previous[-1][1]).free
+        if free < needed:
+            warnings.warn(
+                f"checkpoint at {timesteps} steps skipped: {free / 2**20:.0f} MiB free on the "
+                f"disk of {run_dir}, the last checkpoint took {needed / 1.1 / 2**20:.0f} MiB; "
+                "free some space (older checkpoints are kept)",
+                stacklevel=2,
+            )
+            return None
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        save(folder)
+        write_manifest(folder, timesteps, [p.name for p in folder.iterdir() if p.name != MANIFEST])
+    except OSError as err:
+        shutil.rmtree(folder, ignore_errors=True)
+        warnings.warn(
+            f"checkpoint at {timesteps} steps failed ({err}); the earlier ones are kept",
+            stacklevel=2,
+        )
+        return None
+    _prune(run_dir, keep)
+    return folder
+
+
+def _checkpoint_bytes(folder: Path) -> int:
+    manifest = read_manifest(folder)
+    return sum(manifest["files"].values()) if manifest else 0
+
+
+def _prune(run_dir: Path, keep: int) -> None:
+    """Keep the newest ``keep`` complete checkpoints (and any incomplete one newer than them, which
+    a running save may be writing), and :data:`LARGE_FILES` only in the newest."""
+    checkpoints = complete_checkpoints(run_dir)
+    for _, folder in checkpoints[: max(0, len(checkpoints) - keep)]:
+        shutil.rmtree(folder, ignore_errors=True)
+    for steps, folder in checkpoints[max(0, len(checkpoints) - keep) : -1]:
+        large = [n for n in LARGE_FILES if (folder / n).is_file()]
+        if large:
+            manifest = read_manifest(folder) or {"files": {}}
+            names = [n for n in manifest["files"] if n not in large]
+            write_manifest(folder, steps, names)  # first: the folder stays complete
+            for name in large:
+                (folder / name).unlink(missing_ok=True)
+    oldest_kept = checkpoints[max(0, len(checkpoints) - keep)][0] if checkpoints else 0
+    for folder in (Path(run_dir) / CHECKPOINTS).glob("step_*"):
+        if read_manifest(folder) is None and _step_of(folder) < oldest_kept:
+            shutil.rmtree(folder, ignore_errors=True)  # left by a killed save
+
+
+def _step_of(folder: Path) -> int:
+    try:
+        return int(folder.name.removeprefix("step_"))
+    except ValueError:
+        return -1

@@ -17,7 +17,7 @@ import gymnasium as gym
 import numpy as np
 import yaml
 from stable_baselines3.common.base_class import BaseAlgorithm
-from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
@@ -26,7 +26,14 @@ from stable_baselines3.common.vec_env import VecEnv, VecNormalize, sync_envs_nor
 import envs
 from agents.algos import algo_class, close_matches, policy_for
 from agents.config import parse_overrides, resolve
-from agents.run_folder import atomic_save, save_on_stop, write_text
+from agents.run_folder import (
+    atomic_save,
+    resume_source,
+    save_on_stop,
+    write_checkpoint,
+    write_manifest,
+    write_text,
+)
 from hyperrl.policies import norm_obs_keys
 from hyperrl.policies.diagnostics import generated_weight_stats
 
@@ -49,6 +56,7 @@ class TrainArgs:
     eval_freq: int = 10_000
     eval_episodes: int = 5
     save_freq: int = 50_000
+    keep_checkpoints: int = 3
     run_dir: str | None = None
     resume: str | None = None
     batched: bool = False
@@ -63,6 +71,7 @@ class TrainArgs:
             ("--eval-episodes", self.eval_episodes, 1, False),
             ("--eval-freq", self.eval_freq, 0, False),
             ("--save-freq", self.save_freq, 0, False),
+            ("--keep-checkpoints", self.keep_checkpoints, 1, False),
             ("--seed", self.seed, 0, False),
         ]
         for flag, value, low, optional in checks:
@@ -195,7 +204,7 @@ def train(args: TrainArgs) -> Path:
             f"{run_dir} already holds a run; pass --resume {run_dir} or a new --run-dir"
         )
     # build first: a config the env or policy rejects must not leave a half-made run folder
-    model, venv = _build(args, algo, algo_defaults, config, n_envs, policy_name, run_dir)
+    model, _ = _build(args, algo, algo_defaults, config, n_envs, policy_name, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     saved = _config_file(args, dict(config), n_timesteps, n_envs, policy_name)
     write_text(run_dir / "config.yml", yaml.safe_dump(saved, sort_keys=False))
@@ -206,7 +215,7 @@ def train(args: TrainArgs) -> Path:
             for f in space.features
         }
         write_text(run_dir / "contexts.yml", yaml.safe_dump(contexts, sort_keys=False))
-    return _learn(args, model, venv, n_timesteps, run_dir, resumed=False)
+    return _learn(args, model, n_timesteps, run_dir, resumed=False)
 
 
 def _build(args, algo, algo_defaults, config, n_envs, policy_name, run_dir):
@@ -263,13 +272,7 @@ def _callbacks(args: TrainArgs, model: BaseAlgorithm, run_dir: Path) -> list[Bas
     callbacks: list[BaseCallback] = []
     if args.save_freq > 0:
         callbacks.append(
-            CheckpointCallback(
-                max(args.save_freq // n_envs, 1),
-                str(run_dir / "checkpoints"),
-                name_prefix="model",
-                save_replay_buffer=True,
-                save_vecnormalize=True,
-            )
+            CheckpointEvery(max(args.save_freq // n_envs, 1), run_dir, args.keep_checkpoints)
         )
     if args.eval_freq > 0:
         env_kwargs = saved["hyperparams"].get("env_kwargs") or {}
@@ -295,7 +298,6 @@ def _callbacks(args: TrainArgs, model: BaseAlgorithm, run_dir: Path) -> list[Bas
 def _learn(
     args: TrainArgs,
     model: BaseAlgorithm,
-    venv: VecEnv,
     n_timesteps: int,
     run_dir: Path,
     resumed: bool,
@@ -303,11 +305,7 @@ def _learn(
     remaining = n_timesteps - (model.num_timesteps if resumed else 0)
 
     def save() -> None:
-        atomic_save(run_dir / "model.zip", model.save)
-        if isinstance(venv, VecNormalize):
-            atomic_save(run_dir / "vecnormalize.pkl", lambda tmp: venv.save(str(tmp)))
-        if isinstance(model, OffPolicyAlgorithm):
-            atomic_save(run_dir / "replay_buffer.pkl", model.save_replay_buffer)
+        write_manifest(run_dir, model.num_timesteps, save_model_files(model, run_dir))
 
     with save_on_stop(run_dir, save, lambda: model.num_timesteps):
         if remaining > 0:
@@ -319,6 +317,42 @@ def _learn(
                 reset_num_timesteps=not resumed,
             )
     return run_dir
+
+
+def save_model_files(model: BaseAlgorithm, folder: Path) -> list[str]:
+    """Write what resuming ``model`` needs into ``folder``, each file atomically: ``model.zip``,
+    ``vecnormalize.pkl`` (with normalisation), ``replay_buffer.pkl`` (off-policy). Returns the
+    names written."""
+    names = ["model.zip"]
+    atomic_save(folder / "model.zip", model.save)
+    venv = model.get_vec_normalize_env()
+    if venv is not None:
+        atomic_save(folder / "vecnormalize.pkl", lambda tmp: venv.save(str(tmp)))
+        names.append("vecnormalize.pkl")
+    if isinstance(model, OffPolicyAlgorithm):
+        atomic_save(folder / "replay_buffer.pkl", model.save_replay_buffer)
+        names.append("replay_buffer.pkl")
+    return names
+
+
+class CheckpointEvery(BaseCallback):
+    """Every ``every`` calls (env steps / n_envs) a complete checkpoint in
+    ``run_dir/checkpoints/step_<N>/`` (:func:`agents.run_folder.write_checkpoint`: model,
+    normalisation, replay buffer, manifest last; the newest ``keep`` stay)."""
+
+    def __init__(self, every: int, run_dir: Path, keep: int) -> None:
+        super().__init__()
+        self.every, self.run_dir, self.keep = every, run_dir, keep
+
+    def _on_step(self) -> bool:
+        if self.n_calls % self.every == 0:
+            write_checkpoint(
+                self.run_dir,
+                self.num_timesteps,
+                lambda folder: save_model_files(self.model, folder),
+                self.keep,
+            )
+        return True
 
 
 def load_model(algo: type[BaseAlgorithm], path: Path, **kwargs: Any) -> BaseAlgorithm:
@@ -347,19 +381,21 @@ def _resume(args: TrainArgs) -> Path:
     algo, algo_defaults = algo_class(saved["algo"])
     config = dict(saved["hyperparams"])
     env_kwargs = config.pop("env_kwargs", None) or {}
+    source, note = resume_source(run_dir)
+    if note:
+        print(note)
     venv = make_envs(saved["env"], saved["n_envs"], saved["seed"], env_kwargs, split="train")
-    if (run_dir / "vecnormalize.pkl").is_file():
-        venv = VecNormalize.load(str(run_dir / "vecnormalize.pkl"), venv)
+    if (source / "vecnormalize.pkl").is_file():
+        venv = VecNormalize.load(str(source / "vecnormalize.pkl"), venv)
     device = args.device if args.device != "auto" or issubclass(algo, OffPolicyAlgorithm) else "cpu"
-    model = load_model(algo, run_dir / "model.zip", env=venv, device=device)
+    model = load_model(algo, source / "model.zip", env=venv, device=device)
     model.tensorboard_log = _tensorboard_dir(args, run_dir)
-    if isinstance(model, OffPolicyAlgorithm) and (run_dir / "replay_buffer.pkl").is_file():
-        model.load_replay_buffer(run_dir / "replay_buffer.pkl")
+    if isinstance(model, OffPolicyAlgorithm) and (source / "replay_buffer.pkl").is_file():
+        model.load_replay_buffer(source / "replay_buffer.pkl")
     resumed_args = dataclasses.replace(args, algo=saved["algo"], env=saved["env"])
     return _learn(
         resumed_args,
         model,
-        venv,
         int(args.timesteps or saved["n_timesteps"]),
         run_dir,
         resumed=True,

@@ -31,6 +31,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-freq", type=int, default=10_000, help="env steps; 0 disables")
     p.add_argument("--eval-episodes", type=int, default=5)
     p.add_argument("--save-freq", type=int, default=50_000, help="env steps; 0 disables")
+    p.add_argument(
+        "--keep-checkpoints",
+        type=int,
+        default=3,
+        metavar="K",
+        help="checkpoints kept in RUN/checkpoints (the newest K; only the newest keeps its "
+        "replay buffer)",
+    )
     p.add_argument("-f", "--run-dir", default=None, help="default: runs/<algo>/<env>_<n>")
     p.add_argument("--resume", default=None, metavar="RUN_DIR")
     p.add_argument(

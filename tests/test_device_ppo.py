@@ -412,7 +412,8 @@ def test_train_agent_under_torchrun_writes_one_run_counting_every_rank(tmp_path)
     # two ranks x 8 worlds x 8 steps = 128 steps per update: two updates reach 256
     assert PPO.load(tmp_path / "run" / "model.zip", device="cpu").num_timesteps == 256
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
-        "config.yml", "contexts.yml", "model.zip", "tb", "trainer_state.pt", "vecnormalize.pkl",
+        "config.yml", "contexts.yml", "manifest.json", "model.zip", "tb", "trainer_state.pt",
+        "vecnormalize.pkl",
     ]  # fmt: skip
 
 
