@@ -27,7 +27,7 @@ from agents.config import resolve
 from agents.device_ppo import DevicePPO, DevicePPOConfig
 from agents.device_sac import DeviceSAC, DeviceSACConfig
 from agents.run_folder import (
-    atomic_save,
+    BestModel,
     resume_source,
     save_on_stop,
     stop_on_signals,
@@ -239,7 +239,7 @@ def _train(args, run_dir: Path | None, rank: int, device: str) -> Path:
     cpu_env = _cpu_env(saved)
     every = {"eval": args.eval_freq, "save": args.save_freq}
     last = {k: algo.num_timesteps for k in every}
-    best = [-float("inf")]
+    best = BestModel(run_dir)
 
     def periodic(algo: DevicePPO | DeviceSAC, values: dict[str, float]) -> None:
         if every["eval"] > 0 and algo.num_timesteps - last["eval"] >= every["eval"]:
@@ -248,11 +248,9 @@ def _train(args, run_dir: Path | None, rank: int, device: str) -> Path:
                 result = evaluate_batched(algo, env, seed=algo.seed + 1000)
                 for key, value in result.items():
                     logger.record(f"eval/{split}_{key}", value)
-                value = result["return"]
-                if split == "train" and value >= best[0]:  # ties: the later model
-                    best[0] = value
+                if split == "train":
                     algo.model.num_timesteps = algo.num_timesteps
-                    atomic_save(run_dir / "best_model.zip", algo.model.save)
+                    best.offer(result["return"], algo.num_timesteps, algo.model.save)
             logger.dump(algo.num_timesteps)
         if every["save"] > 0 and algo.num_timesteps - last["save"] >= every["save"]:
             last["save"] = algo.num_timesteps

@@ -281,3 +281,33 @@ def _step_of(folder: Path) -> int:
         return int(folder.name.removeprefix("step_"))
     except ValueError:
         return -1
+
+
+class BestModel:
+    """``best_model.zip`` of a run: the model with the highest return on the train split so far,
+    the later one on a tie (a return that saturates, CartPole's 500, would otherwise keep the
+    first and least trained policy to reach it). Its score and step count are kept in
+    ``best_model.json``, so a resumed run keeps comparing against them rather than starting
+    over (and overwriting a better model with its first evaluation)."""
+
+    FILE = "best_model.json"
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.score = -float("inf")
+        try:
+            if (self.run_dir / "best_model.zip").is_file():
+                self.score = float(json.loads((self.run_dir / self.FILE).read_text())["return"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # a run saved before the score was kept: the next evaluation sets it
+
+    def offer(self, score: float, timesteps: int, save: Callable[[Path], object]) -> bool:
+        """Save with ``save(path)`` when ``score`` ties or beats the best; returns whether it
+        did."""
+        if not score >= self.score:
+            return False
+        atomic_save(self.run_dir / "best_model.zip", save)
+        record = {"return": float(score), "timesteps": int(timesteps)}
+        write_text(self.run_dir / self.FILE, json.dumps(record))
+        self.score = float(score)
+        return True

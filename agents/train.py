@@ -27,6 +27,7 @@ import envs
 from agents.algos import algo_class, close_matches, policy_for
 from agents.config import parse_overrides, resolve
 from agents.run_folder import (
+    BestModel,
     atomic_save,
     resume_source,
     save_on_stop,
@@ -123,16 +124,15 @@ def new_run_dir(root: Path, algo: str, env_id: str) -> Path:
 
 class SplitEvalCallback(BaseCallback):
     """Every ``eval_freq`` calls: mean return on each context split, logged as
-    ``eval/<split>_return``; the best model on the train split is saved as ``best_model.zip``
-    (on a tie, the later one: a return that saturates, CartPole's 500, would otherwise keep the
-    first and least trained policy to reach it)."""
+    ``eval/<split>_return``; the best model on the train split is kept as ``best_model.zip``
+    (:class:`agents.run_folder.BestModel`)."""
 
     def __init__(
         self, eval_envs: dict[str, VecEnv], eval_freq: int, episodes: int, run_dir: Path
     ) -> None:
         super().__init__()
         self.eval_envs, self.eval_freq, self.episodes = eval_envs, eval_freq, episodes
-        self.run_dir, self.best = run_dir, -np.inf
+        self.run_dir, self.best = run_dir, BestModel(run_dir)
 
     def _on_step(self) -> bool:
         if self.eval_freq <= 0 or self.n_calls % self.eval_freq:
@@ -144,9 +144,8 @@ class SplitEvalCallback(BaseCallback):
                 self.model, env, self.episodes, deterministic=True, warn=False
             )
             self.logger.record(f"eval/{split}_return", mean)
-            if split == "train" and mean >= self.best:
-                self.best = mean
-                atomic_save(self.run_dir / "best_model.zip", self.model.save)
+            if split == "train":
+                self.best.offer(mean, self.model.num_timesteps, self.model.save)
         self._log_generated_weights()
         self.logger.dump(self.num_timesteps)
         return True

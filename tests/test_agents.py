@@ -340,6 +340,15 @@ def test_best_model_on_a_tie_is_the_later_one(tmp_path, monkeypatch):
         callback.n_calls = step
         callback._on_step()
     assert saved == [1, 2, 3] and (tmp_path / "best_model.zip").read_text() == "3"
+    # a resumed run compares against the kept score: a worse first evaluation saves nothing
+    returns = iter([480.0, 500.0])
+    resumed = train_module.SplitEvalCallback({"train": None}, 1, 1, tmp_path)
+    resumed.model = callback.model
+    monkeypatch.setattr(resumed, "_log_generated_weights", lambda: None)
+    for step in (5, 6):
+        resumed.model.num_timesteps = resumed.n_calls = step
+        resumed._on_step()
+    assert saved == [1, 2, 3, 6] and (tmp_path / "best_model.zip").read_text() == "6"
 
 
 def test_normalized_goal_runs_keep_the_goal_raw(tmp_path):
