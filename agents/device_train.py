@@ -269,6 +269,7 @@ def _train(args, run_dir: Path | None, rank: int, device: str) -> Path:
             "for tests and small runs, thousands rather than millions of steps/s (see "
             "docs/BENCHMARKS.md); on a GPU machine pass --device cuda"
         )
+
     def save() -> None:
         algo.save(run_dir, cpu_env)
         write_manifest(run_dir, algo.num_timesteps, SAVED_FILES)
