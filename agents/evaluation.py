@@ -27,7 +27,7 @@ import numpy as np
 
 import envs
 from agents.algos import algo_class
-from agents.train import load_model, read_run_config, splits_of
+from agents.train import load_model, make_envs, read_run_config, splits_of
 
 
 def _render_hint(err: Exception) -> ValueError:
@@ -103,7 +103,12 @@ def load_run(run: str | Path) -> tuple[Any, dict[str, Any], Path, Path]:
         model_path = run_dir / "best_model.zip"
     else:
         model_path = run_dir / "model.zip"
-    return load_model(algo, model_path, device="cpu"), config, run_dir, model_path
+    kwargs: dict[str, Any] = {}
+    if algo_class(config["algo"])[1].get("replay_buffer_class") is not None:
+        # SB3 loads a model with HerReplayBuffer only with an env to relabel goals against
+        env_kwargs = config["hyperparams"].get("env_kwargs") or {}
+        kwargs["env"] = make_envs(envs.cpu_twin(config["env"]), 1, 0, env_kwargs)
+    return load_model(algo, model_path, device="cpu", **kwargs), config, run_dir, model_path
 
 
 def evaluate_run(

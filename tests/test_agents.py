@@ -277,6 +277,9 @@ def test_her_from_the_command_line(tmp_path):
     )
     assert code == 0
     assert (run_dir / "replay_buffer.pkl").is_file() and (tmp_path / "tb" / "her").is_dir()
+    # SB3 loads a HerReplayBuffer model only with an env: the evaluation must pass one
+    result = evaluate_run(run_dir, splits=["train"], episodes=1)
+    assert result["summary"]["train"]["episodes"] == 1
 
 
 def test_normalized_runs_keep_the_context_raw_and_evaluate(tmp_path):
