@@ -390,10 +390,9 @@ class DevicePPO:
             self.policy.optimizer.load_state_dict(state["optimizer"])
             self.load_norm_state(state["norms"])
         elif vec_path.is_file():
-            import pickle
+            from agents.safe_pickle import load_vecnormalize
 
-            with open(vec_path, "rb") as f:
-                vec = pickle.load(f)
+            vec = load_vecnormalize(vec_path)
             to = dict(dtype=torch.float64, device=self.env.device)
             rms = {f"obs.{k}": vec.obs_rms[k] for k in self.obs_norm} | {"ret": vec.ret_rms}
             self.load_norm_state(

@@ -27,6 +27,7 @@ import numpy as np
 
 import envs
 from agents.algos import algo_class
+from agents.safe_pickle import load_vecnormalize
 from agents.train import load_model, make_envs, read_run_config, splits_of
 
 
@@ -76,11 +77,7 @@ def _obs_filter(run_dir: Path):
     path = run_dir / "vecnormalize.pkl"
     if not path.is_file():
         return lambda obs: obs
-    import pickle
-
-    with open(path, "rb") as f:
-        vecnorm = pickle.load(f)
-    return vecnorm.normalize_obs
+    return load_vecnormalize(path).normalize_obs
 
 
 def _slug(context: dict[str, Any], sep: str = "_") -> str:

@@ -35,6 +35,7 @@ from agents.run_folder import (
     write_manifest,
     write_text,
 )
+from agents.safe_pickle import load_vecnormalize
 from hyperrl.policies import norm_obs_keys
 from hyperrl.policies.diagnostics import generated_weight_stats
 
@@ -385,7 +386,9 @@ def _resume(args: TrainArgs) -> Path:
         print(note)
     venv = make_envs(saved["env"], saved["n_envs"], saved["seed"], env_kwargs, split="train")
     if (source / "vecnormalize.pkl").is_file():
-        venv = VecNormalize.load(str(source / "vecnormalize.pkl"), venv)
+        vec = load_vecnormalize(source / "vecnormalize.pkl")
+        vec.set_venv(venv)
+        venv = vec
     device = args.device if args.device != "auto" or issubclass(algo, OffPolicyAlgorithm) else "cpu"
     model = load_model(algo, source / "model.zip", env=venv, device=device)
     model.tensorboard_log = _tensorboard_dir(args, run_dir)

@@ -252,8 +252,8 @@ def test_train_agent_batched_trains_the_gymnasium_id_and_evaluates_on_it(tmp_pat
 
 def test_device_ppo_learns_to_hop_on_the_batched_backend():
     """The batched preset's PPO settings on contextual Hopper, 64 worlds, 120k steps (~30 s on
-    two cores). The untrained policy's mean action stands still until the Hopper falls (a return
-    of about 100); trained, it hops on (about 280 and 400 for seeds 1 and 0 here)."""
+    two cores). An untrained policy's mean action falls within a few hundred steps (a return of
+    85 and 222 for seeds 1 and 0 here); trained, it hops on (444 and 502)."""
     from agents.device_ppo import DevicePPO, DevicePPOConfig
     from agents.device_train import evaluate_batched
     from hyperrl import HyperActorCriticPolicy
@@ -267,5 +267,4 @@ def test_device_ppo_learns_to_hop_on_the_batched_backend():
     before = evaluate_batched(algo, evaluation, seed=7)["return"]
     algo.learn(120_000)
     after = evaluate_batched(algo, evaluation, seed=7)["return"]
-    assert before < 150
-    assert after > 220, (before, after)
+    assert after > 350 and after > 1.5 * before, (before, after)

@@ -200,3 +200,35 @@ def test_resume_without_model_zip_continues_from_the_newest_checkpoint(tmp_path,
     assert train_agent.main(["--resume", str(run), "--no-progress", "--eval-freq", "0"]) == 0
     assert f"resuming from {kept[-1][1]} ({newest} steps)" in capsys.readouterr().out
     assert read_manifest(run)["timesteps"] >= int(args[args.index("-n") + 1])
+
+
+def test_a_crafted_statistics_file_is_refused_without_running_it(tmp_path, ppo_like_run):
+    import pickle
+
+    from agents.evaluation import evaluate_run
+    from agents.safe_pickle import load_vecnormalize
+
+    assert load_vecnormalize(ppo_like_run / "vecnormalize.pkl").obs_rms  # the real one loads
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    (ppo_like_run / "vecnormalize.pkl").write_bytes(pickle.dumps(Payload()))
+    with pytest.raises(ValueError, match=r"posix.system is not allowed|os.system is not allowed"):
+        evaluate_run(ppo_like_run, splits=["train"], episodes=1)
+    (ppo_like_run / "vecnormalize.pkl").write_bytes(b"\x80\x04truncated")
+    with pytest.raises(ValueError, match="not a usable normalisation file"):
+        load_vecnormalize(ppo_like_run / "vecnormalize.pkl")
+    assert not marker.exists()
+
+
+@pytest.fixture
+def ppo_like_run(tmp_path):
+    run = tmp_path / "run"
+    args = ["--env", "hyperrl/ContextualPendulum-v0", "--algo", "ppo", "-n", "256", "--n-envs",
+            "2", "--hyperparams", "n_steps:64", "batch_size:64", "n_epochs:1", "normalize:true",
+            "--eval-freq", "0", "--save-freq", "0", "--no-progress", "-f", str(run)]  # fmt: skip
+    assert train_agent.main(args) == 0
+    return run
