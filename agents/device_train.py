@@ -28,6 +28,7 @@ from agents.device_ppo import DevicePPO, DevicePPOConfig
 from agents.device_sac import DeviceSAC, DeviceSACConfig
 from agents.run_folder import (
     BestModel,
+    remove_partial_files,
     resume_source,
     save_on_stop,
     stop_on_signals,
@@ -309,6 +310,7 @@ def _restore(algo: DevicePPO | DeviceSAC, run_dir: Path, sb3_class: type) -> Non
     from agents.train import load_model
 
     source, note = resume_source(run_dir)
+    remove_partial_files(run_dir)
     if note:
         print(note)
     load_model(sb3_class, source / "model.zip", device="cpu")  # a clear error for a bad file

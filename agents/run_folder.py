@@ -182,7 +182,7 @@ def complete_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
 def resume_source(run_dir: Path) -> tuple[Path, str | None]:
     """Where ``--resume`` should load from: ``(folder, note)``, the newest complete save among the
     run folder's own and its checkpoints, with a note when that is not the run folder's own.
-    A ``model.zip`` without any manifest (a run saved before manifests existed) counts as
+    A ``model.zip`` in a run without any manifest (saved before manifests existed) counts as
     complete; an incomplete save in the run folder is used only when nothing complete is left.
 
     :raises ValueError: when there is no model to resume from at all.
@@ -191,8 +191,9 @@ def resume_source(run_dir: Path) -> tuple[Path, str | None]:
     candidates = complete_checkpoints(run_dir)
     has_model = (run_dir / "model.zip").is_file()
     own = read_manifest(run_dir) if has_model else None
-    if has_model and own is None and not (run_dir / MANIFEST).exists():
-        return run_dir, None  # saved before manifests: take it as it is
+    manifests = [run_dir / MANIFEST, *(run_dir / CHECKPOINTS).glob(f"step_*/{MANIFEST}")]
+    if has_model and not any(m.exists() for m in manifests):
+        return run_dir, None  # saved before manifests existed: take it as it is
     if own is not None and (not candidates or own["timesteps"] >= candidates[-1][0]):
         return run_dir, None
     if candidates:
@@ -205,6 +206,16 @@ def resume_source(run_dir: Path) -> tuple[Path, str | None]:
         f"{run_dir} has nothing to resume from (no model.zip and no complete checkpoint in "
         f"{run_dir / CHECKPOINTS}); train a new run"
     )
+
+
+def remove_partial_files(run_dir: Path) -> int:
+    """Delete the temporary files of writes that a kill interrupted (:func:`atomic_save`'s
+    ``.<name>.partial-<pid>.<suffix>``) anywhere in ``run_dir``; returns how many. Only for a
+    run no process is writing (``--resume`` calls it before it starts)."""
+    partial = [p for p in Path(run_dir).rglob(".*.partial-*") if p.is_file()]
+    for path in partial:
+        path.unlink(missing_ok=True)
+    return len(partial)
 
 
 def write_checkpoint(

@@ -29,6 +29,7 @@ from agents.config import parse_overrides, resolve
 from agents.run_folder import (
     BestModel,
     atomic_save,
+    remove_partial_files,
     resume_source,
     save_on_stop,
     write_checkpoint,
@@ -382,6 +383,7 @@ def _resume(args: TrainArgs) -> Path:
     config = dict(saved["hyperparams"])
     env_kwargs = config.pop("env_kwargs", None) or {}
     source, note = resume_source(run_dir)
+    remove_partial_files(run_dir)
     if note:
         print(note)
     venv = make_envs(saved["env"], saved["n_envs"], saved["seed"], env_kwargs, split="train")
@@ -393,7 +395,14 @@ def _resume(args: TrainArgs) -> Path:
     model = load_model(algo, source / "model.zip", env=venv, device=device)
     model.tensorboard_log = _tensorboard_dir(args, run_dir)
     if isinstance(model, OffPolicyAlgorithm) and (source / "replay_buffer.pkl").is_file():
-        model.load_replay_buffer(source / "replay_buffer.pkl")
+        try:
+            model.load_replay_buffer(source / "replay_buffer.pkl")
+        except Exception as err:  # unpickling errors of every kind mean the same to a user
+            raise ValueError(
+                f"{source / 'replay_buffer.pkl'} is corrupt or not a replay buffer "
+                f"({type(err).__name__}: {err}); delete it to resume with an empty buffer "
+                "(refilled from learning_starts)"
+            ) from None
     resumed_args = dataclasses.replace(args, algo=saved["algo"], env=saved["env"])
     return _learn(
         resumed_args,

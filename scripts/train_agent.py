@@ -59,6 +59,13 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingInterruptedError as err:
         print(err, file=sys.stderr)
         return err.exit_code
+    except OSError as err:  # a full disk or a read-only folder at the final save
+        print(
+            f"error: could not write the run's files ({err}); each earlier save is kept whole. "
+            "Free disk space or fix the folder's permissions, then --resume",
+            file=sys.stderr,
+        )
+        return 1
     print(f"run folder: {run_dir}")
     return 0
 
