@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
         for net, r in ratios.items():
             low, high = r.min(0), r.max(0)
             cells = "".join(f"{lo:6.2f}–{hi:<6.2f}" for lo, hi in zip(low, high, strict=True))
-            print(f"{str(Path(run_dir).name + ' / ' + net)[:55]:56s}{cells}")
+            label = "/".join(Path(run_dir).parts[-2:]) + " / " + net
+            print(f"{label[:55]:56s}{cells}")
             report[f"{run_dir}:{net}"] = r.tolist()
     if args.json:
         Path(args.json).write_text(json.dumps({"values": args.values, "ratios": report}, indent=1))
