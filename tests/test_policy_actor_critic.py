@@ -144,6 +144,24 @@ def test_linear_context_is_the_default_and_the_old_embedding_stays_selectable(
         PPO(HyperActorCriticPolicy, ContextualTarget(), policy_kwargs={"linear_context": "no"})
 
 
+def test_context_response_reads_how_far_generated_weights_follow_the_context():
+    from hyperrl.policies.diagnostics import context_response
+
+    model = PPO(HyperActorCriticPolicy, ContextualTarget(), n_steps=32, seed=0)
+    with torch.no_grad():  # only the linear context term moves the head: it follows exactly
+        for head in model.policy.action_net.head.generator.heads:
+            head.weight.zero_()
+            head.weight[:, -1:].normal_()
+    ratios = context_response(model.policy)
+    assert set(ratios) == {"action_net", "value_net"}
+    np.testing.assert_allclose(ratios["action_net"], [[1.0, 2.0, 3.0, 4.0]], rtol=1e-5)
+    assert ratios["action_net"].shape == (1, 4)
+    concat = PPO(
+        HyperActorCriticPolicy, ContextualTarget(), policy_kwargs={"conditioning": "concat"}
+    )
+    assert context_response(concat.policy) == {}  # the context is an input there, not a parameter
+
+
 def _train(conditioning: str, discrete: bool, steps: int):
     env = make_vec_env(ContextualTarget, n_envs=4, seed=0, env_kwargs={"discrete": discrete})
     model = PPO(
