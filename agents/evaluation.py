@@ -27,6 +27,7 @@ import numpy as np
 
 import envs
 from agents.algos import algo_class
+from agents.run_folder import CHECKPOINTS
 from agents.safe_pickle import load_vecnormalize
 from agents.train import load_model, make_envs, read_run_config, splits_of
 
@@ -89,9 +90,12 @@ def _slug(context: dict[str, Any], sep: str = "_") -> str:
 
 def load_run(run: str | Path) -> tuple[Any, dict[str, Any], Path, Path]:
     """``(model on the CPU, run config, run folder, model file)`` of a run folder (its
-    ``best_model.zip`` if there is one, else ``model.zip``) or of one of its ``.zip`` files."""
+    ``best_model.zip`` if there is one, else ``model.zip``) or of one of its ``.zip`` files,
+    checkpoints' included."""
     run = Path(run)
     run_dir = run.parent if run.suffix == ".zip" else run
+    if run.suffix == ".zip" and run_dir.parent.name == CHECKPOINTS:
+        run_dir = run_dir.parent.parent  # checkpoints/step_<N>/model.zip
     config = read_run_config(run_dir)
     algo, _ = algo_class(config["algo"])
     if run.suffix == ".zip":
@@ -127,12 +131,20 @@ def evaluate_run(
     :param grid_features: which features the grid spans (default: the first one).
     :param pinned: evaluate this one context (``"pinned"`` split) instead of splits or a grid.
     """
+    if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
+        raise ValueError(f"-n/--episodes must be a positive integer, got {episodes!r}")
+    if grid is not None and (isinstance(grid, bool) or not isinstance(grid, int) or grid < 2):
+        raise ValueError(f"--grid must be an integer >= 2 (points per feature), got {grid!r}")
+    if max_videos < 0:
+        raise ValueError(f"--max-videos must be >= 0, got {max_videos}")
     model, config, run_dir, model_path = load_run(run)
     env_id = envs.cpu_twin(config["env"])  # a batched env is evaluated on its CPU twin
     env_kwargs = envs.twin_kwargs(config["env"], config["hyperparams"].get("env_kwargs") or {})
     if video:
         env_kwargs["render_mode"] = "rgb_array"
-    obs_filter = _obs_filter(run_dir)
+    # a checkpoint's own statistics when it has them, else the run's
+    stats_dir = model_path.parent if (model_path.parent / "vecnormalize.pkl").is_file() else run_dir
+    obs_filter = _obs_filter(stats_dir)
     out = Path(out_dir) if out_dir else run_dir
     (out / "videos" if video else out).mkdir(parents=True, exist_ok=True)
 
@@ -144,6 +156,12 @@ def evaluate_run(
             raise ValueError(f"--grid needs one of the package's contextual envs, not {env_id}")
         space = envs.context_space(env_id)
         names = list(grid_features or space.names[:1])
+        unknown = [n for n in names if n not in space.names]
+        if unknown or len(names) > 2:
+            raise ValueError(
+                f"--grid-features takes one or two of {env_id}'s features {space.names}, "
+                f"got {names}"
+            )
         for context in space.grid(grid, names):
             jobs += [("grid", context)] * episodes
         split_list = ["grid"]

@@ -199,6 +199,23 @@ def test_clear_errors_from_the_command_line(capsys, tmp_path):
     assert not (tmp_path / "x").exists()  # nothing half-made to refuse the next try
 
 
+def test_evaluate_refuses_bad_counts_and_features_and_takes_a_checkpoint(ppo_run, tmp_path, capsys):
+    out = ["-o", str(tmp_path / "new" / "dir")]  # parents are made
+    for argv, expected in [
+        (["-n", "0"], "-n/--episodes must be a positive integer, got 0"),
+        (["-n", "-3"], "-n/--episodes must be a positive integer, got -3"),
+        (["--grid", "0"], "--grid must be an integer >= 2"),
+        (["--max-videos", "-1"], "--max-videos must be >= 0"),
+        (["--grid", "3", "--grid-features", "gravity"], "--grid-features takes one or two of"),
+    ]:
+        assert evaluate_script.main([str(ppo_run), *argv, *out]) == 2, argv
+        err = capsys.readouterr().err
+        assert expected in err and "Traceback" not in err, argv
+    checkpoint = sorted((ppo_run / "checkpoints").glob("step_*/model.zip"))[-1]
+    assert evaluate_script.main([str(checkpoint), "-n", "1", "--splits", "train", *out]) == 0
+    assert (tmp_path / "new" / "dir" / "eval.json").is_file()
+
+
 def test_missing_or_corrupt_model(tmp_path, capsys, ppo_run):
     bad = tmp_path / "run"
     bad.mkdir()
