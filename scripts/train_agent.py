@@ -14,6 +14,12 @@ from agents.algos import ALGOS, POLICIES
 from agents.run_folder import TrainingInterruptedError
 from agents.train import TrainArgs, train
 
+#: flags that define a run and so cannot change on --resume
+RUN_DEFINING = {
+    "--algo", "--env", "--policy", "-c", "--conf-file", "--hyperparams", "--n-envs", "--seed",
+    "--batched",
+}  # fmt: skip
+
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -50,8 +56,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--no-progress", dest="progress_bar", action="store_false")
     p.add_argument("-v", "--verbose", type=int, default=0)
+    parsed = p.parse_args(argv)
+    fixed = [t.split("=")[0] for t in (sys.argv[1:] if argv is None else argv)]
+    fixed = [t for t in fixed if t in RUN_DEFINING]
+    if parsed.resume and fixed:
+        p.error(
+            f"--resume continues {parsed.resume} with the config it was started with; "
+            f"{', '.join(dict.fromkeys(fixed))} cannot change it (drop them, or start a new run "
+            "with -f)"
+        )
     try:
-        args = TrainArgs(**vars(p.parse_args(argv)))
+        args = TrainArgs(**vars(parsed))
         run_dir = train(args)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -197,6 +197,10 @@ def test_clear_errors_from_the_command_line(capsys, tmp_path):
     ]:
         assert expected in error(flag, value)
     assert not (tmp_path / "x").exists()  # nothing half-made to refuse the next try
+    for flag, value in [("--env", "CartPole-v1"), ("--hyperparams", "gamma:0.9"), ("--seed", "3")]:
+        with pytest.raises(SystemExit):
+            train_agent.main(["--resume", str(tmp_path / "x"), flag, value])
+        assert f"{flag} cannot change it" in capsys.readouterr().err
 
 
 def test_evaluate_refuses_bad_counts_and_features_and_takes_a_checkpoint(ppo_run, tmp_path, capsys):
