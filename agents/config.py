@@ -116,7 +116,60 @@ def resolve(
                 f"unknown config key {key!r}{close_matches(key, valid)} for {algo.__name__}; "
                 f"valid keys: {', '.join(valid)}"
             )
-    for key in ("n_timesteps", "n_envs"):
-        if key in config and (not isinstance(config[key], int | float) or config[key] < 1):
-            raise ValueError(f"config key {key!r} must be a positive number, got {config[key]!r}")
+    for key, value in config.items():
+        check_value(key, value)
     return config
+
+
+#: config keys with a numeric range: key -> (kind, low, high, low inclusive); ``int`` keys take
+#: whole numbers only. Keys not listed are checked by the algorithm itself.
+RANGES: dict[str, tuple[type, float, float, bool]] = {
+    "n_timesteps": (int, 1, float("inf"), True),
+    "n_envs": (int, 1, float("inf"), True),
+    "n_steps": (int, 1, float("inf"), True),
+    "batch_size": (int, 1, float("inf"), True),
+    "n_epochs": (int, 1, float("inf"), True),
+    "n_minibatches": (int, 1, float("inf"), True),
+    "buffer_size": (int, 1, float("inf"), True),
+    "learning_starts": (int, 0, float("inf"), True),
+    "n_sampled_goal": (int, 1, float("inf"), True),
+    "gamma": (float, 0.0, 1.0, True),
+    "gae_lambda": (float, 0.0, 1.0, True),
+    "tau": (float, 0.0, 1.0, False),
+    "clip_range": (float, 0.0, float("inf"), False),
+    "max_grad_norm": (float, 0.0, float("inf"), False),
+    "vf_coef": (float, 0.0, float("inf"), True),
+}
+_DICTS = ("policy_kwargs", "env_kwargs", "replay_buffer_kwargs")
+
+
+def check_value(key: str, value: Any) -> None:
+    """:raises ValueError: when a config value has the wrong type or is out of its range
+    (:data:`RANGES`), or a ``*_kwargs`` key is not a mapping; the message names the key."""
+    if key in _DICTS and value is not None and not isinstance(value, dict):
+        raise ValueError(
+            f"config key {key!r} must be a mapping such as '{key}:{{net_arch: [64]}}', "
+            f"got {value!r}"
+        )
+    if key == "learning_rate" and not (_is_number(value) and value > 0):
+        raise ValueError(f"config key 'learning_rate' must be a positive number, got {value!r}")
+    if key not in RANGES:
+        return
+    kind, low, high, low_inclusive = RANGES[key]
+    whole = not isinstance(value, float) or value.is_integer()
+    if not _is_number(value) or (kind is int and not whole):
+        what = "a whole number" if kind is int else "a number"
+        raise ValueError(f"config key {key!r} must be {what}, got {value!r}")
+    if value < low or (value == low and not low_inclusive) or value > high:
+        if high == float("inf") and low_inclusive and low in (0, 1):
+            sign = "positive" if low == 1 else "non-negative"
+            what = f"a {sign} {'whole number' if kind is int else 'number'}"
+        elif high == float("inf"):
+            what = f"a number above {low:g}" if not low_inclusive else f"at least {low:g}"
+        else:
+            what = f"in {'[' if low_inclusive else '('}{low:g}, {high:g}]"
+        raise ValueError(f"config key {key!r} must be {what}, got {value!r}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)

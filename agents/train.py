@@ -15,6 +15,7 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import torch
 import yaml
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
@@ -24,7 +25,7 @@ from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize, sync_envs_normalization
 
 import envs
-from agents.algos import algo_class, close_matches, policy_for
+from agents.algos import GOAL_KEYS, algo_class, close_matches, policy_for
 from agents.config import parse_overrides, resolve
 from agents.run_folder import (
     BestModel,
@@ -84,6 +85,13 @@ class TrainArgs:
                 what = "a positive integer" if low == 1 else "a non-negative integer"
                 hint = " (0 disables it)" if flag in ("--eval-freq", "--save-freq") else ""
                 raise ValueError(f"{flag} must be {what}{hint}, got {value!r}")
+        if self.device != "auto":
+            try:
+                torch.device(self.device)
+            except (RuntimeError, TypeError):
+                raise ValueError(
+                    f"--device must be auto, cpu, cuda or cuda:<index>, got {self.device!r}"
+                ) from None
 
 
 def check_env_id(env_id: str) -> None:
@@ -224,6 +232,15 @@ def _build(args, algo, algo_defaults, config, n_envs, policy_name, run_dir):
     env_kwargs = config.pop("env_kwargs", None) or {}
     normalize = config.pop("normalize", False)
     venv = make_envs(args.env, n_envs, args.seed, env_kwargs, split="train")
+    space = venv.observation_space
+    if "replay_buffer_class" in algo_defaults and not (
+        isinstance(space, gym.spaces.Dict) and set(space.spaces) >= GOAL_KEYS
+    ):
+        raise ValueError(
+            f"--algo her relabels goals, but {args.env} is not goal-conditioned (its observation "
+            f"has no {sorted(GOAL_KEYS)}); use a Fetch env such as "
+            "hyperrl/ContextualFetchReach-v0, or --algo sac"
+        )
     policy, policy_kwargs = policy_for(algo, policy_name, venv, args.env)
     policy_kwargs |= config.pop("policy_kwargs", None) or {}
     if normalize:

@@ -162,7 +162,7 @@ def test_config_validation():
         overrides={"policy_kwargs": {"generator": "chunked"}},
     )
     assert merged["policy_kwargs"] == {"net_arch": [64, 64], "generator": "chunked"}
-    with pytest.raises(ValueError, match="'n_envs' must be a positive number"):
+    with pytest.raises(ValueError, match="'n_envs' must be a positive whole number"):
         resolve("CartPole-v1", "ppo", PPO, overrides={"n_envs": 0})
 
 
@@ -196,6 +196,18 @@ def test_clear_errors_from_the_command_line(capsys, tmp_path):
         ("--seed", "-1", "--seed must be a non-negative integer, got -1"),
     ]:
         assert expected in error(flag, value)
+    for argv, expected in [
+        (["--hyperparams", "gamma:abc"], "config key 'gamma' must be a number, got 'abc'"),
+        (["--hyperparams", "gamma:1.5"], "config key 'gamma' must be in [0, 1], got 1.5"),
+        (["--hyperparams", "n_epochs:0"], "'n_epochs' must be a positive whole number, got 0"),
+        (["--hyperparams", "batch_size:6.5"], "'batch_size' must be a whole number"),
+        (["--hyperparams", "learning_rate:-1"], "'learning_rate' must be a positive number"),
+        (["--hyperparams", "policy_kwargs:abc"], "'policy_kwargs' must be a mapping"),
+        (["--device", "bogus"], "--device must be auto, cpu, cuda or cuda:<index>"),
+        (["--algo", "her"], "is not goal-conditioned"),
+    ]:
+        err = error(*argv)
+        assert expected in err and "Traceback" not in err, argv
     assert not (tmp_path / "x").exists()  # nothing half-made to refuse the next try
     for flag, value in [("--env", "CartPole-v1"), ("--hyperparams", "gamma:0.9"), ("--seed", "3")]:
         with pytest.raises(SystemExit):
