@@ -89,6 +89,19 @@ def test_errors_name_the_problem():
         policy_kwargs={"context_keys": (), "conditioning": "none"},
     )
     assert plain.policy.action_net.head.in_dim == 64
+    with pytest.raises(ValueError, match=r"a sequence of key names such as \('context',\)"):
+        PPO(HyperActorCriticPolicy, env, policy_kwargs={"context_keys": "context"})
+    model = PPO(HyperActorCriticPolicy, env, n_steps=32)
+    obs = obs_with_context(0.3, 4)
+    with pytest.raises(ValueError, match=r"the observation lacks \['context'\]"):
+        model.policy.extract_features(
+            {"observation": torch.as_tensor(obs["observation"])}, model.policy.features_extractor
+        )
+    with pytest.raises(ValueError, match="different batch sizes"):
+        model.policy.extract_features(
+            {k: torch.as_tensor(v[: 3 if k == "context" else 4]) for k, v in obs.items()},
+            model.policy.features_extractor,
+        )
 
 
 def test_save_then_load_in_a_fresh_process_gives_identical_actions(tmp_path):

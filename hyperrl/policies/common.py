@@ -70,6 +70,11 @@ class ContextPolicyMixin:
         context_keys: Sequence[str] = ("context",),
         **kwargs: Any,
     ) -> None:
+        if isinstance(context_keys, str):
+            raise ValueError(
+                f"context_keys must be a sequence of key names such as ({context_keys!r},), not "
+                f"the string {context_keys!r}"
+            )
         self.context_keys = tuple(context_keys)
         self.head_options = pop_head_options(
             kwargs, conditioning=self._default_conditioning, head_arch=self._default_head_arch

@@ -24,6 +24,11 @@ def split_keys(
     :raises ValueError: when the space is not a Dict but context keys are asked for, when a
         context key is missing, or when no observation key is left.
     """
+    if isinstance(context_keys, str):
+        raise ValueError(
+            f"context_keys must be a sequence of key names such as ({context_keys!r},), not the "
+            f"string {context_keys!r}"
+        )
     context_keys = list(context_keys)
     if not isinstance(observation_space, gym.spaces.Dict):
         if context_keys:
@@ -72,7 +77,17 @@ class ContextFeaturesExtractor(BaseFeaturesExtractor):
         if not self.obs_keys:
             return observations.flatten(1)
         keys = self.obs_keys + self.context_keys
-        return torch.cat([observations[k].flatten(1) for k in keys], dim=1)
+        missing = [k for k in keys if k not in observations]
+        if missing:
+            raise ValueError(
+                f"the observation lacks {missing}; this policy reads {keys} (a hidden-context env "
+                "needs a policy trained without context, or the context passed in)"
+            )
+        parts = [observations[k].flatten(1) for k in keys]
+        if len({p.shape[0] for p in parts}) > 1:
+            sizes = {k: p.shape[0] for k, p in zip(keys, parts, strict=True)}
+            raise ValueError(f"the observation's keys have different batch sizes: {sizes}")
+        return torch.cat(parts, dim=1)
 
 
 def norm_obs_keys(
