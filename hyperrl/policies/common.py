@@ -11,7 +11,7 @@ import torch
 from stable_baselines3.common.type_aliases import Schedule
 
 from hyperrl.conditioning import CONDITIONINGS
-from hyperrl.policies.extractors import ContextFeaturesExtractor
+from hyperrl.policies.extractors import ContextFeaturesExtractor, check_context_keys
 
 GENERATOR_INPUTS = ("context", "observation", "both")
 
@@ -70,12 +70,7 @@ class ContextPolicyMixin:
         context_keys: Sequence[str] = ("context",),
         **kwargs: Any,
     ) -> None:
-        if isinstance(context_keys, str):
-            raise ValueError(
-                f"context_keys must be a sequence of key names such as ({context_keys!r},), not "
-                f"the string {context_keys!r}"
-            )
-        self.context_keys = tuple(context_keys)
+        self.context_keys = check_context_keys(context_keys)
         self.head_options = pop_head_options(
             kwargs, conditioning=self._default_conditioning, head_arch=self._default_head_arch
         )

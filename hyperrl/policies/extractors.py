@@ -16,6 +16,16 @@ from stable_baselines3.common.preprocessing import get_flattened_obs_dim
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 
 
+def check_context_keys(context_keys: Sequence[str]) -> tuple[str, ...]:
+    """``context_keys`` as a tuple. :raises ValueError: for one string (its letters are not keys)."""
+    if isinstance(context_keys, str):
+        raise ValueError(
+            f"context_keys must be a sequence of key names such as ({context_keys!r},), not the "
+            f"string {context_keys!r}"
+        )
+    return tuple(context_keys)
+
+
 def split_keys(
     observation_space: gym.Space, context_keys: Sequence[str]
 ) -> tuple[list[str], list[str]]:
@@ -24,12 +34,7 @@ def split_keys(
     :raises ValueError: when the space is not a Dict but context keys are asked for, when a
         context key is missing, or when no observation key is left.
     """
-    if isinstance(context_keys, str):
-        raise ValueError(
-            f"context_keys must be a sequence of key names such as ({context_keys!r},), not the "
-            f"string {context_keys!r}"
-        )
-    context_keys = list(context_keys)
+    context_keys = list(check_context_keys(context_keys))
     if not isinstance(observation_space, gym.spaces.Dict):
         if context_keys:
             raise ValueError(
