@@ -17,7 +17,10 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 
 
 def check_context_keys(context_keys: Sequence[str]) -> tuple[str, ...]:
-    """``context_keys`` as a tuple. :raises ValueError: for one string (its letters are not keys)."""
+    """``context_keys`` as a tuple.
+
+    :raises ValueError: for a single string (its letters are not keys).
+    """
     if isinstance(context_keys, str):
         raise ValueError(
             f"context_keys must be a sequence of key names such as ({context_keys!r},), not the "
