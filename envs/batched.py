@@ -198,12 +198,22 @@ class BatchedContextualEnv(ABC):
                 self.context_space, n, self.split, self.generator, self.device
             )
         else:
-            contexts = torch.as_tensor(contexts, dtype=torch.float32, device=self.device)
-            if contexts.shape != (n, len(self.context_space)):
+            given = torch.as_tensor(contexts)
+            if given.shape != (n, len(self.context_space)):
                 raise ValueError(
                     f"contexts must be ({n}, {len(self.context_space)}) raw values "
-                    f"{self.context_names}, got {tuple(contexts.shape)}"
+                    f"{self.context_names}, got {tuple(given.shape)}"
                 )
+            # in the given dtype: a value at a bound stays at it before the float32 cast
+            for column, feature in zip(given.T.cpu(), self.context_space.features, strict=True):
+                lo, hi = (torch.tensor(b, dtype=column.dtype) for b in feature.bounds)
+                outside = column[(column < lo) | (column > hi) | column.isnan()]
+                if outside.numel():
+                    raise ValueError(
+                        f"context feature {feature.name!r}={float(outside[0])} is outside its "
+                        f"allowed range [{feature.bounds[0]}, {feature.bounds[1]}]"
+                    )
+            contexts = given.to(dtype=torch.float32, device=self.device)
         # new tensors rather than in-place writes: observations and infos already handed out
         # keep the contexts they were made with
         updated = self.contexts.clone()

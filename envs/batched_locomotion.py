@@ -24,7 +24,7 @@ import mujoco
 import numpy as np
 import torch
 
-from envs.batched import BatchedContextualEnv, Obs
+from envs.batched import BatchedContextualEnv
 from envs.context import ContextSpace
 from envs.locomotion import PHYSICS_FEATURES, PHYSICS_FIELDS, TASK_FEATURES
 
@@ -143,29 +143,6 @@ class BatchedLocomotion(BatchedContextualEnv):
         }
         main = getattr(env, "_main_body", 1)
         self._main_body = main if isinstance(main, int) else env.model.body(main).id
-
-    def reset(self, seed: int | None = None, contexts: torch.Tensor | None = None) -> Obs:
-        """Reset every world; ``contexts`` ``(N, k)`` raw values pins them (else drawn).
-
-        :raises ValueError: a pinned value outside its feature's bounds (naming both).
-        """
-        if contexts is not None:
-            self._check_bounds(torch.as_tensor(contexts))
-        return super().reset(seed, contexts)
-
-    def _check_bounds(self, contexts: torch.Tensor) -> None:
-        if contexts.ndim != 2 or contexts.shape[1] != len(self.context_space):
-            return  # the base class explains the expected shape
-        for i, f in enumerate(self.context_space.features):
-            lo, hi = (torch.tensor(b, dtype=contexts.dtype) for b in f.bounds)
-            column = contexts[:, i].cpu()
-            bad = (column < lo) | (column > hi)
-            if bool(bad.any()):
-                value = float(column[bad][0])
-                raise ValueError(
-                    f"context feature {f.name!r}={value} is outside its allowed range "
-                    f"[{f.bounds[0]}, {f.bounds[1]}]"
-                )
 
     def _factors(self, mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """``feature -> (n,)`` float64 factor on its nominal model values, for the worlds in

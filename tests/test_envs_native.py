@@ -216,6 +216,13 @@ def test_batched_twins_and_their_errors():
     native = envs.make_batched("hyperrl/BatchedHopper-v0", 2)
     with pytest.raises(ValueError, match="'gravity'=40.0 is outside its allowed range"):
         native.reset(contexts=torch.tensor([[40.0, 1, 1, 1, 1]] * 2))
+    # every batched env checks pinned contexts in the base class; a value at a bound passes
+    pendulum = envs.make_batched("hyperrl/TorchPendulum-v0", 2)
+    space = envs.context_space("hyperrl/TorchPendulum-v0")
+    edge = torch.tensor([[f.bounds[1] for f in space.features]] * 2, dtype=torch.float64)
+    pendulum.reset(contexts=edge)
+    with pytest.raises(ValueError, match="'mass'=nan is outside its allowed range"):
+        pendulum.reset(contexts=edge.index_fill(1, torch.tensor([1]), float("nan")))
 
 
 def test_train_agent_batched_trains_the_gymnasium_id_and_evaluates_on_it(tmp_path):
