@@ -151,6 +151,7 @@ def run_cell(
     before the splits, so a cell with ``eval.json`` has them all.
     """
     from agents.evaluation import evaluate_run
+    from agents.run_folder import complete_checkpoints
     from agents.train import TrainArgs, train
 
     run_dir = root / cell.name
@@ -158,7 +159,8 @@ def run_cell(
         return run_dir
     start = time.perf_counter()
     common = dict(seed=cell.seed, timesteps=cell.timesteps, progress_bar=False, eval_freq=0)
-    if (run_dir / "config.yml").is_file() and not (run_dir / "model.zip").is_file():
+    saved = (run_dir / "model.zip").is_file() or complete_checkpoints(run_dir)
+    if (run_dir / "config.yml").is_file() and not saved:
         shutil.rmtree(run_dir)  # killed before its first save: nothing to resume
     if (run_dir / "config.yml").is_file():
         train(TrainArgs(resume=str(run_dir), **common))

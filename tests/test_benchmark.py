@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from stable_baselines3 import PPO
 
 import envs
 from agents.benchmark import (
@@ -170,6 +171,22 @@ def test_one_real_cell_end_to_end(tmp_path):
         "interpolation",
         "extrapolation",
     }
+
+
+def test_a_cell_killed_after_a_checkpoint_resumes_from_it(tmp_path):
+    from agents.train import TrainArgs, train
+
+    cell = Cell("hyperrl/ContextualCartPole-v0", "ppo", "hyper", 0, 256, TINY_PPO)
+    run_dir = tmp_path / cell.name
+    common = dict(seed=0, progress_bar=False, eval_freq=0)
+    train(TrainArgs(env=cell.env, hyperparams=list(TINY_PPO), run_dir=str(run_dir),
+                    timesteps=128, save_freq=64, **common))  # fmt: skip
+    (run_dir / "model.zip").unlink()  # killed before its final save
+    checkpoint = run_dir / "checkpoints" / "step_128"
+    assert checkpoint.is_dir()
+    run_cell(cell, tmp_path, eval_episodes=1, grid=0)
+    assert checkpoint.is_dir()  # resumed from, not started over
+    assert PPO.load(run_dir / "model.zip", device="cpu").num_timesteps >= 256
 
 
 @pytest.fixture
