@@ -149,7 +149,10 @@ def evaluate_run(
     (out / "videos" if video else out).mkdir(parents=True, exist_ok=True)
 
     jobs: list[tuple[str, dict | None]] = []  # (split label, pinned context)
+    if pinned and env_id not in envs.ENVS:
+        raise ValueError(f"{env_id} has no context features to pin; drop --context")
     if pinned:
+        envs.context_space(env_id).validate(pinned)  # names the feature and its range
         jobs, split_list = [("pinned", dict(pinned))] * episodes, ["pinned"]
     elif grid:
         if env_id not in envs.ENVS:

@@ -20,6 +20,7 @@ from agents.train import TrainArgs, load_model, train
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import evaluate as evaluate_script  # noqa: E402
+import record_video  # noqa: E402
 import train_agent  # noqa: E402
 
 FAST = dict(
@@ -230,6 +231,22 @@ def test_evaluate_refuses_bad_counts_and_features_and_takes_a_checkpoint(ppo_run
     checkpoint = sorted((ppo_run / "checkpoints").glob("step_*/model.zip"))[-1]
     assert evaluate_script.main([str(checkpoint), "-n", "1", "--splits", "train", *out]) == 0
     assert (tmp_path / "new" / "dir" / "eval.json").is_file()
+
+
+def test_record_video_pins_a_context_and_refuses_what_it_cannot_pin(ppo_run, tmp_path, capsys):
+    out = ["-o", str(tmp_path / "video")]
+    assert record_video.main([str(ppo_run), "--context", "pole_length=0.8", *out]) == 0
+    assert "'pole_length': 0.8" in capsys.readouterr().out
+    assert len(list((tmp_path / "video" / "videos").glob("*.mp4"))) == 1
+    assert record_video.main([str(ppo_run), "--context", "pole_length=99", *out]) == 2
+    assert "'pole_length'=99.0 is outside its allowed range" in capsys.readouterr().err
+    plain = tmp_path / "plain"
+    args = ["--env", "CartPole-v1", "--policy", "mlp", "-n", "64", "--hyperparams", "n_steps:32",
+            "batch_size:32", "--eval-freq", "0", "--save-freq", "0", "--no-progress", "-f",
+            str(plain)]  # fmt: skip
+    assert train_agent.main(args) == 0
+    assert record_video.main([str(plain), "--context", "gravity=12", *out]) == 2
+    assert "CartPole-v1 has no context features to pin" in capsys.readouterr().err
 
 
 def test_missing_or_corrupt_model(tmp_path, capsys, ppo_run):
