@@ -207,3 +207,10 @@ def test_her_on_contextual_fetch_conditions_on_goal_and_physics():
     assert extractor.context_keys == ["context", "desired_goal"]
     assert extractor.context_dim == 3 + 3
     model.learn(150)
+
+
+def test_an_off_policy_class_on_discrete_actions_names_the_right_one():
+    from stable_baselines3 import PPO
+
+    with pytest.raises(ValueError, match="HyperSACPolicy is for SAC/TD3.*Discrete.*PPO or A2C"):
+        PPO(HyperSACPolicy, ContextualTarget(discrete=True))

@@ -155,6 +155,16 @@ class _OffPolicyMixin(ContextPolicyMixin):
     _actor_class: type[nn.Module]
     _default_head_arch: tuple[int, ...] = ()
 
+    def __init__(
+        self, observation_space: spaces.Space, action_space: spaces.Space, *args, **kwargs
+    ) -> None:
+        if not isinstance(action_space, spaces.Box):
+            raise ValueError(
+                f"{type(self).__name__} is for SAC/TD3, whose actions are Box, but this env's "
+                f"are {action_space}; use PPO or A2C with HyperActorCriticPolicy"
+            )
+        super().__init__(observation_space, action_space, *args, **kwargs)
+
     def make_actor(self, features_extractor=None):
         kwargs = self._update_features_extractor(self.actor_kwargs, features_extractor)
         return self._actor_class(**kwargs, head_options=self.head_options).to(self.device)
