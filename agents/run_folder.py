@@ -7,7 +7,9 @@ old file or the new one, never a truncated one, whether the writer was killed or
 :func:`stop_on_signals` turns SIGTERM and SIGHUP (what ``timeout``, Docker, Slurm and cloud
 preemption send) into the ``KeyboardInterrupt`` that the trainers already answer by saving;
 the trainers then raise :class:`TrainingInterruptedError`, which ``train_agent.py`` turns into a
-non-zero exit status.
+non-zero exit status. :func:`write_checkpoint` and :func:`resume_source` keep checkpoints as
+complete sets (a manifest written last), bounded in number, and find the newest complete save to
+resume from; :class:`BestModel` keeps ``best_model.zip`` and its score across resumes.
 """
 
 from __future__ import annotations
