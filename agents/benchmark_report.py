@@ -140,15 +140,22 @@ def plot_return_vs_context(root: Path, out_dir: Path, bins: int = 8) -> list[Pat
             ax.axvspan(*feature.train, color="0.9", zorder=0)
             ax.axvspan(*feature.holdout, color="0.75", zorder=0)
             ax.set_xlabel(feature.name)
-        np.atleast_1d(axes)[0].set_ylabel("return (binned mean)")
-        np.atleast_1d(axes)[-1].legend(fontsize=7)
-        fig.suptitle(f"{env}: light = train range, dark = interpolation hole", fontsize=9)
-        fig.tight_layout()
+        title = f"{env}: light = train range, dark = interpolation hole"
         path = out_dir / f"return_vs_context_{env.split('/')[-1]}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        written.append(_finish_panels(fig, axes, "return (binned mean)", title, path))
     return written
+
+
+def _finish_panels(fig: Any, axes: Any, ylabel: str, title: str, path: Path) -> Path:
+    """Label a row of panels (y label left, legend right), title it, write it to ``path``."""
+    plt = _pyplot()
+    np.atleast_1d(axes)[0].set_ylabel(ylabel)
+    np.atleast_1d(axes)[-1].legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def plot_feature_sweeps(root: Path, out_dir: Path) -> list[Path]:
@@ -186,18 +193,12 @@ def plot_feature_sweeps(root: Path, out_dir: Path) -> list[Path]:
             ax.axvspan(*feature.train, color="0.9", zorder=0)
             ax.axvline(feature.nominal, color="0.6", lw=0.8, ls=":")
             ax.set_xlabel(feature.name)
-        np.atleast_1d(axes)[0].set_ylabel("return (mean over seeds)")
-        np.atleast_1d(axes)[-1].legend(fontsize=7)
-        fig.suptitle(
+        title = (
             f"{env}: each feature swept alone over its bounds, the others nominal; "
-            "shaded: train range",
-            fontsize=9,
+            "shaded: train range"
         )
-        fig.tight_layout()
         path = out_dir / f"sweeps_{env.split('/')[-1]}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        written.append(_finish_panels(fig, axes, "return (mean over seeds)", title, path))
     return written
 
 
