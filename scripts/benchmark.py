@@ -41,6 +41,7 @@ from agents.benchmark_report import (  # noqa: E402
     plot_return_vs_context,
     ratios_markdown,
 )
+from agents.run_folder import TrainingInterruptedError  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except TrainingInterruptedError as err:
+        print(f"{err}\nthe grid stopped; rerun the same command to go on", file=sys.stderr)
+        return err.exit_code
     against = ("concat", "sb3_multiinput", "film", "hyper_direction_only")
     table = "\n\n".join(
         [
