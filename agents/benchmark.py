@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from agents.run_folder import stop_on_signals
+
 #: variant -> (--policy, extra --hyperparams): the conditioning ladder, one keyword apart.
 #: ``sb3_multiinput`` is SB3's own MultiInputPolicy with the context as one more input (what a
 #: user tries first); the ``_direction_only`` variants read the context through the normalised
@@ -238,15 +240,40 @@ def run_grid(
         return [runner(c, root) for c in todo]
     threads = max(1, (os.cpu_count() or 1) // jobs)
     pool = ProcessPoolExecutor(jobs, initializer=_limit_threads, initargs=(threads,))
-    with pool:
-        return list(pool.map(runner, todo, [root] * len(todo)))
+    try:
+        with stop_on_signals():  # SIGTERM reaches the except below, not just this process
+            results = list(pool.map(runner, todo, [root] * len(todo)))
+    except BaseException:
+        # a stopped or failed cell ends the grid: drop the cells not started and stop the
+        # workers (a worker in training saves its cell) instead of letting them take the next
+        workers = list((getattr(pool, "_processes", None) or {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for process in workers:
+            process.terminate()
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        for process in workers:  # a worker in training saves its cell, then would go on
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                process.kill()
+        raise
+    pool.shutdown()
+    return results
+
+
+#: how long stopped workers get to save the cells they are training before they are killed
+STOP_GRACE_SECONDS = 20.0
 
 
 def _limit_threads(threads: int) -> None:
-    """Keep ``jobs`` workers from oversubscribing the cores (torch defaults to all of them)."""
+    """A worker's set-up: keep ``jobs`` workers from oversubscribing the cores (torch defaults to
+    all of them), and let SIGTERM end a worker outside training (a forked worker inherits the
+    grid's own handler, which would only interrupt the cell it is running)."""
+    import signal
+
     import torch
 
     torch.set_num_threads(threads)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 class GridError(RuntimeError):

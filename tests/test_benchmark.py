@@ -5,6 +5,7 @@ import functools
 import importlib.util
 import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -326,3 +327,26 @@ def test_report_tables_and_figures_from_finished_cells(tmp_path):
     assert sweeps[0].stat().st_size > 5_000
     steps, values = _curve(tmp_path / "x/hyper/seed1")
     assert steps.tolist() == [10, 50, 100] and values.tolist() == [-3000.0, -600.0, -300.0]
+
+
+def _stops_or_marks(cell: Cell, root: Path) -> Path:
+    """A stand-in cell: seed 0 of a 64-step grid is interrupted (as by SIGTERM); the others take
+    a while and then mark that they ran."""
+    import time
+
+    if cell.seed == 0 and cell.timesteps == 64:
+        raise KeyboardInterrupt("SIGTERM")
+    time.sleep(3)
+    root.mkdir(exist_ok=True)
+    (root / f"ran{cell.seed}").write_text("")
+    return root
+
+
+def test_a_stopped_cell_ends_the_parallel_grid_instead_of_the_workers_going_on(tmp_path):
+    cells = [Cell("hyperrl/ContextualCartPole-v0", "ppo", "hyper", s, 64) for s in range(8)]
+    with pytest.raises(KeyboardInterrupt):
+        run_grid(cells, tmp_path, jobs=2, runner=_stops_or_marks)
+    time.sleep(4)  # long enough for a worker that went on to mark its next cell
+    assert len(list(tmp_path.glob("ran*"))) <= 1  # at most the cell the other worker had begun
+    done = [Cell("hyperrl/ContextualCartPole-v0", "ppo", "hyper", s, 32) for s in range(3)]
+    assert run_grid(done, tmp_path / "ok", jobs=2, runner=_stops_or_marks) == [tmp_path / "ok"] * 3
