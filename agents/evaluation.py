@@ -97,7 +97,7 @@ def load_run(run: str | Path) -> tuple[Any, dict[str, Any], Path, Path]:
     if run.suffix == ".zip" and run_dir.parent.name == CHECKPOINTS:
         run_dir = run_dir.parent.parent  # checkpoints/step_<N>/model.zip
     config = read_run_config(run_dir)
-    algo, _ = algo_class(config["algo"])
+    algo, algo_defaults = algo_class(config["algo"])
     if run.suffix == ".zip":
         model_path = run
     elif (run_dir / "best_model.zip").is_file():
@@ -105,9 +105,9 @@ def load_run(run: str | Path) -> tuple[Any, dict[str, Any], Path, Path]:
     else:
         model_path = run_dir / "model.zip"
     kwargs: dict[str, Any] = {}
-    if algo_class(config["algo"])[1].get("replay_buffer_class") is not None:
+    if algo_defaults.get("replay_buffer_class") is not None:
         # SB3 loads a model with HerReplayBuffer only with an env to relabel goals against
-        env_kwargs = config["hyperparams"].get("env_kwargs") or {}
+        env_kwargs = envs.twin_kwargs(config["env"], config["hyperparams"].get("env_kwargs") or {})
         kwargs["env"] = make_envs(envs.cpu_twin(config["env"]), 1, 0, env_kwargs)
     return load_model(algo, model_path, device="cpu", **kwargs), config, run_dir, model_path
 
