@@ -53,9 +53,11 @@ class SuiteEnv:
     hyperparams: tuple[str, ...] = ()
 
 
+#: the first benchmark's ladder (the quick and full suites)
+_LADDER = ("mlp_no_context", "concat", "film", "lowrank_hyper", "hyper", "chunked_hyper")
 #: the variants a suite runs by default (``--variants`` picks others)
 SUITE_VARIANTS: dict[str, tuple[str, ...]] = {
-    "quick": ("mlp_no_context", "concat", "film", "lowrank_hyper", "hyper", "chunked_hyper"),
+    "quick": _LADDER,
     "v2": (
         "mlp_no_context",
         "sb3_multiinput",
@@ -65,7 +67,7 @@ SUITE_VARIANTS: dict[str, tuple[str, ...]] = {
         "lowrank_hyper",
         "hyper_direction_only",
     ),
-    "full": ("mlp_no_context", "concat", "film", "lowrank_hyper", "hyper", "chunked_hyper"),
+    "full": _LADDER,
 }
 
 #: suites: the quick one fits the CPU in an hour; v2 (locomotion on the batched CPU backend at

@@ -140,13 +140,12 @@ RANGES: dict[str, tuple[type, float, float, bool]] = {
     "max_grad_norm": (float, 0.0, float("inf"), False),
     "vf_coef": (float, 0.0, float("inf"), True),
 }
-_DICTS = ("policy_kwargs", "env_kwargs", "replay_buffer_kwargs")
 
 
 def check_value(key: str, value: Any) -> None:
     """:raises ValueError: when a config value has the wrong type or is out of its range
     (:data:`RANGES`), or a ``*_kwargs`` key is not a mapping; the message names the key."""
-    if key in _DICTS and value is not None and not isinstance(value, dict):
+    if key in _MERGED and value is not None and not isinstance(value, dict):
         raise ValueError(
             f"config key {key!r} must be a mapping such as '{key}:{{net_arch: [64]}}', "
             f"got {value!r}"

@@ -142,7 +142,7 @@ class SplitEvalCallback(BaseCallback):
     ) -> None:
         super().__init__()
         self.eval_envs, self.eval_freq, self.episodes = eval_envs, eval_freq, episodes
-        self.run_dir, self.best = run_dir, BestModel(run_dir)
+        self.best = BestModel(run_dir)
 
     def _on_step(self) -> bool:
         if self.eval_freq <= 0 or self.n_calls % self.eval_freq:
@@ -213,7 +213,7 @@ def train(args: TrainArgs) -> Path:
             f"{run_dir} already holds a run; pass --resume {run_dir} or a new --run-dir"
         )
     # build first: a config the env or policy rejects must not leave a half-made run folder
-    model, _ = _build(args, algo, algo_defaults, config, n_envs, policy_name, run_dir)
+    model = _build(args, algo, algo_defaults, config, n_envs, policy_name, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     saved = _config_file(args, dict(config), n_timesteps, n_envs, policy_name)
     write_text(run_dir / "config.yml", yaml.safe_dump(saved, sort_keys=False))
@@ -272,7 +272,7 @@ def _build(args, algo, algo_defaults, config, n_envs, policy_name, run_dir):
             f"{algo.__name__} rejected the config {config} with policy_kwargs {policy_kwargs}: "
             f"{type(err).__name__}: {err}"
         ) from None
-    return model, venv
+    return model
 
 
 def _tensorboard_dir(args: TrainArgs, run_dir: Path) -> str | None:

@@ -85,17 +85,24 @@ class ContextFeaturesExtractor(BaseFeaturesExtractor):
         if not self.obs_keys:
             return observations.flatten(1)
         keys = self.obs_keys + self.context_keys
+        try:
+            return torch.cat([observations[k].flatten(1) for k in keys], dim=1)
+        except (KeyError, RuntimeError):  # diagnosed here, off the policy's hot path
+            self._explain(observations, keys)
+            raise
+
+    @staticmethod
+    def _explain(observations: dict[str, torch.Tensor], keys: list[str]) -> None:
+        """:raises ValueError: naming a missing key or keys of different batch sizes."""
         missing = [k for k in keys if k not in observations]
         if missing:
             raise ValueError(
                 f"the observation lacks {missing}; this policy reads {keys} (a hidden-context env "
                 "needs a policy trained without context, or the context passed in)"
             )
-        parts = [observations[k].flatten(1) for k in keys]
-        if len({p.shape[0] for p in parts}) > 1:
-            sizes = {k: p.shape[0] for k, p in zip(keys, parts, strict=True)}
+        sizes = {k: observations[k].shape[0] for k in keys}
+        if len(set(sizes.values())) > 1:
             raise ValueError(f"the observation's keys have different batch sizes: {sizes}")
-        return torch.cat(parts, dim=1)
 
 
 def norm_obs_keys(
