@@ -1,1 +1,2 @@
-"""Training recipes: algorithm registry, config loading, callbacks, GPU trainer."""
+"""Training recipes: the algorithm registry, config presets, the run folder, the SB3 path and the
+batched trainers (:mod:`agents.batched`), evaluation and the benchmark."""

@@ -27,9 +27,10 @@ import numpy as np
 
 import envs
 from agents.algos import algo_class
+from agents.run_config import RunConfig, load_model, read_run_config
 from agents.run_folder import CHECKPOINTS
 from agents.safe_pickle import load_vecnormalize
-from agents.train import load_model, make_envs, read_run_config, splits_of
+from agents.sb3_train import make_envs
 
 
 def _render_hint(err: Exception) -> ValueError:
@@ -88,7 +89,7 @@ def _slug(context: dict[str, Any], sep: str = "_") -> str:
     )
 
 
-def load_run(run: str | Path) -> tuple[Any, dict[str, Any], Path, Path]:
+def load_run(run: str | Path) -> tuple[Any, RunConfig, Path, Path]:
     """``(model on the CPU, run config, run folder, model file)`` of a run folder (its
     ``best_model.zip`` if there is one, else ``model.zip``) or of one of its ``.zip`` files,
     checkpoints' included."""
@@ -97,7 +98,7 @@ def load_run(run: str | Path) -> tuple[Any, dict[str, Any], Path, Path]:
     if run.suffix == ".zip" and run_dir.parent.name == CHECKPOINTS:
         run_dir = run_dir.parent.parent  # checkpoints/step_<N>/model.zip
     config = read_run_config(run_dir)
-    algo, algo_defaults = algo_class(config["algo"])
+    algo, algo_defaults = algo_class(config.algo)
     if run.suffix == ".zip":
         model_path = run
     elif (run_dir / "best_model.zip").is_file():
@@ -107,8 +108,8 @@ def load_run(run: str | Path) -> tuple[Any, dict[str, Any], Path, Path]:
     kwargs: dict[str, Any] = {}
     if algo_defaults.get("replay_buffer_class") is not None:
         # SB3 loads a model with HerReplayBuffer only with an env to relabel goals against
-        env_kwargs = envs.twin_kwargs(config["env"], config["hyperparams"].get("env_kwargs") or {})
-        kwargs["env"] = make_envs(envs.cpu_twin(config["env"]), 1, 0, env_kwargs)
+        env_kwargs = envs.twin_kwargs(config.env, config.env_kwargs)
+        kwargs["env"] = make_envs(envs.cpu_twin(config.env), 1, 0, env_kwargs)
     return load_model(algo, model_path, device="cpu", **kwargs), config, run_dir, model_path
 
 
@@ -138,8 +139,8 @@ def evaluate_run(
     if max_videos < 0:
         raise ValueError(f"--max-videos must be >= 0, got {max_videos}")
     model, config, run_dir, model_path = load_run(run)
-    env_id = envs.cpu_twin(config["env"])  # a batched env is evaluated on its CPU twin
-    env_kwargs = envs.twin_kwargs(config["env"], config["hyperparams"].get("env_kwargs") or {})
+    env_id = envs.cpu_twin(config.env)  # a batched env is evaluated on its CPU twin
+    env_kwargs = envs.twin_kwargs(config.env, config.env_kwargs)
     if video:
         env_kwargs["render_mode"] = "rgb_array"
     # a checkpoint's own statistics when it has them, else the run's
@@ -169,7 +170,7 @@ def evaluate_run(
             jobs += [("grid", context)] * episodes
         split_list = ["grid"]
     else:
-        available = splits_of(env_id)
+        available = envs.splits_of(env_id)
         split_list = list(splits or available)
         bad = [s for s in split_list if s not in available]
         if bad:
@@ -180,7 +181,7 @@ def evaluate_run(
     rows, recorded = [], {}
     for i, (split, pinned) in enumerate(jobs):
         if split not in made:
-            by_split = split not in ("grid", "pinned") and len(splits_of(env_id)) > 1
+            by_split = split not in ("grid", "pinned") and len(envs.splits_of(env_id)) > 1
             kwargs = env_kwargs | ({"split": split} if by_split else {})
             made[split] = gym.make(env_id, **kwargs)
         options = {"context": pinned} if pinned is not None else None

@@ -210,6 +210,16 @@ def resume_source(run_dir: Path) -> tuple[Path, str | None]:
     )
 
 
+def prepare_resume(run_dir: Path) -> Path:
+    """Where ``--resume`` continues from (:func:`resume_source`, saying so when that is a
+    checkpoint), after removing the temporary files an interrupted save left behind."""
+    source, note = resume_source(run_dir)
+    remove_partial_files(run_dir)
+    if note:
+        print(note)
+    return source
+
+
 def remove_partial_files(run_dir: Path) -> int:
     """Delete the temporary files of writes that a kill interrupted (:func:`atomic_save`'s
     ``.<name>.partial-<pid>.<suffix>``) anywhere in ``run_dir``; returns how many. Only for a

@@ -8,13 +8,14 @@ from envs.registration import (
     BATCHED_ENVS,
     ENVS,
     NATIVE_TWINS,
-    SUITES,
+    TASK_SUITES,
     batched_twin,
     context_space,
     cpu_twin,
     describe_envs,
     make_batched,
     register_envs,
+    splits_of,
     twin_kwargs,
 )
 from envs.wrappers import ContextualEnv
@@ -25,7 +26,7 @@ __all__ = [
     "BATCHED_ENVS",
     "ENVS",
     "NATIVE_TWINS",
-    "SUITES",
+    "TASK_SUITES",
     "SPLITS",
     "ContextFeature",
     "ContextSpace",
@@ -37,5 +38,6 @@ __all__ = [
     "make_batched",
     "register_envs",
     "scaled_feature",
+    "splits_of",
     "twin_kwargs",
 ]

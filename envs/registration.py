@@ -8,7 +8,7 @@ from typing import Any
 import gymnasium as gym
 
 from envs.classic import CARTPOLE_CONTEXT, PENDULUM_CONTEXT
-from envs.context import ContextSpace
+from envs.context import SPLITS, ContextSpace
 from envs.locomotion import LOCOMOTION, PHYSICS_FEATURES, TASK_FEATURES
 from envs.manipulation import FETCH_FEATURES, FETCH_TASKS, REACH_FEATURES
 
@@ -64,7 +64,7 @@ ENVS: dict[str, EnvSpec] = {
 GOAL_ONLY = f"{NAMESPACE}/FetchReach-v0"
 
 #: multi-task suites: the context is a task descriptor, not a ContextSpace
-SUITES: dict[str, dict[str, Any]] = {
+TASK_SUITES: dict[str, dict[str, Any]] = {
     f"{NAMESPACE}/FetchMultiTask-v0": {"descriptor": "onehot"},
     f"{NAMESPACE}/FetchMultiTaskText-v0": {"descriptor": "text"},
 }
@@ -91,13 +91,13 @@ _NATIVE_CLASSES = {
 #: :mod:`envs.native_manipulation`), which ``train_agent.py --batched`` trains on
 NATIVE_TWINS: dict[str, str] = {
     env_id: env_id.replace("/Contextual", "/").replace("/", "/Batched", 1)
-    for env_id in [*(i for i, s in ENVS.items() if s.entry_point in _NATIVE_CLASSES), *SUITES]
+    for env_id in [*(i for i, s in ENVS.items() if s.entry_point in _NATIVE_CLASSES), *TASK_SUITES]
 }
 
 
 def _native_spec(cpu: str) -> BatchedSpec:
-    if cpu in SUITES:
-        return BatchedSpec("envs.native_manipulation:NativeFetchMultiTask", cpu, SUITES[cpu])
+    if cpu in TASK_SUITES:
+        return BatchedSpec("envs.native_manipulation:NativeFetchMultiTask", cpu, TASK_SUITES[cpu])
     spec = ENVS[cpu]
     kwargs = spec.kwargs or {"env_id": "FetchReach-v4"}  # ContextualFetchReach takes no id
     return BatchedSpec(_NATIVE_CLASSES[spec.entry_point], cpu, dict(kwargs))
@@ -174,12 +174,24 @@ def cpu_twin(env_id: str) -> str:
     return BATCHED_ENVS[env_id].cpu_twin if env_id in BATCHED_ENVS else env_id
 
 
+def splits_of(env_id: str) -> tuple[str, ...]:
+    """The context splits an env id (or its batched twin's) can be made with
+    (``gym.make(env_id, split=...)``): :data:`~envs.context.SPLITS` for a contextual env, train
+    and held-out tasks for a task suite, only ``train`` for any other gymnasium id."""
+    env_id = cpu_twin(env_id)
+    if env_id in ENVS:
+        return SPLITS
+    if env_id in TASK_SUITES:
+        return ("train", "held_out")
+    return ("train",)
+
+
 def register_envs() -> None:
-    """Register every env of :data:`ENVS` and :data:`SUITES` (idempotent)."""
+    """Register every env of :data:`ENVS` and :data:`TASK_SUITES` (idempotent)."""
     for env_id, spec in ENVS.items():
         if env_id not in gym.registry:
             gym.register(env_id, entry_point=spec.entry_point, kwargs=dict(spec.kwargs))
-    for env_id, kwargs in SUITES.items():
+    for env_id, kwargs in TASK_SUITES.items():
         if env_id not in gym.registry:
             gym.register(env_id, entry_point="envs.multitask:FetchMultiTask", kwargs=dict(kwargs))
     if GOAL_ONLY not in gym.registry:
@@ -208,7 +220,7 @@ def describe_envs() -> str:
         backend = "CPU threads" if env_id in NATIVE_TWINS.values() else "on-device"
         lines.append(f"{env_id}\n    batched {backend} twin of {spec.cpu_twin} (device PPO, SAC)")
     lines.append(f"{GOAL_ONLY}\n    goal only (desired_goal); FetchReach-v4 fixed for MuJoCo 4")
-    for env_id, kwargs in SUITES.items():
+    for env_id, kwargs in TASK_SUITES.items():
         lines.append(
             f"{env_id}\n    task descriptor ({kwargs['descriptor']}): train tasks Push, "
             "PickAndPlace; held-out task Slide (split='held_out')"

@@ -24,7 +24,7 @@ import torch
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 import envs  # noqa: E402
-from agents.device_train import build  # noqa: E402
+from agents.batched.train import build  # noqa: E402
 
 
 def timed(fn: Callable[[], int], repeats: int) -> float:

@@ -36,7 +36,7 @@ import torch
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 import envs  # noqa: E402
-from agents.device_ppo import DevicePPO, DevicePPOConfig  # noqa: E402
+from agents.batched.ppo import DevicePPO, DevicePPOConfig  # noqa: E402
 from hyperrl import CONDITIONINGS, HyperActorCriticPolicy  # noqa: E402
 
 

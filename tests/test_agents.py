@@ -11,12 +11,13 @@ import yaml
 from stable_baselines3.common.callbacks import BaseCallback
 
 import envs
-from agents import train as train_module
+from agents import sb3_train as train_module
 from agents.algos import algo_class, policy_for
 from agents.config import load_preset, parse_overrides, resolve
 from agents.evaluation import evaluate_run
+from agents.run_config import load_model
 from agents.run_folder import TrainingInterruptedError
-from agents.train import TrainArgs, load_model, train
+from agents.train import TrainArgs, train
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import evaluate as evaluate_script  # noqa: E402
@@ -281,9 +282,9 @@ def test_every_shipped_preset_is_valid():
             for algo_name in sections:
                 algo, _ = algo_class(algo_name)
                 if env_id in envs.BATCHED_ENVS:  # trained by the on-device PPO or SAC
-                    from agents.device_train import TRAINERS
+                    from agents.batched.train import TRAINERS
 
-                    algo = TRAINERS[algo_name][2]
+                    algo = TRAINERS[algo_name].config_class
                 resolve(env_id, algo_name, algo, conf_file=path)
                 checked += 1
     assert checked >= 20
@@ -371,7 +372,7 @@ def test_caption_writes_on_a_top_band_only():
 def test_best_model_on_a_tie_is_the_later_one(tmp_path, monkeypatch):
     """A saturated return (CartPole's 500) must not pin best_model.zip to the first, least
     trained policy that reached it."""
-    import agents.train as train_module
+    import agents.sb3_train as train_module
 
     returns = iter([400.0, 500.0, 500.0, 450.0])
     monkeypatch.setattr(train_module, "evaluate_policy", lambda *a, **k: (next(returns), 0.0))

@@ -9,14 +9,12 @@ import torch
 from stable_baselines3 import PPO
 
 import envs
-from agents.device_common import EpisodeStats, average_gradients, use_tf32
-from agents.device_ppo import (
-    DevicePPO,
-    DevicePPOConfig,
-    RunningNorm,
-    _env_major,
-    gae,
-)
+from agents.batched.distributed import average_gradients
+from agents.batched.normalization import RunningNorm
+from agents.batched.ppo import DevicePPO, DevicePPOConfig
+from agents.batched.storage import env_major as _env_major
+from agents.batched.storage import gae
+from agents.batched.trainer import EpisodeStats, use_tf32
 from agents.evaluation import evaluate_run
 from agents.train import TrainArgs, train
 from envs.batched import TorchPendulum, sample_contexts, scale_contexts
@@ -202,7 +200,7 @@ def _trainer(num_envs=16, n_steps=8, seed=0, generator_input="context", **config
 
 
 def test_truncations_bootstrap_from_the_final_observation_and_only_then(monkeypatch):
-    import agents.device_ppo as device_ppo
+    import agents.batched.ppo as device_ppo
 
     cfg = {"normalize_reward": False, "normalize_obs": False, "stagger_episodes": False}
     algo = _trainer(num_envs=4, n_steps=8, **cfg)
@@ -287,7 +285,7 @@ def test_tf32_is_switched_for_cuda_trainers_only():
 
 
 def _mean_return(algo: DevicePPO, split: str, worlds: int = 64) -> float:
-    from agents.device_train import evaluate_batched
+    from agents.batched.evaluation import evaluate_batched
 
     return evaluate_batched(algo, TorchPendulum(worlds, split=split), seed=123)["return"]
 

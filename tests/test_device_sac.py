@@ -14,9 +14,9 @@ from stable_baselines3.common.logger import configure
 from stable_baselines3.common.type_aliases import DictReplayBufferSamples
 
 import envs
-from agents.device_replay import RUNNING, DeviceReplay, HerReplay, ReplaySample
-from agents.device_sac import DeviceSAC, DeviceSACConfig
-from agents.device_train import evaluate_batched
+from agents.batched.evaluation import evaluate_batched
+from agents.batched.replay import RUNNING, DeviceReplay, HerReplay, ReplaySample
+from agents.batched.sac import DeviceSAC, DeviceSACConfig
 from agents.evaluation import evaluate_run
 from agents.train import TrainArgs, train
 from envs.batched import TorchPendulum

@@ -229,7 +229,8 @@ def test_train_agent_batched_trains_the_gymnasium_id_and_evaluates_on_it(tmp_pat
     from stable_baselines3 import PPO
 
     from agents.evaluation import evaluate_run
-    from agents.train import TrainArgs, read_run_config, train
+    from agents.run_config import read_run_config
+    from agents.train import TrainArgs, train
 
     run_dir = tmp_path / "run"
     args = dict(
@@ -243,7 +244,7 @@ def test_train_agent_batched_trains_the_gymnasium_id_and_evaluates_on_it(tmp_pat
         device="cpu",
     )
     train(TrainArgs(timesteps=64, run_dir=str(run_dir), **args))
-    assert read_run_config(run_dir)["env"] == "hyperrl/BatchedHopper-v0"
+    assert read_run_config(run_dir).env == "hyperrl/BatchedHopper-v0"
     assert PPO.load(run_dir / "model.zip", device="cpu").num_timesteps == 64
     assert (run_dir / "best_model.zip").is_file() and (run_dir / "vecnormalize.pkl").is_file()
     result = evaluate_run(run_dir, splits=["extrapolation"], episodes=1)
@@ -261,8 +262,8 @@ def test_device_ppo_learns_to_hop_on_the_batched_backend():
     """The batched preset's PPO settings on contextual Hopper, 64 worlds, 120k steps (~30 s on
     two cores). An untrained policy's mean action falls within a few hundred steps (a return of
     85 and 222 for seeds 1 and 0 here); trained, it hops on (444 and 502)."""
-    from agents.device_ppo import DevicePPO, DevicePPOConfig
-    from agents.device_train import evaluate_batched
+    from agents.batched.evaluation import evaluate_batched
+    from agents.batched.ppo import DevicePPO, DevicePPOConfig
     from hyperrl import HyperActorCriticPolicy
 
     torch.manual_seed(0)

@@ -231,9 +231,10 @@ def test_train_agent_batched_her_on_fetch_push_evaluates_and_films_on_the_twin(t
     twin; the run evaluates (with its success rate) and films on the gymnasium id."""
     from stable_baselines3 import SAC
 
-    from agents.device_replay import HerReplay
+    from agents.batched.replay import HerReplay
     from agents.evaluation import evaluate_run
-    from agents.train import TrainArgs, read_run_config, train
+    from agents.run_config import read_run_config
+    from agents.train import TrainArgs, train
 
     run_dir = tmp_path / "run"
     hyperparams = ["learning_starts:64", "batch_size:32", "gradient_steps:1", "buffer_size:1000"]
@@ -254,15 +255,15 @@ def test_train_agent_batched_her_on_fetch_push_evaluates_and_films_on_the_twin(t
     )
     train(args)
     saved = read_run_config(run_dir)
-    assert saved["env"] == "hyperrl/BatchedFetchPush-v0" and saved["algo"] == "her"
+    assert saved.env == "hyperrl/BatchedFetchPush-v0" and saved.algo == "her"
     assert SAC.load(run_dir / "model.zip", device="cpu").num_timesteps == 200
     result = evaluate_run(run_dir, splits=["train"], episodes=1, video=True)
     assert result["env"] == "hyperrl/ContextualFetchPush-v0"
     assert result["summary"]["train"]["success_rate"] in (0.0, 1.0)
     assert list(run_dir.glob("**/*.mp4"))
-    from agents.device_train import build
+    from agents.batched.train import build
 
-    algo = build(saved["env"], saved["hyperparams"], 4, "hyper", "cpu", 0, "her")
+    algo = build(saved.env, saved.hyperparams, 4, "hyper", "cpu", 0, "her")
     assert isinstance(algo.replay, HerReplay) and algo.replay.her_ratio == 0.8
 
 
@@ -295,7 +296,8 @@ def test_multi_task_worlds_each_run_their_task_with_its_descriptor():
 
 def test_train_agent_batched_her_on_the_multi_task_suite_evaluates_per_task_split(tmp_path):
     from agents.evaluation import evaluate_run
-    from agents.train import TrainArgs, read_run_config, train
+    from agents.run_config import read_run_config
+    from agents.train import TrainArgs, train
 
     run_dir = tmp_path / "run"
     hyperparams = ["learning_starts:32", "batch_size:16", "buffer_size:500"]
@@ -316,7 +318,7 @@ def test_train_agent_batched_her_on_the_multi_task_suite_evaluates_per_task_spli
             run_dir=str(run_dir),
         )
     )
-    assert read_run_config(run_dir)["env"] == "hyperrl/BatchedFetchMultiTask-v0"
+    assert read_run_config(run_dir).env == "hyperrl/BatchedFetchMultiTask-v0"
     result = evaluate_run(run_dir, episodes=1)
     assert result["env"] == "hyperrl/FetchMultiTask-v0"
     assert set(result["summary"]) == {"train", "held_out"}

@@ -450,7 +450,7 @@ class _Controller:
 
 
 def test_batched_evaluation_reports_the_success_rate(reach):
-    from agents.device_train import evaluate_batched
+    from agents.batched.evaluation import evaluate_batched
 
     reach.reset(seed=0)  # what evaluate_batched starts from
     start = reach.worlds.site_xpos[:, reach._grip]

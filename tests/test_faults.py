@@ -38,7 +38,7 @@ SAVE_FREQ = 128
 
 _KILLER = """
 import os, sys
-import agents.run_folder as run_folder, agents.train as train
+import agents.run_folder as run_folder, agents.sb3_train as train
 kill_at, mode = int(sys.argv[1]), sys.argv[2]
 calls = [0]
 original = run_folder.atomic_save

@@ -1,4 +1,4 @@
-"""Replay buffers whose rows are device tensors, for :class:`agents.device_sac.DeviceSAC`.
+"""Replay buffers whose rows are device tensors, for :class:`agents.batched.sac.DeviceSAC`.
 
 :class:`DeviceReplay` is a plain circular buffer; :class:`HerReplay` adds hindsight goal
 relabelling for goal-reaching batched envs (the Fetch tasks).

@@ -1,11 +1,14 @@
 """PPO whose rollouts, storage, GAE and minibatches stay on one device (the GPU path).
 
-Read top to bottom: :class:`RunningNorm` (observation and return normalisation in torch),
-:class:`DevicePPO` (collect a rollout from a :class:`~envs.batched.BatchedContextualEnv`, compute
-advantages, update in minibatches laid out by env). The policy is an ordinary SB3 policy object
-(by default :class:`hyperrl.HyperActorCriticPolicy`) held by an ``stable_baselines3.PPO``, so the
-checkpoint this writes is what ``PPO.load`` opens and ``scripts/evaluate.py`` evaluates on the CPU
-env; ``vecnormalize.pkl`` carries the observation statistics in SB3's format.
+Read top to bottom: :class:`DevicePPOConfig`, :class:`DevicePPO` (collect a rollout from a
+:class:`~envs.batched.BatchedContextualEnv`, compute advantages, update in minibatches laid out
+by env); the loop, logging and model file are :class:`~agents.batched.trainer.BatchedTrainer`'s,
+observation and return normalisation :mod:`agents.batched.normalization`'s.
+
+The policy is an ordinary SB3 policy object (by default :class:`hyperrl.HyperActorCriticPolicy`)
+held by an ``stable_baselines3.PPO``, so the checkpoint this writes is what ``PPO.load`` opens and
+``scripts/evaluate.py`` evaluates on the CPU env; ``vecnormalize.pkl`` carries the observation
+statistics in SB3's format.
 
 Why minibatches are laid out by env: a minibatch is every step of a subset of the worlds, so it
 holds about as many distinct contexts as worlds in it (one per episode), and a hypernetwork policy
@@ -18,28 +21,18 @@ During the rollout the policies reuse the heads generated at the first step unti
 
 from __future__ import annotations
 
-import time
-import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import torch
-import torch.distributed as dist
 from stable_baselines3 import PPO
-from stable_baselines3.common.logger import Logger
 
-from agents.device_common import (
-    EpisodeStats,
-    SpacesOnly,
-    descend,
-    distributed,
-    progress,
-    start_in_step,
-    use_tf32,
-)
+from agents.batched.distributed import descend, start_in_step
+from agents.batched.normalization import RunningNorm
+from agents.batched.storage import env_major, gae
+from agents.batched.trainer import BatchedTrainer, TrainerConfig
 from agents.run_folder import atomic_save
 from envs.batched import BatchedContextualEnv, Obs
 from hyperrl import HyperActorCriticPolicy, HyperHead
@@ -48,9 +41,11 @@ from hyperrl.policies import contexts_grouped, norm_obs_keys
 
 
 @dataclass
-class DevicePPOConfig:
+class DevicePPOConfig(TrainerConfig):
     """PPO hyperparameters (SB3's names). A rollout is ``n_steps`` x ``num_envs`` samples, split
     into ``n_minibatches`` minibatches of whole worlds."""
+
+    trainer_name: ClassVar[str] = "device-PPO"
 
     n_steps: int = 32
     n_epochs: int = 5
@@ -73,49 +68,9 @@ class DevicePPOConfig:
     #: steps per rollout instead of all at once; these first, shortened episodes are left out of
     #: ``rollout/ep_rew_mean``
     stagger_episodes: bool = True
-    #: on CUDA, run the policy's float32 matmuls on TF32 tensor cores (:func:`use_tf32`)
-    tf32: bool = True
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> DevicePPOConfig:
-        """:raises ValueError: naming unknown keys and the valid ones."""
-        valid = set(cls.__dataclass_fields__)
-        unknown = sorted(set(values) - valid)
-        if unknown:
-            raise ValueError(f"unknown device-PPO keys {unknown}; valid keys are {sorted(valid)}")
-        return cls(**values)
 
 
-class RunningNorm:
-    """Running mean and variance of ``(..., dim)`` samples (parallel-variance update, as SB3's
-    ``RunningMeanStd``), on the device."""
-
-    def __init__(self, shape: tuple[int, ...], device: torch.device, epsilon: float = 1e-4) -> None:
-        self.mean = torch.zeros(shape, dtype=torch.float64, device=device)
-        self.var = torch.ones(shape, dtype=torch.float64, device=device)
-        self.count = torch.tensor(epsilon, dtype=torch.float64, device=device)
-
-    def update(self, x: torch.Tensor) -> None:
-        """Fold in a batch; under ``torch.distributed``, the batches of every rank."""
-        x = x.reshape(-1, *self.mean.shape).double()
-        moments = torch.stack([torch.full_like(self.mean, x.shape[0]), x.sum(0), (x**2).sum(0)])
-        if distributed():
-            dist.all_reduce(moments)
-        n, total_sum, total_sq = moments
-        batch_mean = total_sum / n
-        batch_var = (total_sq / n - batch_mean**2).clamp(min=0)
-        n = n.reshape(-1)[0]
-        delta, total = batch_mean - self.mean, self.count + n
-        self.mean = self.mean + delta * n / total
-        m2 = self.var * self.count + batch_var * n + delta**2 * self.count * n / total
-        self.var, self.count = m2 / total, total
-
-    def normalize(self, x: torch.Tensor, clip: float) -> torch.Tensor:
-        scaled = (x - self.mean.float()) / torch.sqrt(self.var.float() + 1e-8)
-        return scaled.clamp(-clip, clip)
-
-
-class DevicePPO:
+class DevicePPO(BatchedTrainer):
     """PPO on a batched on-device env.
 
     :param env: the batched env (its ``device`` is where everything runs).
@@ -125,6 +80,9 @@ class DevicePPO:
     :param seed: seeds torch (policy init, action sampling) and the env.
     """
 
+    sb3_class = PPO
+    config_class = DevicePPOConfig
+
     def __init__(
         self,
         env: BatchedContextualEnv,
@@ -133,36 +91,31 @@ class DevicePPO:
         config: DevicePPOConfig | None = None,
         seed: int = 0,
     ) -> None:
-        self.env, self.config, self.seed = env, config or DevicePPOConfig(), seed
-        cfg, device = self.config, env.device
+        cfg = config or DevicePPOConfig()
         if (env.num_envs % cfg.n_minibatches) != 0:
             raise ValueError(
                 f"num_envs ({env.num_envs}) must be a multiple of n_minibatches "
                 f"({cfg.n_minibatches}): minibatches hold whole worlds"
             )
-        torch.manual_seed(seed)
-        use_tf32(device, cfg.tf32)
-        # the SB3 container: policy construction, optimizer, and a checkpoint PPO.load opens
-        with warnings.catch_warnings():  # it sees one world; the batch size is for all of them
-            warnings.filterwarnings("ignore", "You have specified a mini-batch size")
-            self.model = PPO(
-                policy_class,
-                SpacesOnly(env.observation_space, env.action_space),
-                learning_rate=cfg.learning_rate,
-                n_steps=cfg.n_steps,
-                batch_size=cfg.n_steps * env.num_envs // cfg.n_minibatches,
-                n_epochs=cfg.n_epochs,
-                gamma=cfg.gamma,
-                gae_lambda=cfg.gae_lambda,
-                clip_range=cfg.clip_range,
-                ent_coef=cfg.ent_coef,
-                vf_coef=cfg.vf_coef,
-                max_grad_norm=cfg.max_grad_norm,
-                policy_kwargs=policy_kwargs or {},
-                device=device,
-                seed=seed,
-            )
-        self.policy = self.model.policy
+        super().__init__(env, cfg, seed)
+        self.config: DevicePPOConfig = cfg
+        device = env.device
+        self._make_model(
+            policy_class,
+            policy_kwargs,
+            # it sees one world; the batch size is for all of them
+            ignore_warnings=("You have specified a mini-batch size",),
+            learning_rate=cfg.learning_rate,
+            n_steps=cfg.n_steps,
+            batch_size=cfg.n_steps * env.num_envs // cfg.n_minibatches,
+            n_epochs=cfg.n_epochs,
+            gamma=cfg.gamma,
+            gae_lambda=cfg.gae_lambda,
+            clip_range=cfg.clip_range,
+            ent_coef=cfg.ent_coef,
+            vf_coef=cfg.vf_coef,
+            max_grad_norm=cfg.max_grad_norm,
+        )
         self.rank, self.world_size = start_in_step(self.policy, seed)
         policy_context = tuple(getattr(self.policy, "context_keys", ("context",)))
         hyper = any(isinstance(m, HyperHead) for m in self.policy.modules())
@@ -177,9 +130,6 @@ class DevicePPO:
         }
         self.ret_norm = RunningNorm((), device)
         self.returns = torch.zeros(env.num_envs, device=device)
-        self.episodes = EpisodeStats(env.num_envs, device)
-        self.num_timesteps = 0
-        self._obs: Obs | None = None
 
     # --- rollout ---------------------------------------------------------------------------
 
@@ -294,10 +244,10 @@ class DevicePPO:
                 if context_runs is not None:
                     groups = runs_grouping(context_runs, worlds, perm_host[picked])
                 mb = {
-                    k: _env_major(batch[k], worlds)
+                    k: env_major(batch[k], worlds)
                     for k in ("actions", "logp", "advantages", "returns")
                 }
-                obs = {k: _env_major(v, worlds) for k, v in batch["obs"].items()}
+                obs = {k: env_major(v, worlds) for k, v in batch["obs"].items()}
                 with contexts_grouped(policy, groups):
                     values, logp, entropy = policy.evaluate_actions(obs, mb["actions"])
                 adv = mb["advantages"]
@@ -318,59 +268,25 @@ class DevicePPO:
 
     # --- loop ------------------------------------------------------------------------------
 
-    def learn(
-        self,
-        total_timesteps: int,
-        logger: Logger | None = None,
-        callback: Callable[[DevicePPO, dict[str, float]], bool | None] | None = None,
-        progress_bar: bool = False,
-    ) -> DevicePPO:
-        """Alternate rollouts and updates until ``total_timesteps`` env steps more.
-
-        :param logger: an SB3 logger (TensorBoard): ``rollout/ep_rew_mean`` (and
-            ``rollout/success_rate`` for goal-reaching envs), ``train/*``, ``time/fps`` once per
-            rollout (the trainer's only host sync; per step, the env's ``done.any()`` adds one
-            and each hyper head's check of its reused contexts another).
-        :param callback: called after every update with the logged values; ``False`` stops.
-        """
-        target = self.num_timesteps + total_timesteps
-        per_rollout = self.config.n_steps * self.env.num_envs * self.world_size
-        bar = progress(total_timesteps) if progress_bar else None
-        start, start_steps = time.perf_counter(), self.num_timesteps
-        while self.num_timesteps < target:
-            batch = self.collect()
-            losses = self.update(batch)
-            values = {
-                **self.episodes.read(),
-                "time/fps": (self.num_timesteps - start_steps) / (time.perf_counter() - start),
-                **{
-                    f"train/{k}_loss" if k != "clip" else "train/clip_fraction": float(v)
-                    for k, v in losses.items()
-                },
-            }
-            if logger is not None:
-                for key, value in values.items():
-                    logger.record(key, value)
-                logger.dump(self.num_timesteps)
-            if bar is not None:
-                bar.update(per_rollout)
-            if callback is not None and callback(self, values) is False:
-                break
-        if bar is not None:
-            bar.close()
-        self.model.num_timesteps = self.num_timesteps
-        return self
+    def iteration(self, target: int) -> dict[str, float]:
+        """One rollout and its update: ``rollout/ep_rew_mean`` (and ``rollout/success_rate`` for
+        goal-reaching envs) and ``train/*``. Its host syncs: these values once per rollout; per
+        step, the env's ``done.any()`` and each hyper head's check of its reused contexts."""
+        losses = self.update(self.collect())
+        return {
+            **self.episodes.read(),
+            **{
+                f"train/{k}_loss" if k != "clip" else "train/clip_fraction": float(v)
+                for k, v in losses.items()
+            },
+        }
 
     # --- checkpoints -----------------------------------------------------------------------
 
-    def save(self, run_dir: str | Path, cpu_env: gym.Env | None = None) -> None:
-        """``model.zip`` (``PPO.load`` opens it), ``trainer_state.pt`` (optimizer and running
-        statistics, for :meth:`restore`) and, with observation normalisation,
-        ``vecnormalize.pkl`` built around ``cpu_env`` (the CPU twin evaluation runs on)."""
-        run_dir = Path(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        self.model.num_timesteps = self.num_timesteps
-        atomic_save(run_dir / "model.zip", self.model.save)
+    def _save_state(self, run_dir: Path, cpu_env: gym.Env | None) -> None:
+        """``trainer_state.pt`` (optimizer and running statistics, for :meth:`restore`) and,
+        with observation normalisation, ``vecnormalize.pkl`` built around ``cpu_env`` (the CPU
+        twin evaluation runs on)."""
         state = {"optimizer": self.policy.optimizer.state_dict(), "norms": self.norm_state()}
         atomic_save(run_dir / "trainer_state.pt", lambda tmp: torch.save(state, tmp))
         if self.obs_norm and cpu_env is not None:
@@ -381,7 +297,7 @@ class DevicePPO:
         """Continue from what :meth:`save` wrote: parameters, step count, optimizer and running
         statistics (from ``vecnormalize.pkl`` when ``trainer_state.pt`` is missing)."""
         run_dir = Path(run_dir)
-        model = PPO.load(run_dir / "model.zip", device=self.env.device)
+        model = self.sb3_class.load(run_dir / "model.zip", device=self.env.device)
         self.policy.load_state_dict(model.policy.state_dict())
         self.num_timesteps = self.model.num_timesteps = model.num_timesteps
         state_path, vec_path = run_dir / "trainer_state.pt", run_dir / "vecnormalize.pkl"
@@ -438,31 +354,3 @@ class DevicePPO:
             self.returns = state.pop("returns").to(self.env.device)
         for k, (mean, var, count) in state.items():
             norms[k].mean, norms[k].var, norms[k].count = mean, var, count
-
-
-def gae(
-    rewards: torch.Tensor,
-    values: torch.Tensor,
-    dones: torch.Tensor,
-    last_values: torch.Tensor,
-    gamma: float,
-    lam: float,
-) -> torch.Tensor:
-    """Generalised advantage estimates, ``(T, N)``. ``dones[t]`` marks that the step ``t`` ended
-    its episode, so nothing after it flows back (truncations are bootstrapped in the reward)."""
-    advantages = torch.empty_like(rewards)
-    running = torch.zeros_like(last_values)
-    next_values = last_values
-    for t in reversed(range(rewards.shape[0])):
-        live = 1.0 - dones[t]
-        delta = rewards[t] + gamma * next_values * live - values[t]
-        running = delta + gamma * lam * live * running
-        advantages[t] = running
-        next_values = values[t]
-    return advantages
-
-
-def _env_major(x: torch.Tensor, worlds: torch.Tensor) -> torch.Tensor:
-    """``(T, N, ...)`` -> ``(len(worlds) * T, ...)``: each world's steps contiguous."""
-    picked = x[:, worlds].transpose(0, 1)
-    return picked.reshape(-1, *x.shape[2:])

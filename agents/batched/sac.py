@@ -2,9 +2,9 @@
 
 The FastSAC / FastTD3 recipe: many parallel worlds of a
 :class:`~envs.batched.BatchedContextualEnv` fill a replay buffer of device tensors
-(:mod:`agents.device_replay`; with ``n_sampled_goal`` > 0 it relabels goals, HER), and every
+(:mod:`agents.batched.replay`; with ``n_sampled_goal`` > 0 it relabels goals, HER), and every
 vector step is followed by ``gradient_steps`` large-batch SAC updates. Read top to bottom:
-:class:`DeviceSACConfig`, :class:`DeviceSAC` (collect, update, learn, save).
+:class:`DeviceSACConfig`, :class:`DeviceSAC` (collect, update, an iteration of the loop, restore).
 
 The policy is an ordinary SB3 SAC policy (by default :class:`hyperrl.HyperSACPolicy`, with
 ``actor``, ``critic`` and ``critic_target``) held by an ``stable_baselines3.SAC`` whose own replay
@@ -17,42 +17,30 @@ Observations are not normalised (SB3's SAC does not by default either).
 from __future__ import annotations
 
 import math
-import time
-import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-import gymnasium as gym
 import numpy as np
 import torch
 import torch.nn.functional as F
 from stable_baselines3 import SAC
-from stable_baselines3.common.logger import Logger
 
-from agents.device_common import (
-    EpisodeStats,
-    SpacesOnly,
-    descend,
-    progress,
-    start_in_step,
-    use_tf32,
-)
-from agents.device_replay import DeviceReplay, HerReplay, ReplaySample
-from agents.run_folder import atomic_save
+from agents.batched.distributed import descend, start_in_step
+from agents.batched.replay import DeviceReplay, HerReplay, ReplaySample
+from agents.batched.trainer import BatchedTrainer, TrainerConfig
 from envs.batched import BatchedContextualEnv, Obs
 from hyperrl import HyperSACPolicy
 
 
 @dataclass
-class DeviceSACConfig:
+class DeviceSACConfig(TrainerConfig):
     """SAC hyperparameters (SB3's names). Every vector step adds ``num_envs`` transitions and is
     followed by ``gradient_steps`` updates on batches of ``batch_size``.
 
-    ``n_sampled_goal`` > 0 turns on hindsight relabelling (:class:`~agents.device_replay.HerReplay`,
-    the ``future`` strategy; ``--algo her`` sets 4): the env must be a goal env (``achieved_goal``,
-    ``desired_goal``, ``compute_reward``).
+    ``n_sampled_goal`` > 0 turns on hindsight relabelling
+    (:class:`~agents.batched.replay.HerReplay`, the ``future`` strategy; ``--algo her`` sets 4):
+    the env must be a goal env (``achieved_goal``, ``desired_goal``, ``compute_reward``).
 
     ``learning_starts`` counts env steps over all worlds (and ranks): before it, actions are
     uniform and nothing is updated. ``policy_delay`` updates the actor and the entropy
@@ -60,6 +48,8 @@ class DeviceSACConfig:
     target critics. ``log_interval`` is in vector steps: how often the loop reads its statistics
     back from the device, logs and calls the callback.
     """
+
+    trainer_name: ClassVar[str] = "device-SAC"
 
     buffer_size: int = 1_000_000
     batch_size: int = 256
@@ -74,8 +64,6 @@ class DeviceSACConfig:
     target_update_interval: int = 1
     log_interval: int = 100
     n_sampled_goal: int = 0
-    #: on CUDA, run the networks' float32 matmuls on TF32 tensor cores (:func:`use_tf32`)
-    tf32: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.ent_coef, str) and not self.ent_coef.startswith("auto"):
@@ -92,17 +80,8 @@ class DeviceSACConfig:
         if self.n_sampled_goal < 0:
             raise ValueError(f"n_sampled_goal must be >= 0 (0: no HER), got {self.n_sampled_goal}")
 
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> DeviceSACConfig:
-        """:raises ValueError: naming unknown keys and the valid ones."""
-        valid = set(cls.__dataclass_fields__)
-        unknown = sorted(set(values) - valid)
-        if unknown:
-            raise ValueError(f"unknown device-SAC keys {unknown}; valid keys are {sorted(valid)}")
-        return cls(**values)
 
-
-class DeviceSAC:
+class DeviceSAC(BatchedTrainer):
     """SAC on a batched on-device env.
 
     :param env: the batched env (its ``device`` is where everything runs).
@@ -115,6 +94,9 @@ class DeviceSAC:
     starts from rank 0's parameters and averages every gradient, so the ranks stay in step.
     """
 
+    sb3_class = SAC
+    config_class = DeviceSACConfig
+
     def __init__(
         self,
         env: BatchedContextualEnv,
@@ -123,32 +105,26 @@ class DeviceSAC:
         config: DeviceSACConfig | None = None,
         seed: int = 0,
     ) -> None:
-        self.env, self.config, self.seed = env, config or DeviceSACConfig(), seed
-        cfg, device = self.config, env.device
-        torch.manual_seed(seed)
-        use_tf32(device, cfg.tf32)
-        # the SB3 container: policy, optimizers, log_ent_coef, and a checkpoint SAC.load opens;
+        cfg = config or DeviceSACConfig()
+        super().__init__(env, cfg, seed)
+        self.config: DeviceSACConfig = cfg
+        device = env.device
         # its own replay buffer holds one row (ours is the DeviceReplay)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", "This system does not have apparently enough memory")
-            self.model = SAC(
-                policy_class,
-                SpacesOnly(env.observation_space, env.action_space),
-                learning_rate=cfg.learning_rate,
-                buffer_size=1,
-                learning_starts=cfg.learning_starts,
-                batch_size=cfg.batch_size,
-                tau=cfg.tau,
-                gamma=cfg.gamma,
-                gradient_steps=cfg.gradient_steps,
-                ent_coef=cfg.ent_coef,
-                target_update_interval=cfg.target_update_interval,
-                target_entropy=cfg.target_entropy,
-                policy_kwargs=policy_kwargs or {},
-                device=device,
-                seed=seed,
-            )
-        self.policy = self.model.policy
+        self._make_model(
+            policy_class,
+            policy_kwargs,
+            ignore_warnings=("This system does not have apparently enough memory",),
+            learning_rate=cfg.learning_rate,
+            buffer_size=1,
+            learning_starts=cfg.learning_starts,
+            batch_size=cfg.batch_size,
+            tau=cfg.tau,
+            gamma=cfg.gamma,
+            gradient_steps=cfg.gradient_steps,
+            ent_coef=cfg.ent_coef,
+            target_update_interval=cfg.target_update_interval,
+            target_entropy=cfg.target_entropy,
+        )
         if self.model.use_sde:
             raise ValueError("DeviceSAC samples plain Gaussian actions; use_sde is not supported")
         self.actor, self.critic = self.model.actor, self.model.critic
@@ -164,10 +140,8 @@ class DeviceSAC:
         self.replay = self._replay(action_dim)
         self.action_low = torch.as_tensor(env.action_space.low, device=device)
         self.action_high = torch.as_tensor(env.action_space.high, device=device)
-        self.num_timesteps = 0
         self.n_updates = 0
-        self._obs: Obs | None = None
-        self.episodes = EpisodeStats(env.num_envs, device)
+        self._rollout: dict[str, float] = {}  # the last finished episodes' statistics
         self._reset_stats()
 
     def _replay(self, action_dim: int) -> DeviceReplay:
@@ -309,77 +283,42 @@ class DeviceSAC:
             self._loss_sums[k] += v.reshape(())
             self._loss_counts[k] += 1
 
-    def learn(
-        self,
-        total_timesteps: int,
-        logger: Logger | None = None,
-        callback: Callable[[DeviceSAC, dict[str, float]], bool | None] | None = None,
-        progress_bar: bool = False,
-    ) -> DeviceSAC:
-        """Alternate one vector step and ``gradient_steps`` updates until ``total_timesteps`` env
-        steps more (updates start at ``learning_starts``, see :meth:`ready`).
-
-        :param logger: an SB3 logger (TensorBoard): ``rollout/ep_rew_mean`` and, for
-            goal-reaching envs, ``rollout/success_rate`` (episodes finished since the last log,
-            else the last values), ``train/*``, ``time/fps`` every
-            ``log_interval`` vector steps (the only host sync of the loop).
-        :param callback: called after every log with the logged values; ``False`` stops.
-        """
+    def iteration(self, target: int) -> dict[str, float]:
+        """Up to ``log_interval`` vector steps, each followed by ``gradient_steps`` updates once
+        :meth:`ready`, stopping at ``target``: ``rollout/ep_rew_mean`` and, for goal-reaching
+        envs, ``rollout/success_rate`` (episodes finished since the last iteration, else the
+        last values), and ``train/*`` (the loop's only host sync)."""
         cfg = self.config
-        target = self.num_timesteps + total_timesteps
         per_step = self.env.num_envs * self.world_size
-        bar = progress(total_timesteps) if progress_bar else None
-        start, start_steps = time.perf_counter(), self.num_timesteps
-        rollout: dict[str, float] = {}  # the last finished episodes' statistics
-        while self.num_timesteps < target:
-            steps = min(cfg.log_interval, math.ceil((target - self.num_timesteps) / per_step))
-            for _ in range(steps):
-                self.collect(1)
-                if self.ready():
-                    self.update(cfg.gradient_steps)
-            rollout |= self.episodes.read()
-            values = {
-                **rollout,
-                "time/fps": (self.num_timesteps - start_steps) / (time.perf_counter() - start),
-                **{
-                    f"train/{k}": float(v) / self._loss_counts[k]
-                    for k, v in self._loss_sums.items()
-                    if self._loss_counts[k]
-                },
-            }
-            self._reset_stats()
-            if logger is not None:
-                for key, value in values.items():
-                    logger.record(key, value)
-                logger.record("train/n_updates", self.n_updates)
-                logger.dump(self.num_timesteps)
-            if bar is not None:
-                bar.update(steps * per_step)
-            if callback is not None and callback(self, values) is False:
-                break
-        if bar is not None:
-            bar.close()
-        self.model.num_timesteps = self.num_timesteps
+        steps = min(cfg.log_interval, math.ceil((target - self.num_timesteps) / per_step))
+        for _ in range(steps):
+            self.collect(1)
+            if self.ready():
+                self.update(cfg.gradient_steps)
+        self._rollout |= self.episodes.read()
+        values = {
+            **self._rollout,
+            **{
+                f"train/{k}": float(v) / self._loss_counts[k]
+                for k, v in self._loss_sums.items()
+                if self._loss_counts[k]
+            },
+            "train/n_updates": self.n_updates,
+        }
+        self._reset_stats()
+        return values
+
+    def sync_model(self) -> None:
+        super().sync_model()
         self.model._n_updates = self.n_updates
-        return self
 
     # --- checkpoints -----------------------------------------------------------------------
 
-    def save(self, run_dir: str | Path, cpu_env: gym.Env | None = None) -> None:
-        """``model.zip`` (``SAC.load`` opens it: policy, optimizers, entropy coefficient).
-        ``cpu_env`` is accepted for symmetry with :class:`~agents.device_ppo.DevicePPO`; SAC
-        keeps no observation statistics, so nothing is built around it. The replay buffer is
-        not saved."""
-        run_dir = Path(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        self.model.num_timesteps = self.num_timesteps
-        self.model._n_updates = self.n_updates
-        atomic_save(run_dir / "model.zip", self.model.save)
-
     def restore(self, run_dir: str | Path) -> None:
-        """Load what :meth:`save` wrote into ``run_dir``: parameters, optimizer states, the
-        entropy coefficient and the step count. The replay buffer starts empty and refills
-        (``learning_starts`` transitions) before updates resume."""
+        """Load what :meth:`save` wrote into ``run_dir`` (``model.zip``; the replay buffer is not
+        saved): parameters, optimizer states, the entropy coefficient and the step count. The
+        replay buffer starts empty and refills (``learning_starts`` transitions) before updates
+        resume."""
         from stable_baselines3.common.save_util import load_from_zip_file
 
         path = Path(run_dir) / "model.zip"

@@ -1,0 +1,241 @@
+"""The base of the batched trainers (:class:`~agents.batched.ppo.DevicePPO`,
+:class:`~agents.batched.sac.DeviceSAC`), in the spirit of SB3's ``BaseAlgorithm`` and rsl_rl's
+runner/algorithm split: :class:`BatchedTrainer` owns the SB3 container (the policy, its optimizers
+and a checkpoint that ``PPO.load``/``SAC.load`` opens), the ``learn`` loop around an abstract
+:meth:`~BatchedTrainer.iteration`, logging, the progress bar and the model file; a subclass keeps
+its rollout and update. :class:`TrainerConfig` parses a trainer's hyperparameters.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import gymnasium as gym
+import torch
+import torch.distributed as dist
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.logger import Logger
+
+from agents.batched.distributed import distributed
+from agents.run_folder import atomic_save
+from envs.batched import BatchedContextualEnv, Obs
+
+C = TypeVar("C", bound="TrainerConfig")
+
+
+@dataclass
+class TrainerConfig:
+    """Base of a trainer's hyperparameters (a dataclass of SB3's names)."""
+
+    #: how the trainer is called in errors
+    trainer_name: ClassVar[str] = "trainer"
+    #: on CUDA, run the networks' float32 matmuls on TF32 tensor cores (:func:`use_tf32`)
+    tf32: bool = True
+
+    @classmethod
+    def from_dict(cls: type[C], values: Mapping[str, Any]) -> C:
+        """:raises ValueError: naming unknown keys and the valid ones."""
+        valid = set(cls.__dataclass_fields__)
+        unknown = sorted(set(values) - valid)
+        if unknown:
+            raise ValueError(
+                f"unknown {cls.trainer_name} keys {unknown}; valid keys are {sorted(valid)}"
+            )
+        return cls(**values)
+
+
+class SpacesOnly(gym.Env):
+    """Carries the spaces SB3 needs to build a policy; never stepped."""
+
+    def __init__(self, observation_space: gym.Space, action_space: gym.Space) -> None:
+        self.observation_space, self.action_space = observation_space, action_space
+
+    def reset(self, *, seed=None, options=None):  # pragma: no cover - never called
+        raise RuntimeError("the device trainer steps its batched env, not this one")
+
+    def step(self, action):  # pragma: no cover - never called
+        raise RuntimeError("the device trainer steps its batched env, not this one")
+
+
+class EpisodeStats:
+    """Return and, for envs that report ``info["is_success"]`` (Fetch), success of the episodes
+    that finish, summed on the device; :meth:`read` syncs once and starts over.
+
+    :param num_envs: worlds of the batched env.
+    :param device: where the sums live.
+    """
+
+    def __init__(self, num_envs: int, device: torch.device) -> None:
+        self.running = torch.zeros(num_envs, device=device)  #: ``(N,)`` returns so far
+        self._counted = torch.ones(num_envs, dtype=torch.bool, device=device)
+        self._sums = torch.zeros(3, device=device)  # return sum, episodes, successes
+        self._success = False
+
+    def skip_current(self) -> None:
+        """Leave every world's running episode out (episodes that did not start at step 0, e.g.
+        after :meth:`~envs.batched.BatchedContextualEnv.stagger_episodes`)."""
+        self._counted.zero_()
+
+    def add(self, reward: torch.Tensor, done: torch.Tensor, info: Mapping[str, Any]) -> None:
+        """Fold in one vector step: ``reward`` ``(N,)``, ``done`` ``(N,)`` bool."""
+        self.running += reward
+        finished = done & self._counted
+        self._sums[0] += (self.running * finished).sum()
+        self._sums[1] += finished.sum()
+        if "is_success" in info:
+            self._sums[2] += (info["is_success"] * finished).sum()
+            self._success = True
+        self.running *= ~done
+        self._counted |= done
+
+    def read(self) -> dict[str, float]:
+        """``rollout/ep_rew_mean`` (and ``rollout/success_rate``) of the episodes finished since
+        the last read, on every rank under ``torch.distributed``; empty when none finished."""
+        sums = self._sums.clone()
+        self._sums.zero_()
+        if distributed():
+            dist.all_reduce(sums)
+        total, episodes, successes = sums.tolist()
+        if not episodes:
+            return {}
+        out = {"rollout/ep_rew_mean": total / episodes}
+        if self._success:
+            out["rollout/success_rate"] = successes / episodes
+        return out
+
+
+def use_tf32(device: torch.device, enabled: bool) -> None:
+    """On a CUDA ``device``, let float32 matmuls run on TF32 tensor cores (10-bit mantissa;
+    cuBLAS's fast path on Ampere and later, off in PyTorch by default). This is process-wide
+    (``torch.backends.cuda.matmul.allow_tf32``) and reaches matmuls only: the envs' observations
+    and rewards are elementwise torch and Warp kernels, untouched. Elsewhere it does nothing."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = enabled
+
+
+def progress(total: int):
+    """A tqdm bar counting env steps."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="step", unit_scale=True, dynamic_ncols=True)
+
+
+T = TypeVar("T", bound="BatchedTrainer")
+
+
+class BatchedTrainer(ABC):
+    """An RL algorithm on a batched env, its policy held by an SB3 algorithm object.
+
+    :param env: the batched env (its ``device`` is where everything runs).
+    :param config: the trainer's hyperparameters.
+    :param seed: seeds torch (policy init, action sampling) and the env.
+
+    A subclass builds :attr:`model` with :meth:`_make_model` and implements
+    :meth:`iteration` (collect and update), :meth:`act` and :meth:`restore`; it may add files to
+    :meth:`save` through :meth:`_save_state`.
+    """
+
+    #: the SB3 algorithm class that holds the policy and opens the checkpoints
+    sb3_class: ClassVar[type[BaseAlgorithm]]
+    #: the trainer's hyperparameters
+    config_class: ClassVar[type[TrainerConfig]]
+
+    def __init__(self, env: BatchedContextualEnv, config: TrainerConfig, seed: int) -> None:
+        self.env, self.config, self.seed = env, config, seed
+        torch.manual_seed(seed)
+        use_tf32(env.device, config.tf32)
+        self.num_timesteps = 0
+        self.episodes = EpisodeStats(env.num_envs, env.device)
+        self._obs: Obs | None = None
+        self.rank, self.world_size = 0, 1
+
+    def _make_model(
+        self,
+        policy_class: type | str,
+        policy_kwargs: dict[str, Any] | None,
+        ignore_warnings: tuple[str, ...] = (),
+        **sb3_kwargs: Any,
+    ) -> None:
+        """Build :attr:`model` (``sb3_class`` on the env's spaces, never stepped) and
+        :attr:`policy`; ``ignore_warnings`` are SB3 warnings that do not apply to a batched run."""
+        with warnings.catch_warnings():
+            for message in ignore_warnings:
+                warnings.filterwarnings("ignore", message)
+            self.model = self.sb3_class(
+                policy_class,
+                SpacesOnly(self.env.observation_space, self.env.action_space),
+                policy_kwargs=policy_kwargs or {},
+                device=self.env.device,
+                seed=self.seed,
+                **sb3_kwargs,
+            )
+        self.policy = self.model.policy
+
+    @abstractmethod
+    def iteration(self, target: int) -> dict[str, float]:
+        """Collect and update once, counting :attr:`num_timesteps` (over all ranks) towards
+        ``target``; returns what to log (``rollout/*``, ``train/*``)."""
+
+    @abstractmethod
+    def act(self, obs: Obs, deterministic: bool = False) -> torch.Tensor:
+        """``(N, *action_shape)`` env actions for raw observations (dict of ``(N, ...)``)."""
+
+    @abstractmethod
+    def restore(self, run_dir: str | Path) -> None:
+        """Continue from what :meth:`save` wrote into ``run_dir``."""
+
+    def learn(
+        self: T,
+        total_timesteps: int,
+        logger: Logger | None = None,
+        callback: Callable[[T, dict[str, float]], bool | None] | None = None,
+        progress_bar: bool = False,
+    ) -> T:
+        """Run :meth:`iteration` until ``total_timesteps`` env steps more.
+
+        :param logger: an SB3 logger (TensorBoard): what each iteration returns and ``time/fps``,
+            once per iteration (its host sync).
+        :param callback: called after every iteration with the logged values; ``False`` stops.
+        """
+        target = self.num_timesteps + total_timesteps
+        bar = progress(total_timesteps) if progress_bar else None
+        start, start_steps = time.perf_counter(), self.num_timesteps
+        while self.num_timesteps < target:
+            before = self.num_timesteps
+            logged = self.iteration(target)
+            fps = (self.num_timesteps - start_steps) / (time.perf_counter() - start)
+            values = {**logged, "time/fps": fps}
+            if logger is not None:
+                for key, value in values.items():
+                    logger.record(key, value)
+                logger.dump(self.num_timesteps)
+            if bar is not None:
+                bar.update(self.num_timesteps - before)
+            if callback is not None and callback(self, values) is False:
+                break
+        if bar is not None:
+            bar.close()
+        self.sync_model()
+        return self
+
+    def sync_model(self) -> None:
+        """Copy the counters the SB3 container saves (``num_timesteps``) onto :attr:`model`."""
+        self.model.num_timesteps = self.num_timesteps
+
+    def save(self, run_dir: str | Path, cpu_env: gym.Env | None = None) -> None:
+        """``model.zip`` (``sb3_class.load`` opens it) and the trainer's own files
+        (:meth:`_save_state`; ``cpu_env`` is the CPU twin evaluation runs on), each atomically."""
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.sync_model()
+        atomic_save(run_dir / "model.zip", self.model.save)
+        self._save_state(run_dir, cpu_env)
+
+    def _save_state(self, run_dir: Path, cpu_env: gym.Env | None) -> None:  # noqa: B027
+        """Files beside ``model.zip`` that resuming needs (none by default)."""

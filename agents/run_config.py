@@ -1,0 +1,202 @@
+"""What defines a run, shared by the SB3 path (:mod:`agents.sb3_train`) and the batched trainers
+(:mod:`agents.batched.train`): the command-line arguments (:class:`TrainArgs`), the resolved config
+a run folder keeps (:class:`RunConfig`, ``config.yml``), the env's context space (``contexts.yml``),
+where a new run goes and how its model is loaded. The files' crash safety is
+:mod:`agents.run_folder`'s.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from stable_baselines3.common.base_class import BaseAlgorithm
+
+import envs
+from agents.run_folder import write_text
+
+
+@dataclass
+class TrainArgs:
+    """What ``train_agent.py`` passes in; ``None`` means "from the preset, else the default"."""
+
+    algo: str = "ppo"
+    env: str = "hyperrl/ContextualCartPole-v0"
+    policy: str | None = None
+    conf_file: str | None = None
+    hyperparams: list[str] = field(default_factory=list)
+    timesteps: int | None = None
+    n_envs: int | None = None
+    seed: int = 0
+    device: str = "auto"
+    tensorboard: bool = True
+    tensorboard_log: str | None = None
+    eval_freq: int = 10_000
+    eval_episodes: int = 5
+    save_freq: int = 50_000
+    keep_checkpoints: int = 3
+    run_dir: str | None = None
+    resume: str | None = None
+    batched: bool = False
+    progress_bar: bool = True
+    verbose: int = 0
+
+    def __post_init__(self) -> None:
+        """:raises ValueError: for a count or frequency out of range, naming the flag."""
+        checks = [
+            ("-n/--timesteps", self.timesteps, 1, True),
+            ("--n-envs", self.n_envs, 1, True),
+            ("--eval-episodes", self.eval_episodes, 1, False),
+            ("--eval-freq", self.eval_freq, 0, False),
+            ("--save-freq", self.save_freq, 0, False),
+            ("--keep-checkpoints", self.keep_checkpoints, 1, False),
+            ("--seed", self.seed, 0, False),
+        ]
+        for flag, value, low, optional in checks:
+            if value is None and optional:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                what = "a positive integer" if low == 1 else "a non-negative integer"
+                hint = " (0 disables it)" if flag in ("--eval-freq", "--save-freq") else ""
+                raise ValueError(f"{flag} must be {what}{hint}, got {value!r}")
+        if self.device != "auto":
+            try:
+                torch.device(self.device)
+            except (RuntimeError, TypeError):
+                raise ValueError(
+                    f"--device must be auto, cpu, cuda or cuda:<index>, got {self.device!r}"
+                ) from None
+
+    def new_run_folder(self) -> Path:
+        """``--run-dir``, else the next free ``runs/<algo>/<env>_<n>``.
+
+        :raises ValueError: when that folder already holds a run."""
+        run_dir = Path(self.run_dir or new_run_dir(Path("runs"), self.algo, self.env))
+        if (run_dir / "config.yml").exists():
+            raise ValueError(
+                f"{run_dir} already holds a run; pass --resume {run_dir} or a new --run-dir"
+            )
+        return run_dir
+
+    def tensorboard_dir(self, run_dir: Path) -> str | None:
+        """``run_dir/tb``, or ``--tensorboard-log DIR/<run name>`` (one root for many runs)."""
+        if not self.tensorboard:
+            return None
+        return str(
+            Path(self.tensorboard_log) / run_dir.name if self.tensorboard_log else run_dir / "tb"
+        )
+
+
+@dataclass
+class RunConfig:
+    """A run folder's ``config.yml``: everything needed to rebuild the run.
+
+    :param hyperparams: the resolved preset and overrides (``env_kwargs``, ``policy_kwargs``,
+        ``normalize`` and the algorithm's or trainer's keys).
+    :param trainer: ``"sb3"`` (an SB3 algorithm on gymnasium envs) or ``"device"`` (a batched
+        trainer, :mod:`agents.batched`).
+    """
+
+    algo: str
+    env: str
+    policy: str
+    n_timesteps: int
+    n_envs: int
+    seed: int
+    hyperparams: dict[str, Any]
+    trainer: str = "sb3"
+
+    @classmethod
+    def resolved(
+        cls,
+        args: TrainArgs,
+        config: dict[str, Any],
+        trainer: str = "sb3",
+        n_timesteps: int = 100_000,
+        n_envs: int = 1,
+    ) -> RunConfig:
+        """A new run's config: ``args`` over the resolved preset ``config`` (whose
+        ``n_timesteps``, ``n_envs`` and ``policy`` it takes out), over these defaults."""
+        config = dict(config)
+        preset_steps = config.pop("n_timesteps", n_timesteps)
+        preset_envs = config.pop("n_envs", n_envs)
+        preset_policy = config.pop("policy", "hyper")
+        return cls(
+            algo=args.algo,
+            env=args.env,
+            policy=args.policy or preset_policy,
+            n_timesteps=int(args.timesteps or preset_steps),
+            n_envs=int(args.n_envs or preset_envs),
+            seed=args.seed,
+            hyperparams=config,
+            trainer=trainer,
+        )
+
+    @property
+    def env_kwargs(self) -> dict[str, Any]:
+        return dict(self.hyperparams.get("env_kwargs") or {})
+
+    def write(self, run_dir: Path) -> None:
+        """``run_dir/config.yml`` (atomically), and ``contexts.yml`` for an env with a context
+        space: its features with their nominal values, train ranges and held-out sets."""
+        saved = {
+            "algo": self.algo,
+            "env": self.env,
+            "policy": self.policy,
+            "n_timesteps": int(self.n_timesteps),
+            "n_envs": int(self.n_envs),
+            "seed": int(self.seed),
+            "trainer": self.trainer,
+            "hyperparams": self.hyperparams,
+        }
+        write_text(run_dir / "config.yml", yaml.safe_dump(saved, sort_keys=False))
+        if envs.cpu_twin(self.env) in envs.ENVS:  # task suites have no context space
+            space = envs.context_space(self.env)
+            contexts = {
+                f.name: {k: v for k, v in dataclasses.asdict(f).items() if k != "name"}
+                for f in space.features
+            }
+            write_text(run_dir / "contexts.yml", yaml.safe_dump(contexts, sort_keys=False))
+
+
+def read_run_config(run_dir: Path) -> RunConfig:
+    """:raises ValueError: when ``run_dir`` has no readable ``config.yml``."""
+    path = run_dir / "config.yml"
+    if not path.is_file():
+        raise ValueError(f"{run_dir} is not a run folder (no config.yml)")
+    try:
+        saved = yaml.safe_load(path.read_text())
+        return RunConfig(**saved)
+    except (yaml.YAMLError, TypeError) as err:
+        raise ValueError(
+            f"{path} is not a run config ({type(err).__name__}: {err}); restore it or start a "
+            "new run"
+        ) from None
+
+
+def new_run_dir(root: Path, algo: str, env_id: str) -> Path:
+    """The first free ``root/<algo>/<env id as a name>_<n>``."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", env_id)
+    for i in range(1, 10_000):
+        path = root / algo / f"{name}_{i}"
+        if not path.exists():
+            return path
+    raise RuntimeError(f"too many runs under {root / algo}")
+
+
+def load_model(algo: type[BaseAlgorithm], path: Path, **kwargs: Any) -> BaseAlgorithm:
+    """``algo.load`` with a clear error for a missing or corrupt file."""
+    if not path.is_file():
+        raise ValueError(f"model file {path} does not exist; train a run first")
+    try:
+        return algo.load(path, **kwargs)
+    except Exception as err:  # zip, pickle and torch errors all mean the same to a user
+        raise ValueError(
+            f"model file {path} is corrupt or not an SB3 model ({type(err).__name__}: {err}); "
+            "retrain, or point to another run or checkpoint"
+        ) from None
