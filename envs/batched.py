@@ -30,6 +30,7 @@ from __future__ import annotations
 import functools
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import Any
 
 import gymnasium as gym
@@ -137,6 +138,12 @@ class BatchedContextualEnv(ABC):
     @property
     def context_names(self) -> tuple[str, ...]:
         return self.context_space.names if self.context_space is not None else ()
+
+    def context_values(self, mask: torch.Tensor, names: Sequence[str]) -> dict[str, torch.Tensor]:
+        """feature -> ``(n,)`` raw values of the ``n`` worlds in ``mask``, for those of ``names``
+        this env's context has."""
+        column = {name: i for i, name in enumerate(self.context_names)}
+        return {f: self.contexts[mask, column[f]] for f in names if f in column}
 
     def _context_box(self) -> gym.spaces.Box:
         low, high = self.context_space.observation_bounds()

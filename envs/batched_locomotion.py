@@ -26,7 +26,8 @@ import torch
 
 from envs.batched import BatchedContextualEnv
 from envs.context import ContextSpace
-from envs.locomotion import PHYSICS_FEATURES, PHYSICS_FIELDS, TASK_FEATURES
+from envs.locomotion import PHYSICS_FEATURES, TASK_FEATURES
+from envs.physics import LOCOMOTION_FIELDS, PhysicsTable
 
 
 @dataclass(frozen=True)
@@ -92,19 +93,13 @@ class BatchedLocomotion(BatchedContextualEnv):
             raise ValueError(
                 f"{type(self).__name__} supports {list(families)}, not {env_id!r}{why}"
             )
-        catalogue = PHYSICS_FEATURES | TASK_FEATURES
-        unknown = [f for f in features if f not in catalogue]
-        if unknown:
-            raise ValueError(
-                f"unknown locomotion features {unknown}; choose from {list(catalogue)}"
-            )
+        space = ContextSpace.choose(PHYSICS_FEATURES | TASK_FEATURES, features, "locomotion")
         family = FAMILIES[env_id]
         if "direction" in features and family.velocity == "qpos":
             raise ValueError(f"'direction' needs an env that reports y_velocity, not {env_id}")
         env = gym.make(env_id, **kwargs)
         if max_episode_steps is None:
             max_episode_steps = env.spec.max_episode_steps
-        space = ContextSpace([catalogue[f] for f in features])
         super().__init__(num_envs, space, split, max_episode_steps, device, seed)
         self.env_id, self.family = env_id, family
         self.observation_space = gym.spaces.Dict(
@@ -115,8 +110,10 @@ class BatchedLocomotion(BatchedContextualEnv):
         self.mj_model: mujoco.MjModel = env.unwrapped.model  #: the nominal model (host)
         env.close()
         self._column = {name: i for i, name in enumerate(features)}
-        #: the physics features among ``features``, in :data:`PHYSICS_FIELDS` order
-        self.physics = [f for f in PHYSICS_FIELDS if f in self._column]
+        #: the physics features among ``features``, in :data:`~envs.physics.LOCOMOTION_FIELDS`
+        #: order, and what writes them into models
+        self.physics = [f for f in LOCOMOTION_FIELDS if f in self._column]
+        self.physics_table = PhysicsTable(self.mj_model, LOCOMOTION_FIELDS, PHYSICS_FEATURES)
 
     def _read_params(self, env: gym.Env) -> None:
         """The gymnasium env's settings (its constructor's defaults unless overridden)."""
@@ -143,14 +140,6 @@ class BatchedLocomotion(BatchedContextualEnv):
         }
         main = getattr(env, "_main_body", 1)
         self._main_body = main if isinstance(main, int) else env.model.body(main).id
-
-    def _factors(self, mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``feature -> (n,)`` float64 factor on its nominal model values, for the worlds in
-        ``mask``, for every physics feature of the context."""
-        return {
-            f: self.contexts[mask, self._column[f]].double() / PHYSICS_FEATURES[f].nominal
-            for f in self.physics
-        }
 
     def _initial_state(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(n, nq)`` and ``(n, nv)`` float64 initial states drawn (from ``self.generator``)

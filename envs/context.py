@@ -93,6 +93,19 @@ class ContextSpace:
         self.features = tuple(features)
         self.by_name = {f.name: f for f in features}
 
+    @classmethod
+    def choose(
+        cls, catalogue: Mapping[str, ContextFeature], names: Sequence[str], family: str
+    ) -> ContextSpace:
+        """The space of the features ``names`` picked from ``catalogue`` (an env family's, e.g.
+        ``family="locomotion"``), in that order.
+
+        :raises ValueError: naming the unknown features and the family's."""
+        unknown = [f for f in names if f not in catalogue]
+        if unknown:
+            raise ValueError(f"unknown {family} features {unknown}; choose from {list(catalogue)}")
+        return cls([catalogue[f] for f in names])
+
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(self.by_name)

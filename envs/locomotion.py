@@ -1,9 +1,10 @@
 """MuJoCo locomotion (gymnasium v5) with physics and task contexts.
 
-Physics features scale the compiled model's nominal values, which are kept at construction, so a
-context is never applied on top of another and the nominal context restores the original model
-exactly. ``mujoco.mj_setConst`` recomputes the derived quantities (subtree masses, inverse
-weights...) after each change, before the env's reset.
+Physics features scale the compiled model's nominal values
+(:data:`envs.physics.LOCOMOTION_FIELDS`), which are kept at construction, so a context is never
+applied on top of another and the nominal context restores the original model exactly.
+``mujoco.mj_setConst`` recomputes the derived quantities (subtree masses, inverse weights...)
+after each change, before the env's reset.
 
 Task features replace the env's forward reward: ``target_velocity`` rewards
 ``-w |v_x - target|`` and ``direction`` (Ant, Humanoid) rewards ``w (v_x cos a + v_y sin a)``,
@@ -21,6 +22,7 @@ import mujoco
 import numpy as np
 
 from envs.context import ContextFeature, ContextSpace, scaled_feature
+from envs.physics import LOCOMOTION_FIELDS, PhysicsTable
 from envs.wrappers import ContextualEnv
 
 LOCOMOTION = ("HalfCheetah", "Hopper", "Walker2d", "Ant", "Humanoid")
@@ -47,49 +49,6 @@ TASK_FEATURES: dict[str, ContextFeature] = {
 }
 
 
-#: physics feature -> the model fields it scales, each with the column scaled (``None``: all);
-#: ``"gravity"`` is ``opt.gravity``. The one table every backend applies contexts from.
-PHYSICS_FIELDS: dict[str, tuple[tuple[str, int | None], ...]] = {
-    "gravity": (("gravity", None),),
-    "mass_scale": (("body_mass", None), ("body_inertia", None)),
-    "friction_scale": (("geom_friction", 0),),
-    "damping_scale": (("dof_damping", None),),
-    "actuator_scale": (("actuator_gear", 0),),
-}
-
-
-def model_field(model: mujoco.MjModel, name: str) -> np.ndarray:
-    """The live array of a field of :data:`PHYSICS_FIELDS` (``"gravity"``: ``opt.gravity``)."""
-    return model.opt.gravity if name == "gravity" else getattr(model, name)
-
-
-def nominal_fields(model: mujoco.MjModel) -> dict[str, np.ndarray]:
-    """Copies of every field :data:`PHYSICS_FIELDS` scales, as compiled."""
-    return {
-        name: model_field(model, name).copy()
-        for targets in PHYSICS_FIELDS.values()
-        for name, _ in targets
-    }
-
-
-def scale_model(
-    model: mujoco.MjModel, nominal: Mapping[str, np.ndarray], context: Mapping[str, float]
-) -> None:
-    """Write ``nominal`` scaled by ``context``'s physics features into ``model`` (a feature
-    missing from ``context`` takes its nominal value, so the nominal context restores the compiled
-    model exactly). The derived quantities are not updated: call ``mujoco.mj_setConst`` next."""
-    for feature, targets in PHYSICS_FIELDS.items():
-        spec = PHYSICS_FEATURES[feature]
-        factor = context.get(feature, spec.nominal) / spec.nominal
-        for name, column in targets:
-            field = model_field(model, name)
-            field[:] = nominal[name]
-            if column is None:
-                field *= factor
-            else:
-                field[:, column] *= factor
-
-
 class ContextualLocomotion(ContextualEnv):
     """A gymnasium MuJoCo v5 locomotion env whose physics and/or task follow a context.
 
@@ -111,12 +70,7 @@ class ContextualLocomotion(ContextualEnv):
         contexts: Sequence[Mapping[str, float]] | None = None,
         **kwargs: Any,
     ) -> None:
-        catalogue = PHYSICS_FEATURES | TASK_FEATURES
-        unknown = [f for f in features if f not in catalogue]
-        if unknown:
-            raise ValueError(
-                f"unknown locomotion features {unknown}; choose from {list(catalogue)}"
-            )
+        space = ContextSpace.choose(PHYSICS_FEATURES | TASK_FEATURES, features, "locomotion")
         chosen = {"camera_name", "camera_id", "xml_file"} & set(kwargs)
         if kwargs.get("render_mode") in ("rgb_array", "depth_array") and not chosen:
             # the stock models' tracking camera: the free default one stays put while a runner
@@ -125,14 +79,14 @@ class ContextualLocomotion(ContextualEnv):
         env = gym.make(env_id, **kwargs)
         if "direction" in features and "y_velocity" not in _info_keys(env):
             raise ValueError(f"'direction' needs an env that reports y_velocity, not {env_id}")
-        space = ContextSpace([catalogue[f] for f in features])
         super().__init__(env, space, split, hidden_context, contexts)
-        self._nominal = nominal_fields(env.unwrapped.model)
+        #: applies the physics features to the model
+        self.physics = PhysicsTable(env.unwrapped.model, LOCOMOTION_FIELDS, PHYSICS_FEATURES)
         self._forward_weight = float(getattr(env.unwrapped, "_forward_reward_weight", 1.0))
 
     def apply_context(self, context: Mapping[str, float]) -> None:
         model = self.env.unwrapped.model
-        scale_model(model, self._nominal, context)
+        self.physics.apply(model, context)
         mujoco.mj_setConst(model, self.env.unwrapped.data)
 
     def step(self, action: Any) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:

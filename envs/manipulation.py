@@ -9,7 +9,6 @@ this module applies :func:`envs.compat.patch_gymnasium_robotics`.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
@@ -18,6 +17,7 @@ import numpy as np
 
 from envs.compat import patch_gymnasium_robotics
 from envs.context import ContextFeature, ContextSpace, scaled_feature
+from envs.physics import FETCH_FIELDS, PhysicsTable
 from envs.wrappers import ContextualEnv
 
 FETCH_TASKS = ("Push", "Slide", "PickAndPlace")
@@ -43,39 +43,21 @@ FETCH_FEATURES: dict[str, ContextFeature] = {
 }
 
 
-@dataclass(frozen=True)
-class FetchParts:
-    """What a Fetch object task's physics context scales: the object body, its geoms (indices
-    ``(k,)``) and the table's."""
-
-    object_body: int
-    object_geoms: np.ndarray
-    table_geoms: np.ndarray
-
-
 def scale_fetch_model(
     model: mujoco.MjModel,
     data: mujoco.MjData,
-    nominal: Mapping[str, np.ndarray],
-    parts: FetchParts,
+    physics: PhysicsTable,
+    eq_data: np.ndarray,
     context: Mapping[str, float],
 ) -> None:
-    """Write a Fetch physics context into ``model``: the object's mass and inertia times
-    ``object_mass_scale``, the sliding friction of its geoms and of the table's times their
-    scales (features left out stay nominal), then what ``mj_setConst`` derives, computed with
-    ``data`` as scratch. ``nominal`` holds the model's ``body_mass``, ``body_inertia``,
-    ``geom_friction`` and ``eq_data`` as built."""
-    scale = {name: context.get(name, f.nominal) for name, f in FETCH_FEATURES.items()}
-    body = parts.object_body
-    model.body_mass[body] = nominal["body_mass"][body] * scale["object_mass_scale"]
-    model.body_inertia[body] = nominal["body_inertia"][body] * scale["object_mass_scale"]
-    model.geom_friction[:] = nominal["geom_friction"]
-    model.geom_friction[parts.object_geoms, 0] *= scale["object_friction_scale"]
-    model.geom_friction[parts.table_geoms, 0] *= scale["table_friction_scale"]
+    """Write a Fetch physics context into ``model`` (``physics``: :data:`FETCH_FIELDS` of its
+    object and table; features left out stay nominal), then what ``mj_setConst`` derives,
+    computed with ``data`` as scratch, keeping ``eq_data`` (the mocap weld as built)."""
+    physics.apply(model, context)
     mujoco.mj_setConst(model, data)
     # mj_setConst also recomputes the mocap weld's relative pose from qpos0, which is not where
     # gymnasium-robotics set it up; keep the env's own
-    model.eq_data[:] = nominal["eq_data"]
+    model.eq_data[:] = eq_data
 
 
 def make_robotics_env(env_id: str, **kwargs: Any) -> gym.Env:
@@ -112,13 +94,8 @@ class ContextualFetch(ContextualEnv):
         contexts: Sequence[Mapping[str, float]] | None = None,
         **kwargs: Any,
     ) -> None:
-        unknown = [f for f in features if f not in FETCH_FEATURES]
-        if unknown:
-            raise ValueError(
-                f"unknown Fetch features {unknown}; choose from {list(FETCH_FEATURES)}"
-            )
+        space = ContextSpace.choose(FETCH_FEATURES, features, "Fetch")
         env = make_robotics_env(env_id, **kwargs)
-        space = ContextSpace([FETCH_FEATURES[f] for f in features])
         super().__init__(env, space, split, hidden_context, contexts)
         model = env.unwrapped.model
         body = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_BODY, "object0")
@@ -127,23 +104,22 @@ class ContextualFetch(ContextualEnv):
             raise ValueError(
                 f"{env_id} has no object0/table0 body; use a Fetch task with an object"
             )
-        #: what the context scales
-        self.parts = FetchParts(
-            body,
-            (model.geom_bodyid == body).nonzero()[0],
-            (model.geom_bodyid == table).nonzero()[0],
+        #: applies the context to the object's body and geoms and the table's geoms
+        self.physics = PhysicsTable(
+            model,
+            FETCH_FIELDS,
+            FETCH_FEATURES,
+            {
+                "object": np.array([body]),
+                "object_geoms": (model.geom_bodyid == body).nonzero()[0],
+                "table_geoms": (model.geom_bodyid == table).nonzero()[0],
+            },
         )
-        #: the model's fields as built, which :func:`scale_fetch_model` scales
-        self.nominal = {
-            "body_mass": model.body_mass.copy(),
-            "body_inertia": model.body_inertia.copy(),
-            "geom_friction": model.geom_friction.copy(),
-            "eq_data": model.eq_data.copy(),
-        }
+        self.eq_data = model.eq_data.copy()  #: the mocap weld as built
 
     def apply_context(self, context: Mapping[str, float]) -> None:
         env = self.env.unwrapped
-        scale_fetch_model(env.model, env.data, self.nominal, self.parts, context)
+        scale_fetch_model(env.model, env.data, self.physics, self.eq_data, context)
 
     def compute_reward(self, achieved_goal: Any, desired_goal: Any, info: Any) -> Any:
         """The wrapped task's reward, for ``HerReplayBuffer``."""
@@ -196,15 +172,10 @@ class ContextualFetchReach(ContextualEnv):
         reward_type: str = "dense",
         **kwargs: Any,
     ) -> None:
-        unknown = [f for f in features if f not in REACH_FEATURES]
-        if unknown:
-            raise ValueError(
-                f"unknown FetchReach features {unknown}; choose from {list(REACH_FEATURES)}"
-            )
+        space = ContextSpace.choose(REACH_FEATURES, features, "FetchReach")
         if reward_type not in ("dense", "sparse"):
             raise ValueError(f"reward_type is 'dense' or 'sparse', not {reward_type!r}")
         env = make_robotics_env("FetchReach-v4", reward_type=reward_type, **kwargs)
-        space = ContextSpace([REACH_FEATURES[f] for f in features])
         super().__init__(env, space, split, hidden_context, contexts)
         spaces = {"observation": env.observation_space["observation"]}
         if not hidden_context:

@@ -6,7 +6,7 @@ v5 locomotion env, Humanoid included, at batched speed without a GPU.
 and terminations vectorised in torch from the state arrays, through the same
 :class:`~envs.batched_locomotion.BatchedLocomotion` code as the MuJoCo Warp envs. It is the same
 engine in float64 as the CPU twin :class:`envs.locomotion.ContextualLocomotion`, contexts are
-written into each world's model by the same :func:`envs.locomotion.scale_model` followed by
+written into each world's model by the same :class:`envs.physics.PhysicsTable` followed by
 ``mj_setConst``, so the two agree to the constraint solver's tolerance (see
 ``tests/test_envs_native.py``). What differs: the initial-state noise has the same distribution
 but comes from ``self.generator`` (torch), and the solver's warm start is estimated
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from envs.batched_locomotion import BatchedLocomotion
-from envs.locomotion import PHYSICS_FEATURES, nominal_fields, scale_model
+from envs.locomotion import PHYSICS_FEATURES
 from envs.native_backend import NativeWorlds
 
 
@@ -79,7 +79,6 @@ class NativeLocomotion(BatchedLocomotion):
         if family.velocity != "qpos":
             extras.append("xpos" if family.velocity == "body" else "xipos")
         self.worlds = NativeWorlds(self.mj_model, num_envs, self.frame_skip, nthread, extras)
-        self._nominal = nominal_fields(self.mj_model)
         #: the x/y position the next step's velocity is measured from (gymnasium's stale one)
         self._xy = torch.zeros(num_envs, 2, dtype=torch.float64)
         mass = torch.as_tensor(self.mj_model.body_mass, dtype=torch.float64)
@@ -108,7 +107,7 @@ class NativeLocomotion(BatchedLocomotion):
             names = self.context_names
             contexts = self.contexts[mask].cpu().double().numpy()
             for i, context in zip(worlds, contexts, strict=True):
-                scale_model(w.models[i], self._nominal, dict(zip(names, context, strict=True)))
+                self.physics_table.apply(w.models[i], dict(zip(names, context, strict=True)))
                 w.set_const(i)
         qpos, qvel = self._initial_state(len(worlds))
         w.set_state(worlds, qpos.numpy(), qvel.numpy())

@@ -94,7 +94,8 @@ class NativeFetch(BatchedFetch):
             cpu = ContextualFetch(env_id, tuple(names), **kwargs)
         super().__init__(cpu, num_envs, split, device, seed, max_episode_steps, torch.float64)
         if self.has_object:
-            self.parts, self.nominal = cpu.parts, cpu.nominal
+            #: what writes a context into a world's model, and the mocap weld as built
+            self.physics_table, self.eq_data = cpu.physics, cpu.eq_data
         m = self.mj_model
         extras = ("xpos", "xquat", "site_xpos", "site_xmat", "cvel", "subtree_com")
         self.worlds = NativeWorlds(m, num_envs, self.n_substeps, nthread, extras, CONTROL_SPEC)
@@ -141,7 +142,9 @@ class NativeFetch(BatchedFetch):
             contexts = self.contexts[mask].cpu().double().numpy()
             for i, context in zip(worlds, contexts, strict=True):
                 context = dict(zip(names, context, strict=True))
-                scale_fetch_model(w.models[i], self._scratch, self.nominal, self.parts, context)
+                scale_fetch_model(
+                    w.models[i], self._scratch, self.physics_table, self.eq_data, context
+                )
         # what the twin's reset does: mj_resetData, the initial state, the task's draws,
         # mj_forward
         qpos = self._init_qpos.repeat(len(worlds), 1)

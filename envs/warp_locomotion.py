@@ -42,7 +42,7 @@ from typing import Any
 import torch
 
 from envs.batched_locomotion import BatchedLocomotion
-from envs.locomotion import PHYSICS_FEATURES, PHYSICS_FIELDS, nominal_fields
+from envs.locomotion import PHYSICS_FEATURES
 from envs.warp_backend import WarpWorlds
 
 #: the env ids MuJoCo Warp runs
@@ -100,7 +100,7 @@ class WarpLocomotion(BatchedLocomotion):
             "implement; its batched CPU twin hyperrl/BatchedHumanoid-v0 runs it",
             **kwargs,
         )
-        fields = [field for f in self.physics for field, _ in PHYSICS_FIELDS[f]]
+        fields = self.physics_table.fields(self.physics)
         self._derived = "mass_scale" in self.physics or "actuator_scale" in self.physics
         self.worlds = WarpWorlds(
             self.mj_model,
@@ -114,9 +114,8 @@ class WarpLocomotion(BatchedLocomotion):
             njmax=njmax,
         )
         self._nominal = {
-            name: torch.tensor(value, dtype=torch.float64, device=self.device)
-            for name, value in nominal_fields(self.mj_model).items()
-            if name in fields
+            name: torch.tensor(self.physics_table.nominal[name], device=self.device)
+            for name in fields
         }
         self._main_xy = torch.zeros(num_envs, 2, device=self.device)
 
@@ -150,16 +149,10 @@ class WarpLocomotion(BatchedLocomotion):
     def _apply_physics(self, mask: torch.Tensor) -> None:
         """Write the contexts of the worlds in ``mask`` into their model fields, scaling the
         nominal values as :meth:`ContextualLocomotion.apply_context` does."""
-        for feature, factor in self._factors(mask).items():
-            for field, column in PHYSICS_FIELDS[feature]:
-                nominal = self._nominal[field]
-                scaled = nominal.expand(len(factor), *nominal.shape).clone()
-                if column is None:
-                    scaled *= factor.view(-1, *[1] * nominal.dim())
-                else:
-                    scaled[..., column] *= factor.view(-1, *[1] * (nominal.dim() - 1))
-                view = self.worlds.field(field)
-                view[mask] = scaled.to(view.dtype)
+        values = self.context_values(mask, self.physics)
+        for field, scaled in self.physics_table.batched(self._nominal, values).items():
+            view = self.worlds.field(field)
+            view[mask] = scaled.to(view.dtype)
         if self._derived:
             self.worlds.update_derived()
 

@@ -29,9 +29,6 @@ from envs.manipulation import (
 from envs.warp_backend import WarpWorlds
 from envs.wrappers import ContextualEnv
 
-#: model fields an object task's context scales, batched per world
-PHYSICS_FIELDS = ("body_mass", "body_inertia", "geom_friction")
-
 
 class WarpFetch(BatchedFetch):
     """The Fetch robot in MuJoCo Warp: the worlds, their resets and steps; the task is
@@ -62,9 +59,9 @@ class WarpFetch(BatchedFetch):
         super().__init__(cpu, num_envs, split, device, seed, max_episode_steps, torch.float32)
         if not self.block_gripper:
             raise ValueError("WarpFetch runs the blocked-gripper tasks (Reach, Push)")
-        if self.has_object:
-            self.parts = cpu.parts
-        batched = PHYSICS_FIELDS if self.has_object else ()
+        #: what writes the contexts into the worlds' fields (object tasks)
+        self.physics_table = cpu.physics if self.has_object else None
+        batched = self.physics_table.fields() if self.physics_table is not None else []
         self.worlds = WarpWorlds(
             self.mj_model,
             num_envs,
@@ -76,7 +73,9 @@ class WarpFetch(BatchedFetch):
             njmax=njmax,
         )
         self._mocap_home = (self.worlds.mocap_pos[:1].clone(), self.worlds.mocap_quat[:1].clone())
-        self._nominal = {f: self.worlds.field(f)[0].clone() for f in batched}
+        self._nominal = {
+            f: torch.tensor(self.physics_table.nominal[f], device=self.device) for f in batched
+        }
         cpu.close()
 
     def _kinematics(self, name: str) -> torch.Tensor:
@@ -110,28 +109,12 @@ class WarpFetch(BatchedFetch):
 
     def _write_physics(self, mask: torch.Tensor) -> None:
         """The contexts of the worlds in ``mask`` into their model fields, as
-        :func:`envs.manipulation.scale_fetch_model`, and the derived masses."""
-        n, w, parts = int(mask.sum()), self.worlds, self.parts
-        objects, tables = parts.object_geoms.tolist(), parts.table_geoms.tolist()
-        mass = self._context_factor(mask, "object_mass_scale")
-        body_mass = self._nominal["body_mass"].repeat(n, 1)
-        body_mass[:, parts.object_body] *= mass[:, 0]
-        body_inertia = self._nominal["body_inertia"].repeat(n, 1, 1)
-        body_inertia[:, parts.object_body] *= mass
-        friction = self._nominal["geom_friction"].repeat(n, 1, 1)
-        friction[:, objects, 0] *= self._context_factor(mask, "object_friction_scale")
-        friction[:, tables, 0] *= self._context_factor(mask, "table_friction_scale")
-        w.field("body_mass")[mask] = body_mass
-        w.field("body_inertia")[mask] = body_inertia
-        w.field("geom_friction")[mask] = friction
-        w.update_derived()
-
-    def _context_factor(self, mask: torch.Tensor, name: str) -> torch.Tensor:
-        """``(n, 1)`` the value of physics feature ``name`` for the worlds in ``mask`` (1 without
-        it), the factor :func:`envs.manipulation.scale_fetch_model` multiplies by."""
-        if name not in self._column:
-            return torch.ones(int(mask.sum()), 1, device=self.device)
-        return self.contexts[mask, self._column[name]].unsqueeze(-1)
+        :func:`envs.manipulation.scale_fetch_model` writes them, and the derived masses."""
+        values = self.context_values(mask, self.context_names)
+        for field, scaled in self.physics_table.batched(self._nominal, values).items():
+            view = self.worlds.field(field)
+            view[mask] = scaled.to(view.dtype)
+        self.worlds.update_derived()
 
     def _step_worlds(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         w = self.worlds

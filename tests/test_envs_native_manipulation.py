@@ -139,7 +139,9 @@ def test_the_object_context_changes_each_worlds_dynamics():
         )
     gap = (obs["observation"][0, 3:6] - obs["observation"][1, 3:6]).abs().max()
     assert gap > 1e-3
-    mass = [native.worlds.models[i].body_mass[native.parts.object_body] for i in range(2)]
+    mass = [
+        native.worlds.models[i].body_mass[native.physics_table.rows["object"][0]] for i in range(2)
+    ]
     assert mass[1] == pytest.approx(4 * mass[0])
 
 
