@@ -113,6 +113,26 @@ def load_run(run: str | Path) -> tuple[Any, RunConfig, Path, Path]:
     return load_model(algo, model_path, device="cpu", **kwargs), config, run_dir, model_path
 
 
+def _shapes(space: gym.Space) -> object:
+    if isinstance(space, gym.spaces.Dict):
+        return {k: _shapes(v) for k, v in space.spaces.items()}
+    return (type(space).__name__, getattr(space, "shape", None), getattr(space, "n", None))
+
+
+def check_spaces(model: Any, env: gym.Env, model_path: Path, env_id: str) -> None:
+    """:raises ValueError: when ``model`` was not trained on ``env_id``'s observation and action
+    spaces (a model file from another env's run), naming both."""
+    theirs = (_shapes(model.observation_space), _shapes(model.action_space))
+    ours = (_shapes(env.observation_space), _shapes(env.action_space))
+    if theirs != ours:
+        raise ValueError(
+            f"{model_path} was trained on other spaces than its run's env {env_id} (model: "
+            f"observations {theirs[0]}, actions {theirs[1]}; env: observations {ours[0]}, "
+            f"actions {ours[1]}): it belongs to another env's run; evaluate it from its own run "
+            "folder"
+        )
+
+
 def evaluate_run(
     run: str | Path,
     splits: Sequence[str] | None = None,
@@ -184,6 +204,7 @@ def evaluate_run(
             by_split = split not in ("grid", "pinned") and len(envs.splits_of(env_id)) > 1
             kwargs = env_kwargs | ({"split": split} if by_split else {})
             made[split] = gym.make(env_id, **kwargs)
+            check_spaces(model, made[split], model_path, env_id)
         options = {"context": pinned} if pinned is not None else None
         key = split if pinned is None else _slug(pinned)
         record = video and key not in recorded and len(recorded) < max_videos

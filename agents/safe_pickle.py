@@ -12,6 +12,13 @@ import pickle
 from pathlib import Path
 from typing import Any
 
+#: what the command-line tools that read run folders say in ``--help``
+TRUST_NOTE = (
+    "Only load run folders you trust: model.zip and replay_buffer.pkl are Python pickles, and "
+    "loading one made by someone else can run their code (as with any SB3 model); "
+    "vecnormalize.pkl and trainer_state.pt are read without running code from them."
+)
+
 #: (module, name) pairs a VecNormalize pickle may name (numpy's modules as of 1.x and 2.x)
 ALLOWED: frozenset[tuple[str, str]] = frozenset(
     {

@@ -1,4 +1,5 @@
-"""Contextual environments: context spaces, wrappers, registration, GPU (Warp) envs.
+"""Contextual environments: context spaces, wrappers, registration, physics contexts, and per
+task family (classic, locomotion, manipulation) the gymnasium envs and their batched versions.
 
 Importing the package registers its envs with gymnasium: ``gym.make("hyperrl/...")``.
 """

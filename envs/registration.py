@@ -7,10 +7,10 @@ from typing import Any
 
 import gymnasium as gym
 
-from envs.classic import CARTPOLE_CONTEXT, PENDULUM_CONTEXT
+from envs.classic.contextual import CARTPOLE_CONTEXT, PENDULUM_CONTEXT
 from envs.context import SPLITS, ContextSpace
-from envs.locomotion import LOCOMOTION, PHYSICS_FEATURES, TASK_FEATURES
-from envs.manipulation import FETCH_FEATURES, FETCH_TASKS, REACH_FEATURES
+from envs.locomotion.contextual import LOCOMOTION, PHYSICS_FEATURES, TASK_FEATURES
+from envs.manipulation.contextual import FETCH_FEATURES, FETCH_TASKS, REACH_FEATURES
 
 NAMESPACE = "hyperrl"
 
@@ -25,10 +25,9 @@ class EnvSpec:
 
 
 def _locomotion(name: str, features: tuple[str, ...]) -> EnvSpec:
-    catalogue = PHYSICS_FEATURES | TASK_FEATURES
     return EnvSpec(
         "envs.locomotion:ContextualLocomotion",
-        ContextSpace([catalogue[f] for f in features]),
+        ContextSpace.choose(PHYSICS_FEATURES | TASK_FEATURES, features, "locomotion"),
         {"env_id": f"{name}-v5", "features": features},
     )
 
@@ -79,16 +78,22 @@ class BatchedSpec:
     cpu_twin: str
     kwargs: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def backend(self) -> str:
+        """``"warp"`` (MuJoCo Warp), ``"native"`` (MuJoCo threads) or ``"torch"``."""
+        module = self.entry_point.split(":")[0].rsplit(".", 1)[-1]
+        return module if module in ("warp", "native") else "torch"
+
 
 #: CPU env class -> the class of its batched CPU twin (MuJoCo threads)
 _NATIVE_CLASSES = {
-    "envs.locomotion:ContextualLocomotion": "envs.native_locomotion:NativeLocomotion",
-    "envs.manipulation:ContextualFetch": "envs.native_manipulation:NativeFetch",
-    "envs.manipulation:ContextualFetchReach": "envs.native_manipulation:NativeFetch",
+    "envs.locomotion:ContextualLocomotion": "envs.locomotion.native:NativeLocomotion",
+    "envs.manipulation:ContextualFetch": "envs.manipulation.native:NativeFetch",
+    "envs.manipulation:ContextualFetchReach": "envs.manipulation.native:NativeFetch",
 }
 
-#: gymnasium id -> its batched CPU twin (MuJoCo threads: :mod:`envs.native_locomotion`,
-#: :mod:`envs.native_manipulation`), which ``train_agent.py --batched`` trains on
+#: gymnasium id -> its batched CPU twin (MuJoCo threads: :mod:`envs.locomotion.native`,
+#: :mod:`envs.manipulation.native`), which ``train_agent.py --batched`` trains on
 NATIVE_TWINS: dict[str, str] = {
     env_id: env_id.replace("/Contextual", "/").replace("/", "/Batched", 1)
     for env_id in [*(i for i, s in ENVS.items() if s.entry_point in _NATIVE_CLASSES), *TASK_SUITES]
@@ -97,7 +102,7 @@ NATIVE_TWINS: dict[str, str] = {
 
 def _native_spec(cpu: str) -> BatchedSpec:
     if cpu in TASK_SUITES:
-        return BatchedSpec("envs.native_manipulation:NativeFetchMultiTask", cpu, TASK_SUITES[cpu])
+        return BatchedSpec("envs.manipulation.native:NativeFetchMultiTask", cpu, TASK_SUITES[cpu])
     spec = ENVS[cpu]
     kwargs = spec.kwargs or {"env_id": "FetchReach-v4"}  # ContextualFetchReach takes no id
     return BatchedSpec(_NATIVE_CLASSES[spec.entry_point], cpu, dict(kwargs))
@@ -106,11 +111,11 @@ def _native_spec(cpu: str) -> BatchedSpec:
 #: batched envs for the on-device trainer (``train_agent.py --env <id>``); not gymnasium envs
 BATCHED_ENVS: dict[str, BatchedSpec] = {
     f"{NAMESPACE}/TorchPendulum-v0": BatchedSpec(
-        "envs.batched:TorchPendulum", f"{NAMESPACE}/ContextualPendulum-v0"
+        "envs.classic.batched:TorchPendulum", f"{NAMESPACE}/ContextualPendulum-v0"
     ),
     **{
         f"{NAMESPACE}/Warp{name}-v0": BatchedSpec(
-            "envs.warp_locomotion:WarpLocomotion",
+            "envs.locomotion.warp:WarpLocomotion",
             f"{NAMESPACE}/Contextual{name}-v0",
             {"env_id": f"{name}-v5", "features": tuple(PHYSICS_FEATURES)},
         )
@@ -118,10 +123,10 @@ BATCHED_ENVS: dict[str, BatchedSpec] = {
     },
     **{batched: _native_spec(cpu) for cpu, batched in NATIVE_TWINS.items()},
     f"{NAMESPACE}/WarpFetchReach-v0": BatchedSpec(
-        "envs.warp_manipulation:WarpFetchReach", f"{NAMESPACE}/ContextualFetchReach-v0"
+        "envs.manipulation.warp:WarpFetchReach", f"{NAMESPACE}/ContextualFetchReach-v0"
     ),
     f"{NAMESPACE}/WarpFetchPush-v0": BatchedSpec(
-        "envs.warp_manipulation:WarpFetchPush", f"{NAMESPACE}/ContextualFetchPush-v0"
+        "envs.manipulation.warp:WarpFetchPush", f"{NAMESPACE}/ContextualFetchPush-v0"
     ),
 }
 
@@ -193,7 +198,11 @@ def register_envs() -> None:
             gym.register(env_id, entry_point=spec.entry_point, kwargs=dict(spec.kwargs))
     for env_id, kwargs in TASK_SUITES.items():
         if env_id not in gym.registry:
-            gym.register(env_id, entry_point="envs.multitask:FetchMultiTask", kwargs=dict(kwargs))
+            gym.register(
+                env_id,
+                entry_point="envs.manipulation.multitask:FetchMultiTask",
+                kwargs=dict(kwargs),
+            )
     if GOAL_ONLY not in gym.registry:
         gym.register(GOAL_ONLY, entry_point="envs.manipulation:fetch_reach")
 

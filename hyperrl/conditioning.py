@@ -38,7 +38,9 @@ from hyperrl.init import check_gains, init_linear
 from hyperrl.target import TargetSpec
 
 CONDITIONINGS = ("none", "concat", "film", "lowrank_hyper", "hyper")
-GENERATOR_INPUTS = ("context", "input", "both")
+#: what a head's generator reads: the context, the head's own input, or both (the policies name
+#: the input "observation": :data:`hyperrl.policies.GENERATOR_INPUTS`)
+HEAD_GENERATOR_INPUTS = ("context", "input", "both")
 
 
 class ConditionedHead(nn.Module):
@@ -192,9 +194,10 @@ class HyperHead(ConditionedHead):
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
-        if generator_input not in GENERATOR_INPUTS:
+        if generator_input not in HEAD_GENERATOR_INPUTS:
             raise ValueError(
-                f"unknown generator_input {generator_input!r}; choose one of {GENERATOR_INPUTS}"
+                f"unknown generator_input {generator_input!r}; choose one of "
+                f"{HEAD_GENERATOR_INPUTS}"
             )
         if generator_input != "input" and self.context_dim == 0:
             raise ValueError(f"generator_input={generator_input!r} needs context_dim > 0")

@@ -1,7 +1,7 @@
 """Throughput of the Fetch tasks on the batched CPU backend against the gymnasium env, in one run.
 
 For each task: env-steps/s of the gymnasium-robotics env (``hyperrl/ContextualFetch*``, one env,
-random actions, resets included) and of its batched twin (:class:`envs.native_manipulation.
+random actions, resets included) and of its batched twin (:class:`envs.manipulation.native.
 NativeFetch`, physics with observations, rewards and auto-resets) at each number of worlds; then,
 with ``--her``, where a step of the on-device SAC with hindsight relabelling goes on FetchPush
 (``--her-envs`` worlds): one vector step of the actor against one update of ``--batch`` samples.

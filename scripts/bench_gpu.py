@@ -13,7 +13,7 @@ worlds (about 16k samples, or ``--minibatches`` per rollout), SB3 its defaults (
 samples).
 
 On a GPU the env is MuJoCo Warp's (``hyperrl/WarpHalfCheetah-v0``); on the CPU, MuJoCo's own
-threads (``hyperrl/BatchedHalfCheetah-v0``, :mod:`envs.native_locomotion`):
+threads (``hyperrl/BatchedHalfCheetah-v0``, :mod:`envs.locomotion.native`):
 
     python scripts/bench_gpu.py --env hyperrl/WarpHalfCheetah-v0 --envs 1024 4096 16384
     python scripts/bench_gpu.py --device cpu --envs 64 256 512 --minibatches 16 --sb3-envs 2

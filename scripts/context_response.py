@@ -17,11 +17,12 @@ import sys
 from pathlib import Path
 
 from agents.evaluation import load_run
+from agents.safe_pickle import TRUST_NOTE
 from hyperrl.policies.diagnostics import context_response
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=TRUST_NOTE)
     p.add_argument("runs", nargs="+", help="run folders or model .zip files")
     p.add_argument("--values", nargs="+", type=float, default=[1.0, 2.0, 3.0, 4.0])
     p.add_argument("--json", metavar="OUT", help="also write every ratio to this JSON file")

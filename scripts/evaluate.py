@@ -15,10 +15,11 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 
 from agents.evaluation import evaluate_run  # noqa: E402
+from agents.safe_pickle import TRUST_NOTE  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=TRUST_NOTE)
     p.add_argument("run", help="a run folder, or a model .zip inside one")
     p.add_argument("--splits", nargs="*", default=None)
     p.add_argument("-n", "--episodes", type=int, default=10, help="per split (or grid point)")

@@ -10,10 +10,11 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 
 from agents.evaluation import evaluate_run  # noqa: E402
+from agents.safe_pickle import TRUST_NOTE  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(description=__doc__, epilog=TRUST_NOTE)
     p.add_argument("run", help="a run folder, or a model .zip inside one")
     p.add_argument(
         "--context",

@@ -12,6 +12,7 @@ import sys
 
 from agents.algos import ALGOS, POLICIES
 from agents.run_folder import TrainingInterruptedError
+from agents.safe_pickle import TRUST_NOTE
 from agents.train import TrainArgs, train
 
 #: flags that define a run and so cannot change on --resume
@@ -22,7 +23,7 @@ RUN_DEFINING = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=TRUST_NOTE)
     p.add_argument("--algo", default="ppo", help=f"one of {list(ALGOS)}")
     p.add_argument("--env", default="hyperrl/ContextualCartPole-v0", help="gymnasium env id")
     p.add_argument("--policy", default=None, help=f"one of {list(POLICIES)} (default: hyper)")

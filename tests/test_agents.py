@@ -259,6 +259,13 @@ def test_missing_or_corrupt_model(tmp_path, capsys, ppo_run):
     assert "corrupt" in capsys.readouterr().err
     assert evaluate_script.main([str(tmp_path / "nowhere")]) == 2
     assert "not a run folder" in capsys.readouterr().err
+    from stable_baselines3 import PPO
+
+    PPO("MlpPolicy", "Pendulum-v1").save(bad / "model.zip")  # another env's model
+    assert evaluate_script.main([str(bad), "-n", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "was trained on other spaces than its run's env hyperrl/ContextualCartPole-v0" in err
+    assert "Traceback" not in err
 
 
 def test_policy_must_fit_the_env():

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from hyperrl.conditioning import CONDITIONINGS, GENERATOR_INPUTS, HyperHead, make_head
+from hyperrl.conditioning import CONDITIONINGS, HEAD_GENERATOR_INPUTS, HyperHead, make_head
 from hyperrl.generators import GENERATORS
 
 
@@ -26,7 +26,7 @@ def test_context_reaches_the_output_exactly_when_it_should(conditioning, hidden)
     assert torch.allclose(a, b) == (conditioning == "none")
 
 
-@pytest.mark.parametrize("generator_input", GENERATOR_INPUTS)
+@pytest.mark.parametrize("generator_input", HEAD_GENERATOR_INPUTS)
 def test_dynamic_generator_reads_what_it_is_told(generator_input):
     head = HyperHead(6, 2, 3, generator_input=generator_input, init="hyperfan_in")
     x, z = torch.randn(10, 6), torch.randn(10, 3)

@@ -17,8 +17,9 @@ from agents.batched.storage import gae
 from agents.batched.trainer import EpisodeStats, use_tf32
 from agents.evaluation import evaluate_run
 from agents.train import TrainArgs, train
-from envs.batched import TorchPendulum, sample_contexts, scale_contexts
+from envs.batched import sample_contexts, scale_contexts
 from envs.classic import PENDULUM_CONTEXT, ContextualPendulum
+from envs.classic.batched import TorchPendulum
 from hyperrl.conditioning import HyperHead
 
 

@@ -19,7 +19,7 @@ from agents.batched.replay import RUNNING, DeviceReplay, HerReplay, ReplaySample
 from agents.batched.sac import DeviceSAC, DeviceSACConfig
 from agents.evaluation import evaluate_run
 from agents.train import TrainArgs, train
-from envs.batched import TorchPendulum
+from envs.classic.batched import TorchPendulum
 
 HYPER = {"conditioning": "hyper", "context_keys": ("context",)}
 

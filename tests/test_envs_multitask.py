@@ -5,8 +5,8 @@ from gymnasium.utils.env_checker import check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import envs  # noqa: F401  (registers hyperrl/*)
-from envs.manipulation import PlainRewards
-from envs.multitask import INSTRUCTIONS, FetchMultiTask, text_embeddings
+from envs.manipulation.contextual import PlainRewards
+from envs.manipulation.multitask import INSTRUCTIONS, FetchMultiTask, text_embeddings
 
 
 def test_checkers_pass():

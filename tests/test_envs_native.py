@@ -1,4 +1,4 @@
-"""The batched CPU backend (envs.native_backend, envs.native_locomotion) against the gymnasium envs
+"""The batched CPU backend (envs.batched.native, envs.locomotion.native) against the gymnasium envs
 it mirrors.
 
 Parity is checked step by step: before every step the CPU env's state is written into both
@@ -17,7 +17,7 @@ import torch
 
 import envs
 from envs.locomotion import PHYSICS_FEATURES, ContextualLocomotion
-from envs.native_locomotion import NativeLocomotion
+from envs.locomotion.native import NativeLocomotion
 
 FEATURES = tuple(PHYSICS_FEATURES)  # gravity, mass, friction, damping, actuator
 #: nominal, two train contexts with every feature off nominal, one held out beyond the train range
@@ -175,7 +175,7 @@ def test_results_do_not_depend_on_the_thread_count(env_id):
 def test_threads_default_to_the_cores_shared_among_the_local_ranks(monkeypatch):
     import os
 
-    from envs.native_backend import default_threads
+    from envs.batched.native import default_threads
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 16)

@@ -1,4 +1,4 @@
-"""The batched CPU Fetch tasks (envs.native_manipulation) against the gymnasium-robotics envs they
+"""The batched CPU Fetch tasks (envs.manipulation.native) against the gymnasium-robotics envs they
 mirror.
 
 Parity is checked step by step: before every step the CPU env's state is written into both
@@ -20,7 +20,7 @@ import torch
 pytest.importorskip("gymnasium_robotics")
 
 from envs.manipulation import FETCH_FEATURES, REACH_FEATURES, ContextualFetch, ContextualFetchReach
-from envs.native_manipulation import NativeFetch
+from envs.manipulation.native import NativeFetch
 
 OBJECT_TASKS = ("FetchPush-v4", "FetchSlide-v4", "FetchPickAndPlace-v4")
 #: nominal, two train contexts, one beyond the train range (extrapolation); float32-exact, as
@@ -271,7 +271,7 @@ def test_train_agent_batched_her_on_fetch_push_evaluates_and_films_on_the_twin(t
 
 def test_multi_task_worlds_each_run_their_task_with_its_descriptor():
     import envs
-    from envs.native_manipulation import NativeFetchMultiTask
+    from envs.manipulation.native import NativeFetchMultiTask
 
     suite = NativeFetchMultiTask(5, seed=0, nthread=1)  # train tasks Push, PickAndPlace
     obs = suite.reset()

@@ -1,4 +1,4 @@
-"""MuJoCo Warp locomotion and Fetch (envs.warp_locomotion, envs.warp_manipulation) against the CPU
+"""MuJoCo Warp locomotion and Fetch (envs.locomotion.warp, envs.manipulation.warp) against the CPU
 envs they mirror, on Warp's CPU.
 
 Parity is checked step by step: before every step the CPU env's state is rounded to float32 and
@@ -24,9 +24,9 @@ import torch
 pytest.importorskip("mujoco_warp")
 
 from envs.batched import scale_contexts  # noqa: E402
+from envs.batched.warp import DERIVED_FIELDS  # noqa: E402
 from envs.locomotion import PHYSICS_FEATURES, ContextualLocomotion  # noqa: E402
-from envs.warp_backend import DERIVED_FIELDS  # noqa: E402
-from envs.warp_locomotion import WarpLocomotion  # noqa: E402
+from envs.locomotion.warp import WarpLocomotion  # noqa: E402
 
 #: where the worlds run: Warp's CPU here and in CI; HYPERRL_WARP_DEVICE=cuda on a GPU machine
 DEVICE = os.environ.get("HYPERRL_WARP_DEVICE", "cpu")
@@ -377,7 +377,7 @@ REACH_GOALS = np.array([[0.0, 0.0, 0.0], [0.125, -0.125, 0.0625], [-0.14, 0.0625
 @pytest.fixture(scope="module")
 def reach():
     pytest.importorskip("gymnasium_robotics")
-    from envs.warp_manipulation import WarpFetchReach
+    from envs.manipulation.warp import WarpFetchReach
 
     return WarpFetchReach(len(REACH_GOALS), device=DEVICE, seed=0)
 
@@ -407,7 +407,7 @@ def test_fetch_reach_matches_the_cpu_env_step_by_step(reach):
 
 
 def test_fetch_reach_sparse_reward_matches_the_cpu_env():
-    from envs.warp_manipulation import WarpFetchReach
+    from envs.manipulation.warp import WarpFetchReach
 
     goals = np.zeros((2, 3), np.float32)  # the gripper starts on the goal: some steps succeed
     warp = WarpFetchReach(2, device=DEVICE, seed=0, reward_type="sparse")
@@ -496,7 +496,7 @@ SPIN_ATOL = 0.05
 @pytest.fixture(scope="module")
 def push():
     pytest.importorskip("gymnasium_robotics")
-    from envs.warp_manipulation import WarpFetchPush
+    from envs.manipulation.warp import WarpFetchPush
 
     return WarpFetchPush(len(PUSH_CONTEXTS), device=DEVICE, seed=0)
 
@@ -577,7 +577,7 @@ def test_fetch_push_context_is_written_into_the_model_and_the_derived_masses(pus
 
 def test_fetch_push_draws_objects_and_goals_as_fetch_push():
     pytest.importorskip("gymnasium_robotics")
-    from envs.warp_manipulation import WarpFetchPush
+    from envs.manipulation.warp import WarpFetchPush
 
     warp = WarpFetchPush(256, device=DEVICE, seed=3, split="extrapolation")
     obs = warp.reset()
@@ -601,7 +601,7 @@ def test_mat2euler_matches_gymnasium_robotics():
     pytest.importorskip("gymnasium_robotics")
     from gymnasium_robotics.utils import rotations
 
-    from envs.batched_manipulation import mat2euler
+    from envs.manipulation.batched import mat2euler
 
     rng = np.random.default_rng(0)
     quats = rng.normal(size=(64, 4))

@@ -169,8 +169,7 @@ def _train(args: TrainArgs, rank: int, device: str) -> Path:
             )
 
     remaining = run.n_timesteps - algo.num_timesteps
-    warp = envs.BATCHED_ENVS[run.env].entry_point.startswith("envs.warp_")
-    if warp and torch.device(device).type == "cpu":
+    if envs.BATCHED_ENVS[run.env].backend == "warp" and torch.device(device).type == "cpu":
         print(
             f"note: MuJoCo Warp runs on its CPU backend here ({run.n_envs} worlds): fine "
             "for tests and small runs, thousands rather than millions of steps/s (see "

@@ -17,7 +17,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from envs.manipulation import FETCH_TASKS, make_robotics_env
+from envs.manipulation.contextual import FETCH_TASKS, make_robotics_env
 
 INSTRUCTIONS = {
     "Push": "push the block across the table to the target",

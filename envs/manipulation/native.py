@@ -3,9 +3,9 @@ Slide and PickAndPlace at batched speed without a GPU, and the multi-task suite 
 tasks (:class:`NativeFetchMultiTask`).
 
 :class:`NativeFetch` steps ``num_envs`` worlds of gymnasium-robotics' Fetch robot with
-:class:`envs.native_backend.NativeWorlds`, the mocap target (and PickAndPlace's finger controls)
+:class:`envs.batched.native.NativeWorlds`, the mocap target (and PickAndPlace's finger controls)
 passed through the rollout's control spec, and computes inputs, observations, rewards and task
-draws in torch through :class:`envs.batched_manipulation.BatchedFetch`, the code the MuJoCo Warp
+draws in torch through :class:`envs.manipulation.batched.BatchedFetch`, the code the MuJoCo Warp
 envs use. It is the same engine in float64 as the CPU twin: the object's physics context is
 written into each world's model by the twin's own :func:`envs.manipulation.scale_fetch_model`.
 
@@ -26,16 +26,16 @@ import numpy as np
 import torch
 
 from envs.batched import BatchedContextualEnv, Obs
-from envs.batched_manipulation import BatchedFetch
-from envs.manipulation import (
+from envs.batched.native import NativeWorlds, state_offset
+from envs.manipulation.batched import BatchedFetch
+from envs.manipulation.contextual import (
     FETCH_FEATURES,
     REACH_FEATURES,
     ContextualFetch,
     ContextualFetchReach,
     scale_fetch_model,
 )
-from envs.multitask import FetchMultiTask
-from envs.native_backend import NativeWorlds, state_offset
+from envs.manipulation.multitask import FetchMultiTask
 
 #: what a step's input holds: the finger controls (PickAndPlace), the mocap's position and
 #: orientation
@@ -174,8 +174,8 @@ class NativeFetch(BatchedFetch):
 
 
 class NativeFetchMultiTask(BatchedContextualEnv):
-    """The batched twin of :class:`envs.multitask.FetchMultiTask`: Push, Slide and PickAndPlace
-    worlds side by side, each observing its task's descriptor as its context.
+    """The batched twin of :class:`envs.manipulation.multitask.FetchMultiTask`: Push, Slide and
+    PickAndPlace worlds side by side, each observing its task's descriptor as its context.
 
     The CPU suite draws a task per episode; here each world keeps one task, the split's tasks
     taking turns over the worlds (world ``i`` runs ``pool[i % len(pool)]``, ``pool`` the train or

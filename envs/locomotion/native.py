@@ -1,16 +1,16 @@
 """Batched contextual locomotion on CPU threads (MuJoCo's ``mujoco.rollout``): every gymnasium
 v5 locomotion env, Humanoid included, at batched speed without a GPU.
 
-:class:`NativeLocomotion` steps ``num_envs`` worlds with :class:`envs.native_backend.NativeWorlds`
+:class:`NativeLocomotion` steps ``num_envs`` worlds with :class:`envs.batched.native.NativeWorlds`
 (one ``MjModel`` per world, so each carries its own context) and computes observations, rewards
 and terminations vectorised in torch from the state arrays, through the same
-:class:`~envs.batched_locomotion.BatchedLocomotion` code as the MuJoCo Warp envs. It is the same
+:class:`~envs.locomotion.batched.BatchedLocomotion` code as the MuJoCo Warp envs. It is the same
 engine in float64 as the CPU twin :class:`envs.locomotion.ContextualLocomotion`, contexts are
 written into each world's model by the same :class:`envs.physics.PhysicsTable` followed by
 ``mj_setConst``, so the two agree to the constraint solver's tolerance (see
 ``tests/test_envs_native.py``). What differs: the initial-state noise has the same distribution
 but comes from ``self.generator`` (torch), and the solver's warm start is estimated
-(:mod:`envs.native_backend`).
+(:mod:`envs.batched.native`).
 
 Per step, the only Python loops over worlds are for worlds that reset (their contexts and
 derived masses, ``mj_setConst``) and, for Ant and Humanoid, the forward pass that recomputes the
@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from envs.batched_locomotion import BatchedLocomotion
-from envs.locomotion import PHYSICS_FEATURES
-from envs.native_backend import NativeWorlds
+from envs.batched.native import NativeWorlds
+from envs.locomotion.batched import BatchedLocomotion
+from envs.locomotion.contextual import PHYSICS_FEATURES
 
 
 class NativeLocomotion(BatchedLocomotion):
@@ -40,7 +40,7 @@ class NativeLocomotion(BatchedLocomotion):
     ``device`` (computed on the CPU, then moved); the base class
     :class:`~envs.batched.BatchedContextualEnv` documents ``reset``, ``step`` and auto-reset.
 
-    :param env_id: one of :data:`envs.batched_locomotion.FAMILIES` (HalfCheetah, Hopper,
+    :param env_id: one of :data:`envs.locomotion.batched.FAMILIES` (HalfCheetah, Hopper,
         Walker2d, Ant, Humanoid; ``"-v5"``).
     :param num_envs: worlds stepped together.
     :param features: context features, names from :data:`envs.locomotion.PHYSICS_FEATURES` and

@@ -152,7 +152,7 @@ class ContextualFetchReach(ContextualEnv):
     the policy as context and held-out goals are a split like any other (for the goal as
     ``desired_goal`` with HER, use ``hyperrl/FetchReach-v0``). The reward is FetchReach's, by
     default its dense one (minus the distance to the goal, in metres); ``info["is_success"]``
-    says whether the gripper is within 5 cm of it. :class:`envs.warp_manipulation.WarpFetchReach`
+    says whether the gripper is within 5 cm of it. :class:`envs.manipulation.warp.WarpFetchReach`
     is its batched twin.
 
     :param features: names from :data:`REACH_FEATURES` (the offsets left out stay 0).

@@ -11,7 +11,7 @@ Contexts use the CPU env's features and semantics: physics features scale the no
 values exactly as :meth:`ContextualLocomotion.apply_context` does, but per world, in model fields
 given a leading world dimension; task features replace the forward reward the same way. What
 ``mj_setConst`` derives from masses and gears and MuJoCo Warp reads while stepping
-(:data:`envs.warp_backend.DERIVED_FIELDS`) is recomputed on the device by MuJoCo Warp's
+(:data:`envs.batched.warp.DERIVED_FIELDS`) is recomputed on the device by MuJoCo Warp's
 ``set_const`` whenever worlds reset, for every world at once (a world whose context did not
 change gets its old values back). That keeps the derived masses on the device (no MjModel per
 world on the host); its cost is a fixed number of kernel launches per reset step (dozens of
@@ -41,9 +41,9 @@ from typing import Any
 
 import torch
 
-from envs.batched_locomotion import BatchedLocomotion
-from envs.locomotion import PHYSICS_FEATURES
-from envs.warp_backend import WarpWorlds
+from envs.batched.warp import WarpWorlds
+from envs.locomotion.batched import BatchedLocomotion
+from envs.locomotion.contextual import PHYSICS_FEATURES
 
 #: the env ids MuJoCo Warp runs
 WARP_FAMILIES = ("HalfCheetah-v5", "Hopper-v5", "Walker2d-v5", "Ant-v5")

@@ -5,8 +5,8 @@ healthy ranges, noise scale, observation options) from the gymnasium env that ``
 **kwargs)`` builds, so a batched env and its CPU twin cannot drift apart, and computes from
 ``(N, ...)`` state tensors what :class:`envs.locomotion.ContextualLocomotion` returns: forward and
 task rewards, control and contact costs, health and termination, initial-state noise. Two
-backends subclass it: :class:`envs.warp_locomotion.WarpLocomotion` (MuJoCo Warp, GPU) and
-:class:`envs.native_locomotion.NativeLocomotion` (MuJoCo's own threaded ``mujoco.rollout``, CPU).
+backends subclass it: :class:`envs.locomotion.warp.WarpLocomotion` (MuJoCo Warp, GPU) and
+:class:`envs.locomotion.native.NativeLocomotion` (MuJoCo's own threaded ``mujoco.rollout``, CPU).
 
 ``mj_step`` leaves position-dependent quantities (``xpos``, ``xipos``, ``cfrc_ext`` after
 ``mj_rnePostConstraint``...) one substep behind ``qpos``: gymnasium reads them there, so the
@@ -26,7 +26,7 @@ import torch
 
 from envs.batched import BatchedContextualEnv
 from envs.context import ContextSpace
-from envs.locomotion import PHYSICS_FEATURES, TASK_FEATURES
+from envs.locomotion.contextual import PHYSICS_FEATURES, TASK_FEATURES
 from envs.physics import LOCOMOTION_FIELDS, PhysicsTable
 
 

@@ -2,14 +2,14 @@
 
 :class:`WarpFetchReach` and :class:`WarpFetchPush` step ``num_envs`` worlds of gymnasium-robotics'
 Fetch robot with MuJoCo Warp; what they compute from the worlds (inputs, observations, rewards,
-task draws) is :class:`envs.batched_manipulation.BatchedFetch`'s, shared with the CPU-thread
+task draws) is :class:`envs.manipulation.batched.BatchedFetch`'s, shared with the CPU-thread
 backend. Push's context, the object's physics (``object_mass_scale``,
 ``object_friction_scale``, ``table_friction_scale``), is written per world into batched model
 fields as :func:`envs.manipulation.scale_fetch_model` writes it, with the derived masses
 recomputed on the device.
 
 Known differences from the CPU envs: float32 simulation and MuJoCo Warp's looser solver tolerance
-(as for :mod:`envs.warp_locomotion`); Push's object start and goal come from ``self.generator``
+(as for :mod:`envs.locomotion.warp`); Push's object start and goal come from ``self.generator``
 (torch), with FetchPush's distributions.
 """
 
@@ -19,20 +19,20 @@ from collections.abc import Sequence
 
 import torch
 
-from envs.batched_manipulation import BatchedFetch
-from envs.manipulation import (
+from envs.batched.warp import WarpWorlds
+from envs.manipulation.batched import BatchedFetch
+from envs.manipulation.contextual import (
     FETCH_FEATURES,
     REACH_FEATURES,
     ContextualFetch,
     ContextualFetchReach,
 )
-from envs.warp_backend import WarpWorlds
 from envs.wrappers import ContextualEnv
 
 
 class WarpFetch(BatchedFetch):
     """The Fetch robot in MuJoCo Warp: the worlds, their resets and steps; the task is
-    :class:`~envs.batched_manipulation.BatchedFetch`'s.
+    :class:`~envs.manipulation.batched.BatchedFetch`'s.
 
     :param cpu: the CPU twin (built by the subclass), read for the model, initial state and
         settings, then closed.

@@ -23,8 +23,8 @@ computes from ``(N, ...)`` tensors of the worlds' kinematics what the twin's ``s
 Reach's goal is its context (``goal_x``, ``goal_y``, ``goal_z``: the offset from the gripper's
 start). The object tasks draw the object's start and the goal per episode as gymnasium-robotics
 does (from ``self.generator``), and their context is the object's physics, which the backends
-write into their worlds' models. Two backends subclass it: :class:`envs.warp_manipulation.WarpFetch`
-(MuJoCo Warp) and :class:`envs.native_manipulation.NativeFetch` (MuJoCo's threaded
+write into their worlds' models. Two backends subclass it: :class:`envs.manipulation.warp.WarpFetch`
+(MuJoCo Warp) and :class:`envs.manipulation.native.NativeFetch` (MuJoCo's threaded
 ``mujoco.rollout``).
 """
 
