@@ -89,9 +89,9 @@ log "parity on CUDA"
 # the benchmark's env and the two Fetch tasks (each new model compiles kernels on a fresh machine)
 # and the tests that need CUDA (SB3 policies on the GPU, the trainers' TF32 switch)
 HYPERRL_WARP_DEVICE=cuda timeout "$(cap 120 50)" "$py" -m pytest -q -p no:cacheprovider \
-  tests/test_envs_warp.py tests/test_policy_actor_critic.py tests/test_policy_off_policy.py \
-  tests/test_conditioning.py \
-  tests/test_device_ppo.py -k "halfcheetah or context_is_written or fetch_reach_matches or \
+  tests/envs/test_warp.py tests/hyperrl/test_policies_actor_critic.py tests/hyperrl/test_policies_off_policy.py \
+  tests/hyperrl/test_conditioning.py \
+  tests/agents/test_batched_ppo.py -k "halfcheetah or context_is_written or fetch_reach_matches or \
   fetch_push_matches or shapes or gripper_follows or on_cuda or tf32 or sync" \
   > "$work/parity.txt" 2>&1
 log "parity rc=$?"

@@ -8,8 +8,8 @@ and terminations vectorised in torch from the state arrays, through the same
 engine in float64 as the CPU twin :class:`envs.locomotion.ContextualLocomotion`, contexts are
 written into each world's model by the same :class:`envs.physics.PhysicsTable` followed by
 ``mj_setConst``, so the two agree to the constraint solver's tolerance (see
-``tests/test_envs_native.py``). What differs: the initial-state noise has the same distribution
-but comes from ``self.generator`` (torch), and the solver's warm start is estimated
+``tests/envs/test_native_locomotion.py``). What differs: the initial-state noise has the same
+distribution but comes from ``self.generator`` (torch), and the solver's warm start is estimated
 (:mod:`envs.batched.native`).
 
 Per step, the only Python loops over worlds are for worlds that reset (their contexts and

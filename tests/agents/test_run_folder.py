@@ -23,7 +23,7 @@ from agents.run_folder import (
     write_text,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 import train_agent  # noqa: E402
 

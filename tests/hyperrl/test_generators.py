@@ -145,7 +145,7 @@ def fitted_response(module, steps=600):
 def test_linear_context_keeps_following_the_context_beyond_the_train_range(kind):
     """The default embedding keeps the context's magnitude; the direction-only one (the old path,
     still selectable) saturates outside the range it was fitted on. Both start from the exact
-    init for every context scale (tests/test_init.py)."""
+    init for every context scale (tests/hyperrl/test_init.py)."""
     torch.manual_seed(0)
     follows = fitted_response(make_generator(kind, CTX, SPEC))
     torch.manual_seed(0)

@@ -396,7 +396,7 @@ def test_train_agent_under_torchrun_writes_one_run_counting_every_rank(tmp_path)
     import sys
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",

@@ -19,7 +19,7 @@ from agents.run_config import load_model
 from agents.run_folder import TrainingInterruptedError
 from agents.train import TrainArgs, train
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 import evaluate as evaluate_script  # noqa: E402
 import record_video  # noqa: E402
 import train_agent  # noqa: E402

@@ -29,7 +29,7 @@ from agents.benchmark import (
 )
 
 _spec = importlib.util.spec_from_file_location(
-    "benchmark_script", Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
+    "benchmark_script", Path(__file__).resolve().parents[2] / "scripts" / "benchmark.py"
 )
 benchmark_script = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(benchmark_script)

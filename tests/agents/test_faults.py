@@ -25,7 +25,7 @@ from stable_baselines3 import PPO, SAC
 from agents import run_folder
 from agents.run_folder import complete_checkpoints, read_manifest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 import evaluate as evaluate_script  # noqa: E402
 import train_agent  # noqa: E402
