@@ -82,6 +82,18 @@ def _obs_filter(run_dir: Path):
     return load_vecnormalize(path).normalize_obs
 
 
+def parse_context(items: Sequence[str]) -> dict[str, float]:
+    """``["gravity=12", ...]`` (the ``--context`` flag) -> ``{"gravity": 12.0, ...}``.
+
+    :raises ValueError: for an item that is not ``NAME=VALUE`` with a numeric value."""
+    try:
+        return {k: float(v) for k, v in (item.split("=", 1) for item in items)}
+    except ValueError:
+        raise ValueError(
+            f"--context takes NAME=VALUE pairs with numeric values, got {list(items)}"
+        ) from None
+
+
 def _slug(context: dict[str, Any], sep: str = "_") -> str:
     """``gravity=9.81_mass_scale=1.2``: a context for a file name (or, with ``sep``, a caption)."""
     return sep.join(

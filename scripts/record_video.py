@@ -9,7 +9,7 @@ import sys
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 
-from agents.evaluation import evaluate_run  # noqa: E402
+from agents.evaluation import evaluate_run, parse_context  # noqa: E402
 from agents.safe_pickle import TRUST_NOTE  # noqa: E402
 
 
@@ -26,18 +26,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-o", "--out-dir", default=None)
     args = p.parse_args(argv)
     try:
-        pinned = {k: float(v) for k, v in (item.split("=", 1) for item in args.context)}
-    except ValueError:
-        print("error: --context takes NAME=VALUE pairs with numeric values", file=sys.stderr)
-        return 2
-    try:
         result = evaluate_run(
             args.run,
             episodes=1,
             video=True,
             max_videos=1,
             out_dir=args.out_dir,
-            pinned=pinned or None,
+            pinned=parse_context(args.context) or None,
         )
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)

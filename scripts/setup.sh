@@ -7,14 +7,14 @@
 #                            local CPU wheel is on pip's find-links this stays small; elsewhere add
 #                            HYPERRL_TORCH_INDEX=<PyTorch's CPU wheel index> for a CPU build, or set
 #                            HYPERRL_TORCH=torch for the default (CUDA on Linux) build.
-#   HYPERRL_EXTRAS=dev,robotics,text,bench,gpu  extras of the package to install (gpu: MuJoCo
+#   HYPERRL_EXTRAS=dev,robotics,text,bench,gpu,export  extras of the package to install (gpu: MuJoCo
 #                            Warp, which also runs on the CPU and is tested there)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 PYTHON=${PYTHON:-python3}
 HYPERRL_TORCH=${HYPERRL_TORCH:-torch==2.13.0}
-HYPERRL_EXTRAS=${HYPERRL_EXTRAS:-dev,robotics,text,bench,gpu}
+HYPERRL_EXTRAS=${HYPERRL_EXTRAS:-dev,robotics,text,bench,gpu,export}
 venv="$root/.venv"
 
 say() { printf '[setup] %s\n' "$*"; }
