@@ -197,6 +197,7 @@ def _write_onnx(actor: ExportedActor, example: torch.Tensor, path: Path) -> None
             "ONNX export needs the onnx package: pip install -e '.[export]' (or drop onnx from "
             "--format)"
         ) from None
+
     def write(tmp: Path) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation

@@ -287,7 +287,11 @@ class DevicePPO(BatchedTrainer):
         """``trainer_state.pt`` (optimizer and running statistics, for :meth:`restore`) and,
         with observation normalisation, ``vecnormalize.pkl`` built around ``cpu_env`` (the CPU
         twin evaluation runs on)."""
-        state = {"optimizer": self.policy.optimizer.state_dict(), "norms": self.norm_state()}
+        state = {
+            "optimizer": self.policy.optimizer.state_dict(),
+            "norms": self.norm_state(),
+            "run": self.run_state(),
+        }
         atomic_save(run_dir / "trainer_state.pt", lambda tmp: torch.save(state, tmp))
         if self.obs_norm and cpu_env is not None:
             vec = self.vecnormalize(cpu_env)
@@ -295,7 +299,9 @@ class DevicePPO(BatchedTrainer):
 
     def restore(self, run_dir: str | Path) -> None:
         """Continue from what :meth:`save` wrote: parameters, step count, optimizer and running
-        statistics (from ``vecnormalize.pkl`` when ``trainer_state.pt`` is missing)."""
+        statistics (from ``vecnormalize.pkl`` when ``trainer_state.pt`` is missing) and, where
+        it was captured (:meth:`~agents.batched.trainer.BatchedTrainer.run_state`), the env's
+        state and the random state, so that the run goes on exactly as it would have."""
         run_dir = Path(run_dir)
         model = self.sb3_class.load(run_dir / "model.zip", device=self.env.device)
         self.policy.load_state_dict(model.policy.state_dict())
@@ -305,6 +311,7 @@ class DevicePPO(BatchedTrainer):
             state = torch.load(state_path, map_location=self.env.device, weights_only=True)
             self.policy.optimizer.load_state_dict(state["optimizer"])
             self.load_norm_state(state["norms"])
+            self.load_run_state(state.get("run"))
         elif vec_path.is_file():
             from agents.safe_pickle import load_vecnormalize
 

@@ -94,6 +94,21 @@ class EpisodeStats:
         self.running *= ~done
         self._counted |= done
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {
+            "running": self.running,
+            "counted": self._counted,
+            "sums": self._sums,
+            "success": torch.tensor(self._success),
+        }
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        device = self.running.device
+        self.running = state["running"].to(device)
+        self._counted = state["counted"].to(device)
+        self._sums = state["sums"].to(device)
+        self._success = bool(state["success"])
+
     def read(self) -> dict[str, float]:
         """``rollout/ep_rew_mean`` (and ``rollout/success_rate``) of the episodes finished since
         the last read, on every rank under ``torch.distributed``; empty when none finished."""
@@ -223,6 +238,37 @@ class BatchedTrainer(ABC):
             bar.close()
         self.sync_model()
         return self
+
+    def run_state(self) -> dict[str, Any] | None:
+        """What continuing this run exactly needs beyond parameters, optimizer and statistics:
+        the env's state (:meth:`~envs.batched.BatchedContextualEnv.state_dict`), the current
+        observation, the episode sums and torch's random state. ``None`` where that cannot be
+        captured: an env without :attr:`~envs.batched.BatchedContextualEnv.supports_state`
+        (MuJoCo Warp, Fetch), or several ``torch.distributed`` ranks (each has its own worlds)."""
+        if not self.env.supports_state or self.world_size > 1 or self._obs is None:
+            return None
+        return {
+            "env": self.env.state_dict(),
+            "obs": dict(self._obs),
+            "episodes": self.episodes.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            **({"cuda_rng": torch.cuda.get_rng_state(self.env.device)}
+               if self.env.device.type == "cuda" else {}),
+        }  # fmt: skip
+
+    def load_run_state(self, state: dict[str, Any] | None) -> bool:
+        """Continue from :meth:`run_state` (call it last: loading a model reseeds torch).
+        Returns whether it did (``None``, or a state this env cannot take, leaves the env to
+        reset at the next step)."""
+        if state is None or not self.env.supports_state or self.world_size > 1:
+            return False
+        self.env.load_state_dict(state["env"])
+        self._obs = {k: v.to(self.env.device) for k, v in state["obs"].items()}
+        self.episodes.load_state_dict(state["episodes"])
+        torch.set_rng_state(state["torch_rng"].cpu())
+        if "cuda_rng" in state and self.env.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"].cpu(), self.env.device)
+        return True
 
     def sync_model(self) -> None:
         """Copy the counters the SB3 container saves (``num_timesteps``) onto :attr:`model`."""

@@ -227,6 +227,53 @@ class BatchedContextualEnv(ABC):
         self.contexts = updated
         self.scaled_contexts = scale_contexts(self.context_space, updated)
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Everything the next steps depend on, as tensors (for checkpoints, ``torch.save`` with
+        ``weights_only`` loading): the contexts, the step counts, the generator's state and the
+        physics (:meth:`_physics_state`). :meth:`load_state_dict` into an env built with the same
+        arguments continues exactly where this one is.
+
+        :raises NotImplementedError: for an env whose physics state cannot be captured
+            (:attr:`supports_state` is ``False``)."""
+        if not self.supports_state:
+            raise NotImplementedError(f"{type(self).__name__} cannot capture its state")
+        return {
+            "contexts": self.contexts,
+            "scaled_contexts": self.scaled_contexts,
+            "episode_steps": self.episode_steps,
+            "generator": self.generator.get_state(),
+            **{f"physics.{k}": v for k, v in self._physics_state().items()},
+        }
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Continue from :meth:`state_dict`'s state.
+
+        :raises ValueError: for a state of another number of worlds or context width."""
+        if tuple(state["contexts"].shape) != tuple(self.contexts.shape):
+            raise ValueError(
+                f"the saved env state is for contexts {tuple(state['contexts'].shape)}, this env "
+                f"has {tuple(self.contexts.shape)} (another n_envs or env?)"
+            )
+        self.contexts = state["contexts"].to(self.device)
+        self.scaled_contexts = state["scaled_contexts"].to(self.device)
+        self.episode_steps = state["episode_steps"].to(self.device)
+        self.generator.set_state(state["generator"].cpu())
+        prefix = "physics."
+        self._load_physics_state(
+            {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        )
+
+    #: whether :meth:`state_dict` works (the backend implements :meth:`_physics_state`)
+    supports_state: bool = False
+
+    def _physics_state(self) -> dict[str, torch.Tensor]:
+        """The physics' part of :meth:`state_dict`."""
+        raise NotImplementedError
+
+    def _load_physics_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore what :meth:`_physics_state` returned (the contexts are already set)."""
+        raise NotImplementedError
+
     def _obs(self) -> Obs:
         return {
             "observation": self._observe(),

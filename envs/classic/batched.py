@@ -37,6 +37,14 @@ class TorchPendulum(BatchedContextualEnv):
         self.action_space = gym.spaces.Box(-self.max_torque, self.max_torque, (1,), np.float32)
         self.state = torch.zeros(num_envs, 2, device=self.device)  # theta, theta_dot
 
+    supports_state = True
+
+    def _physics_state(self) -> dict[str, torch.Tensor]:
+        return {"state": self.state}
+
+    def _load_physics_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.state = state["state"].to(self.device)
+
     def _reset_worlds(self, mask: torch.Tensor) -> None:
         n = int(mask.sum())
         high = torch.tensor([math.pi, 1.0], dtype=torch.float64)

@@ -100,6 +100,38 @@ class NativeLocomotion(BatchedLocomotion):
 
     # -- BatchedContextualEnv -------------------------------------------------------------------
 
+    supports_state = True
+
+    def _physics_state(self) -> dict[str, torch.Tensor]:
+        w = self.worlds
+        arrays = {
+            "state": w.state,
+            "trajectory": w.trajectory,
+            "previous": w._previous,
+            "control": w.control,
+            "warmstart": w.warmstart,
+        }
+        return {
+            **{k: torch.from_numpy(v.copy()) for k, v in arrays.items()},
+            **{f"extra.{k}": v.clone() for k, v in w.extra.items()},
+            "xy": self._xy.clone(),
+        }
+
+    def _load_physics_state(self, state: dict[str, torch.Tensor]) -> None:
+        w = self.worlds
+        for name, target in (("state", w.state), ("trajectory", w.trajectory),
+                             ("previous", w._previous), ("control", w.control),
+                             ("warmstart", w.warmstart)):  # fmt: skip
+            target[...] = state[name].numpy()  # in place: qpos and qvel view w.state
+        for k, v in w.extra.items():
+            v.copy_(state[f"extra.{k}"])
+        self._xy = state["xy"].clone()
+        if self.physics:  # each world's model from its context, as at its reset
+            names = self.context_names
+            for i, context in enumerate(self.contexts.cpu().double().numpy()):
+                self.physics_table.apply(w.models[i], dict(zip(names, context, strict=True)))
+                w.set_const(i)
+
     def _reset_worlds(self, mask: torch.Tensor) -> None:
         worlds = mask.cpu().nonzero().flatten().numpy()
         w = self.worlds

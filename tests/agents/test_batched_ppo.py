@@ -473,3 +473,37 @@ def test_update_groups_samples_by_episode_instead_of_deduplicating(monkeypatch, 
     for got, want in zip(grouped, policy.parameters(), strict=True):
         torch.testing.assert_close(got, want)
     assert not all(map(torch.equal, grouped, start))  # and they did step
+
+
+@pytest.mark.parametrize("env_id", ["hyperrl/TorchPendulum-v0", "hyperrl/BatchedHalfCheetah-v0"])
+def test_a_restored_trainer_goes_on_exactly_as_the_uninterrupted_one(env_id, tmp_path):
+    """Checkpoint, keep training, and compare with a fresh trainer restored from the checkpoint:
+    same parameters bit for bit (env state, observation, episode sums and random state saved)."""
+
+    def trainer() -> DevicePPO:
+        kwargs = {"nthread": 1, "max_episode_steps": 40} if "Batched" in env_id else {}
+        env = envs.make_batched(env_id, 8, "train", "cpu", seed=3, **kwargs)
+        cfg = DevicePPOConfig(n_steps=16, n_minibatches=2, n_epochs=2)
+        return DevicePPO(env, policy_kwargs={"net_arch": [16], "head_arch": (16,)}, config=cfg)
+
+    def params(algo: DevicePPO) -> list[torch.Tensor]:
+        return [p.detach().clone() for p in algo.policy.parameters()]
+
+    straight = trainer()
+    straight.learn(16 * 8 * 3)  # a reset or two happen in between (staggered episodes)
+    straight.save(tmp_path)
+    straight.learn(16 * 8 * 3)
+    resumed = trainer()
+    resumed.restore(tmp_path)
+    assert resumed.num_timesteps == 16 * 8 * 3
+    resumed.learn(16 * 8 * 3)
+    for a, b in zip(params(straight), params(resumed), strict=True):
+        assert torch.equal(a, b)
+    # without the run state (an older checkpoint), the run goes on, from fresh episodes
+    state = torch.load(tmp_path / "trainer_state.pt", weights_only=True)
+    state["run"] = None
+    torch.save(state, tmp_path / "trainer_state.pt")
+    fresh = trainer()
+    fresh.restore(tmp_path)
+    fresh.learn(16 * 8 * 3)
+    assert not all(torch.equal(a, b) for a, b in zip(params(straight), params(fresh), strict=True))
