@@ -30,11 +30,14 @@ from agents.run_folder import stop_on_signals
 #: variant -> (--policy, extra --hyperparams): the conditioning ladder, one keyword apart.
 #: ``sb3_multiinput`` is SB3's own MultiInputPolicy with the context as one more input (what a
 #: user tries first); the ``_direction_only`` variants read the context through the normalised
-#: embedding alone (``linear_context: false``, the path before the linear context term).
+#: embedding alone (``linear_context: false``, the path before the linear context term);
+#: ``concat_large`` is concatenation with about the hyper policy's parameter count (512-wide
+#: trunk and head: 552k against 618k on HalfCheetah), the capacity control.
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "mlp_no_context": ("none", []),
     "sb3_multiinput": ("mlp", []),
     "concat": ("concat", []),
+    "concat_large": ("concat", ["policy_kwargs:{net_arch: [512], head_arch: [512]}"]),
     "film": ("film", []),
     "lowrank_hyper": ("lowrank_hyper", []),
     "hyper": ("hyper", []),
@@ -66,6 +69,7 @@ SUITE_VARIANTS: dict[str, tuple[str, ...]] = {
         "hyper",
         "lowrank_hyper",
         "hyper_direction_only",
+        "concat_large",
     ),
     "full": _LADDER,
 }

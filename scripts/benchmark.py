@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingInterruptedError as err:
         print(f"{err}\nthe grid stopped; rerun the same command to go on", file=sys.stderr)
         return err.exit_code
-    against = ("concat", "sb3_multiinput", "film", "hyper_direction_only")
+    against = ("concat", "concat_large", "sb3_multiinput", "film", "hyper_direction_only")
     table = "\n\n".join(
         [
             markdown(summary),
