@@ -26,11 +26,8 @@ import gymnasium as gym
 import numpy as np
 
 import envs
-from agents.algos import algo_class
-from agents.run_config import RunConfig, load_model, read_run_config
-from agents.run_folder import CHECKPOINTS
+from agents.run_config import load_run
 from agents.safe_pickle import load_vecnormalize
-from agents.sb3_train import make_envs
 
 
 def _render_hint(err: Exception) -> ValueError:
@@ -99,30 +96,6 @@ def _slug(context: dict[str, Any], sep: str = "_") -> str:
     return sep.join(
         f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in context.items()
     )
-
-
-def load_run(run: str | Path) -> tuple[Any, RunConfig, Path, Path]:
-    """``(model on the CPU, run config, run folder, model file)`` of a run folder (its
-    ``best_model.zip`` if there is one, else ``model.zip``) or of one of its ``.zip`` files,
-    checkpoints' included."""
-    run = Path(run)
-    run_dir = run.parent if run.suffix == ".zip" else run
-    if run.suffix == ".zip" and run_dir.parent.name == CHECKPOINTS:
-        run_dir = run_dir.parent.parent  # checkpoints/step_<N>/model.zip
-    config = read_run_config(run_dir)
-    algo, algo_defaults = algo_class(config.algo)
-    if run.suffix == ".zip":
-        model_path = run
-    elif (run_dir / "best_model.zip").is_file():
-        model_path = run_dir / "best_model.zip"
-    else:
-        model_path = run_dir / "model.zip"
-    kwargs: dict[str, Any] = {}
-    if algo_defaults.get("replay_buffer_class") is not None:
-        # SB3 loads a model with HerReplayBuffer only with an env to relabel goals against
-        env_kwargs = envs.twin_kwargs(config.env, config.env_kwargs)
-        kwargs["env"] = make_envs(envs.cpu_twin(config.env), 1, 0, env_kwargs)
-    return load_model(algo, model_path, device="cpu", **kwargs), config, run_dir, model_path
 
 
 def _shapes(space: gym.Space) -> object:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 import envs
-from agents.evaluation import load_run
+from agents.run_config import load_run
 from agents.run_folder import atomic_save, write_text
 from agents.safe_pickle import load_vecnormalize
 from hyperrl.export import ExportedActor, export_actor

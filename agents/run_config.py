@@ -16,9 +16,12 @@ from typing import Any
 import torch
 import yaml
 from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.vec_env import VecEnv
 
 import envs
-from agents.run_folder import write_text
+from agents.algos import algo_class
+from agents.run_folder import CHECKPOINTS, write_text
 
 
 @dataclass
@@ -42,6 +45,9 @@ class TrainArgs:
     keep_checkpoints: int = 3
     run_dir: str | None = None
     resume: str | None = None
+    init_from: str | None = None
+    freeze: str = "none"
+    reinit_critic: bool = False
     batched: bool = False
     progress_bar: bool = True
     verbose: int = 0
@@ -64,6 +70,7 @@ class TrainArgs:
                 what = "a positive integer" if low == 1 else "a non-negative integer"
                 hint = " (0 disables it)" if flag in ("--eval-freq", "--save-freq") else ""
                 raise ValueError(f"{flag} must be {what}{hint}, got {value!r}")
+        self.init_spec()  # --freeze and --reinit-critic checked before anything is built
         if self.device != "auto":
             try:
                 torch.device(self.device)
@@ -71,6 +78,19 @@ class TrainArgs:
                 raise ValueError(
                     f"--device must be auto, cpu, cuda or cuda:<index>, got {self.device!r}"
                 ) from None
+
+    def init_spec(self) -> dict[str, Any] | None:
+        """``--init-from`` and its options as the run config records them (``None`` without).
+
+        :raises ValueError: for ``--freeze`` or ``--reinit-critic`` without ``--init-from``, or
+            an unknown ``--freeze``."""
+        from agents.init_from import InitFrom
+
+        if self.init_from is None:
+            if self.freeze != "none" or self.reinit_critic:
+                raise ValueError("--freeze and --reinit-critic need --init-from RUN")
+            return None
+        return dataclasses.asdict(InitFrom(self.init_from, self.freeze, self.reinit_critic))
 
     def new_run_folder(self) -> Path:
         """``--run-dir``, else the next free ``runs/<algo>/<env>_<n>``.
@@ -110,6 +130,8 @@ class RunConfig:
     seed: int
     hyperparams: dict[str, Any]
     trainer: str = "sb3"
+    #: where the run started from (``--init-from``: run, freeze, reinit_critic), or ``None``
+    init_from: dict[str, Any] | None = None
 
     @classmethod
     def resolved(
@@ -135,6 +157,7 @@ class RunConfig:
             seed=args.seed,
             hyperparams=config,
             trainer=trainer,
+            init_from=args.init_spec(),
         )
 
     @property
@@ -154,6 +177,8 @@ class RunConfig:
             "trainer": self.trainer,
             "hyperparams": self.hyperparams,
         }
+        if self.init_from is not None:
+            saved["init_from"] = self.init_from
         write_text(run_dir / "config.yml", yaml.safe_dump(saved, sort_keys=False))
         if envs.cpu_twin(self.env) in envs.ENVS:  # task suites have no context space
             space = envs.context_space(self.env)
@@ -200,3 +225,38 @@ def load_model(algo: type[BaseAlgorithm], path: Path, **kwargs: Any) -> BaseAlgo
             f"model file {path} is corrupt or not an SB3 model ({type(err).__name__}: {err}); "
             "retrain, or point to another run or checkpoint"
         ) from None
+
+
+def make_envs(
+    env_id: str, n_envs: int, seed: int, env_kwargs: dict[str, Any], split: str | None = None
+) -> VecEnv:
+    """``n_envs`` copies of ``env_id`` made with ``env_kwargs`` (and ``split``, for an env that
+    has context splits), seeded from ``seed``."""
+    kwargs = dict(env_kwargs)
+    if split is not None and len(envs.splits_of(env_id)) > 1:
+        kwargs["split"] = split
+    return make_vec_env(env_id, n_envs=n_envs, seed=seed, env_kwargs=kwargs)
+
+
+def load_run(run: str | Path) -> tuple[Any, RunConfig, Path, Path]:
+    """``(model on the CPU, run config, run folder, model file)`` of a run folder (its
+    ``best_model.zip`` if there is one, else ``model.zip``) or of one of its ``.zip`` files,
+    checkpoints' included."""
+    run = Path(run)
+    run_dir = run.parent if run.suffix == ".zip" else run
+    if run.suffix == ".zip" and run_dir.parent.name == CHECKPOINTS:
+        run_dir = run_dir.parent.parent  # checkpoints/step_<N>/model.zip
+    config = read_run_config(run_dir)
+    algo, algo_defaults = algo_class(config.algo)
+    if run.suffix == ".zip":
+        model_path = run
+    elif (run_dir / "best_model.zip").is_file():
+        model_path = run_dir / "best_model.zip"
+    else:
+        model_path = run_dir / "model.zip"
+    kwargs: dict[str, Any] = {}
+    if algo_defaults.get("replay_buffer_class") is not None:
+        # SB3 loads a model with HerReplayBuffer only with an env to relabel goals against
+        env_kwargs = envs.twin_kwargs(config.env, config.env_kwargs)
+        kwargs["env"] = make_envs(envs.cpu_twin(config.env), 1, 0, env_kwargs)
+    return load_model(algo, model_path, device="cpu", **kwargs), config, run_dir, model_path

@@ -8,6 +8,7 @@ env's context features and splits), ``model.zip``, ``best_model.zip``, ``vecnorm
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,6 @@ import gymnasium as gym
 import numpy as np
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize, sync_envs_normalization
@@ -23,7 +23,8 @@ from stable_baselines3.common.vec_env import VecEnv, VecNormalize, sync_envs_nor
 import envs
 from agents.algos import GOAL_KEYS, algo_class, policy_for
 from agents.config import parse_overrides, resolve
-from agents.run_config import RunConfig, TrainArgs, load_model, read_run_config
+from agents.init_from import InitFrom, apply_freeze, check_normalisation, initialise, load_source
+from agents.run_config import RunConfig, TrainArgs, load_model, make_envs, read_run_config
 from agents.run_folder import (
     BestModel,
     atomic_save,
@@ -35,17 +36,6 @@ from agents.run_folder import (
 from agents.safe_pickle import load_vecnormalize
 from hyperrl.policies import norm_obs_keys
 from hyperrl.policies.diagnostics import generated_weight_stats
-
-
-def make_envs(
-    env_id: str, n_envs: int, seed: int, env_kwargs: dict[str, Any], split: str | None = None
-) -> VecEnv:
-    """``n_envs`` copies of ``env_id`` made with ``env_kwargs`` (and ``split``, for an env that
-    has context splits), seeded from ``seed``."""
-    kwargs = dict(env_kwargs)
-    if split is not None and len(envs.splits_of(env_id)) > 1:
-        kwargs["split"] = split
-    return make_vec_env(env_id, n_envs=n_envs, seed=seed, env_kwargs=kwargs)
 
 
 class SplitEvalCallback(BaseCallback):
@@ -98,9 +88,21 @@ def train_sb3(args: TrainArgs) -> Path:
     run_dir = args.new_run_folder()
     # build first: a config the env or policy rejects must not leave a half-made run folder
     model = _build(args, run, algo, algo_defaults, run_dir)
+    if run.init_from is not None:
+        _start_from(model, InitFrom(**run.init_from))
     run_dir.mkdir(parents=True, exist_ok=True)
     run.write(run_dir)
     return _learn(args, run, model, run_dir, resumed=False)
+
+
+def _start_from(model: BaseAlgorithm, init: InitFrom) -> None:
+    """``--init-from``: the source policy (and its observation statistics) in ``model``."""
+    source, stats = load_source(init)
+    venv = model.get_vec_normalize_env()
+    check_normalisation(init, stats, venv is not None and venv.norm_obs)
+    initialise(model, source, init)
+    if venv is not None and stats is not None:
+        venv.obs_rms = copy.deepcopy(stats.obs_rms)
 
 
 def _build(
@@ -267,6 +269,8 @@ def _resume(args: TrainArgs) -> Path:
                 f"({type(err).__name__}: {err}); delete it to resume with an empty buffer "
                 "(refilled from learning_starts)"
             ) from None
+    if run.init_from is not None:  # a saved model does not keep requires_grad
+        apply_freeze(model.policy, run.init_from["freeze"])
     if args.timesteps:
         run.n_timesteps = args.timesteps
     return _learn(args, run, model, run_dir, resumed=True)

@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from agents.evaluation import load_run
+from agents.run_config import load_run
 from agents.safe_pickle import TRUST_NOTE
 from hyperrl.policies.diagnostics import context_response
 

@@ -18,7 +18,7 @@ from agents.train import TrainArgs, train
 #: flags that define a run and so cannot change on --resume
 RUN_DEFINING = {
     "--algo", "--env", "--policy", "-c", "--conf-file", "--hyperparams", "--n-envs", "--seed",
-    "--batched",
+    "--batched", "--init-from", "--freeze", "--reinit-critic",
 }  # fmt: skip
 
 
@@ -48,6 +48,25 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("-f", "--run-dir", default=None, help="default: runs/<algo>/<env>_<n>")
     p.add_argument("--resume", default=None, metavar="RUN_DIR")
+    p.add_argument(
+        "--init-from",
+        default=None,
+        metavar="RUN",
+        help="start from this run's policy (its model.zip, or a .zip given): fine-tune on a new "
+        "context range, task or env with the same spaces; same --algo and --policy",
+    )
+    p.add_argument(
+        "--freeze",
+        default="none",
+        choices=("none", "generator", "trunk"),
+        help="with --init-from: hold the generators (what reads the context) or the trunks "
+        "(what reads the observation) fixed",
+    )
+    p.add_argument(
+        "--reinit-critic",
+        action="store_true",
+        help="with --init-from: start the critic afresh (the actor is copied)",
+    )
     p.add_argument(
         "--batched",
         action="store_true",

@@ -27,6 +27,7 @@ from agents.batched.ppo import DevicePPO
 from agents.batched.sac import DeviceSAC
 from agents.batched.trainer import BatchedTrainer
 from agents.config import parse_overrides, resolve
+from agents.init_from import InitFrom, apply_freeze, check_normalisation, initialise, load_source
 from agents.run_config import RunConfig, TrainArgs, load_model, read_run_config
 from agents.run_folder import (
     BestModel,
@@ -92,6 +93,19 @@ def build(
     )
 
 
+def _start_from(algo: BatchedTrainer, init: InitFrom) -> None:
+    """``--init-from``: the source policy (and its observation statistics) in ``algo``."""
+    source, stats = load_source(init)
+    obs_norm = getattr(algo, "obs_norm", {})
+    check_normalisation(init, stats, bool(obs_norm))
+    initialise(algo.model, source, init)
+    for key, norm in obs_norm.items():
+        rms = stats.obs_rms[key]
+        to = dict(dtype=torch.float64, device=algo.env.device)
+        norm.mean, norm.var = torch.as_tensor(rms.mean, **to), torch.as_tensor(rms.var, **to)
+        norm.count = torch.as_tensor(rms.count, **to)
+
+
 def train_on_device(args: TrainArgs) -> Path:
     """Train (or, with ``args.resume``, continue) a device-PPO or device-SAC run; Ctrl-C saves.
 
@@ -134,6 +148,10 @@ def _train(args: TrainArgs, rank: int, device: str) -> Path:
         # a clear error for a bad file
         load_model(TRAINERS[run.algo].sb3_class, source / "model.zip", device="cpu")
         algo.restore(source)
+        if run.init_from is not None:  # a saved model does not keep requires_grad
+            apply_freeze(algo.policy, run.init_from["freeze"])
+    elif run.init_from is not None:
+        _start_from(algo, InitFrom(**run.init_from))
     if rank != 0:  # the other ranks only step worlds and share gradients
         with stop_on_signals():
             algo.learn(run.n_timesteps - algo.num_timesteps)
