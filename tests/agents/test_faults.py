@@ -1,7 +1,7 @@
 """Fault injection: a run killed anywhere -- between saves, between the files of one save, half
 way through writing a file -- resumes, loses at most one save interval, and leaves no file that
 fails to load. Also: saves onto a read-only folder, and truncated or foreign files given to
-``evaluate.py`` and ``--resume``.
+``evaluate.py``, ``--resume`` and ``--init-from``.
 
 A kill is ``os._exit(137)`` (what SIGKILL leaves: no handler, no cleanup) injected at the N-th
 file write of a run (:func:`agents.run_folder.atomic_save`), before the write or after the data
@@ -168,9 +168,13 @@ def test_truncated_and_foreign_files_get_a_clear_error(tmp_path, capsys):
         resume = ["--resume", str(run), "-n", "400", "--no-progress", "--eval-freq", "0"]
         assert train_agent.main(resume) == 2
         assert message in capsys.readouterr().err, name
-        if name != "replay_buffer.pkl":  # evaluation does not read the replay buffer
+        if name != "replay_buffer.pkl":  # evaluation and fine-tuning do not read it
             assert evaluate_script.main([str(run), "-n", "1"]) == 2
             assert message in capsys.readouterr().err, name
+            tune = [*args[:-1], str(tmp_path / "tuned"), "--init-from", str(run)]
+            assert train_agent.main(tune) == 2
+            assert message in capsys.readouterr().err, name
+            assert not (tmp_path / "tuned").exists()
         (run / name).write_bytes(good)
     SAC.load(run / "model.zip", device="cpu")
 
