@@ -46,7 +46,7 @@ def per_env_markdown(records: Sequence[dict[str, Any]]) -> str:
 def ratios_markdown(
     summary: dict[str, Any], variant: str = "hyper", against: Sequence[str] = ("concat", "film")
 ) -> str:
-    """``variant``'s IQM divided by each of ``against``'s, per split (the targets in docs/RESULTS.md).
+    """``variant``'s IQM divided by each of ``against``'s, per split (docs/RESULTS.md's targets).
 
     The IQMs are of min-max normalised returns, whose bounds come from every variant in the grid:
     read a ratio together with the per-env tables, especially when the denominator is near 0."""

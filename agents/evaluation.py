@@ -24,9 +24,10 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+from stable_baselines3.common.base_class import BaseAlgorithm
 
 import envs
-from agents.run_config import load_run
+from agents.run_config import load_run, space_shapes
 from agents.safe_pickle import load_vecnormalize
 
 
@@ -98,17 +99,11 @@ def _slug(context: dict[str, Any], sep: str = "_") -> str:
     )
 
 
-def _shapes(space: gym.Space) -> object:
-    if isinstance(space, gym.spaces.Dict):
-        return {k: _shapes(v) for k, v in space.spaces.items()}
-    return (type(space).__name__, getattr(space, "shape", None), getattr(space, "n", None))
-
-
-def check_spaces(model: Any, env: gym.Env, model_path: Path, env_id: str) -> None:
+def check_spaces(model: BaseAlgorithm, env: gym.Env, model_path: Path, env_id: str) -> None:
     """:raises ValueError: when ``model`` was not trained on ``env_id``'s observation and action
     spaces (a model file from another env's run), naming both."""
-    theirs = (_shapes(model.observation_space), _shapes(model.action_space))
-    ours = (_shapes(env.observation_space), _shapes(env.action_space))
+    theirs = (space_shapes(model.observation_space), space_shapes(model.action_space))
+    ours = (space_shapes(env.observation_space), space_shapes(env.action_space))
     if theirs != ours:
         raise ValueError(
             f"{model_path} was trained on other spaces than its run's env {env_id} (model: "

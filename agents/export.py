@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 import envs
+from agents.evaluation import check_spaces
 from agents.run_config import load_run
 from agents.run_folder import atomic_save, write_text
 from agents.safe_pickle import load_vecnormalize
@@ -79,6 +80,7 @@ def export_run(
         context = envs.context_space(env_id).validate(dict(context))
         options = {"context": context}
     env = gym.make(env_id, **envs.twin_kwargs(config.env, config.env_kwargs))
+    check_spaces(model, env, model_path, env_id)
     stats_dir = model_path.parent if (model_path.parent / "vecnormalize.pkl").is_file() else run_dir
     vec = None
     if (stats_dir / "vecnormalize.pkl").is_file():

@@ -13,16 +13,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.vec_env import VecNormalize
 from torch import nn
 
+from agents.run_config import FREEZE, load_run, space_shapes
+from agents.safe_pickle import load_vecnormalize
 from hyperrl.conditioning import FiLMHead, HyperHead
 from hyperrl.policies.networks import ContextualNet
-
-#: what ``--freeze`` can hold fixed
-FREEZE = ("none", "generator", "trunk")
 
 
 @dataclass(frozen=True)
@@ -90,14 +90,7 @@ def apply_freeze(policy: nn.Module, freeze: str) -> int:
     return count
 
 
-def _shapes(space: Any) -> object:
-    spaces = getattr(space, "spaces", None)
-    if spaces is not None:
-        return {k: _shapes(v) for k, v in spaces.items()}
-    return (type(space).__name__, getattr(space, "shape", None), getattr(space, "n", None))
-
-
-def initialise(model: Any, source: Any, init: InitFrom) -> int:
+def initialise(model: BaseAlgorithm, source: BaseAlgorithm, init: InitFrom) -> int:
     """Copy ``source.policy`` into ``model.policy`` (both SB3 algorithm objects), the critic
     too unless ``init.reinit_critic``, then freeze; returns the number of frozen parameters.
 
@@ -108,8 +101,8 @@ def initialise(model: Any, source: Any, init: InitFrom) -> int:
             f"--init-from {init.run} holds a {type(old).__name__}, this run builds a "
             f"{type(new).__name__}: pass the same --algo and --policy as the source run"
         )
-    theirs = (_shapes(old.observation_space), _shapes(old.action_space))
-    ours = (_shapes(new.observation_space), _shapes(new.action_space))
+    theirs = (space_shapes(old.observation_space), space_shapes(old.action_space))
+    ours = (space_shapes(new.observation_space), space_shapes(new.action_space))
     if theirs != ours:
         raise ValueError(
             f"--init-from {init.run} was trained on other spaces (observations {theirs[0]}, "
@@ -138,12 +131,9 @@ def source_model_path(run: str | Path) -> Path:
     return path if path.suffix == ".zip" else path / "model.zip"
 
 
-def load_source(init: InitFrom) -> tuple[Any, Any | None]:
+def load_source(init: InitFrom) -> tuple[BaseAlgorithm, VecNormalize | None]:
     """The source run's model (on the CPU) and its observation normalisation (a
     ``VecNormalize`` read without running code, or ``None`` when it had none)."""
-    from agents.run_config import load_run
-    from agents.safe_pickle import load_vecnormalize
-
     if not source_model_path(init.run).is_file():
         raise ValueError(
             f"--init-from {init.run}: no such run folder or model file (give a run folder with a "
@@ -156,7 +146,9 @@ def load_source(init: InitFrom) -> tuple[Any, Any | None]:
     return model, None
 
 
-def check_normalisation(init: InitFrom, source_stats: Any | None, normalises: bool) -> None:
+def check_normalisation(
+    init: InitFrom, source_stats: VecNormalize | None, normalises: bool
+) -> None:
     """:raises ValueError: when the source run and this one disagree on normalising
     observations (the policy would see inputs on another scale)."""
     if (source_stats is not None and source_stats.norm_obs) == normalises:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import torch
 import yaml
 from stable_baselines3.common.base_class import BaseAlgorithm
@@ -22,6 +23,9 @@ from stable_baselines3.common.vec_env import VecEnv
 import envs
 from agents.algos import algo_class
 from agents.run_folder import CHECKPOINTS, write_text
+
+#: what ``--freeze`` can hold fixed when fine-tuning (:mod:`agents.init_from`)
+FREEZE = ("none", "generator", "trunk")
 
 
 @dataclass
@@ -84,13 +88,13 @@ class TrainArgs:
 
         :raises ValueError: for ``--freeze`` or ``--reinit-critic`` without ``--init-from``, or
             an unknown ``--freeze``."""
-        from agents.init_from import InitFrom
-
         if self.init_from is None:
             if self.freeze != "none" or self.reinit_critic:
                 raise ValueError("--freeze and --reinit-critic need --init-from RUN")
             return None
-        return dataclasses.asdict(InitFrom(self.init_from, self.freeze, self.reinit_critic))
+        if self.freeze not in FREEZE:
+            raise ValueError(f"--freeze takes one of {list(FREEZE)}, got {self.freeze!r}")
+        return {"run": self.init_from, "freeze": self.freeze, "reinit_critic": self.reinit_critic}
 
     def new_run_folder(self) -> Path:
         """``--run-dir``, else the next free ``runs/<algo>/<env>_<n>``.
@@ -225,6 +229,14 @@ def load_model(algo: type[BaseAlgorithm], path: Path, **kwargs: Any) -> BaseAlgo
             f"model file {path} is corrupt or not an SB3 model ({type(err).__name__}: {err}); "
             "retrain, or point to another run or checkpoint"
         ) from None
+
+
+def space_shapes(space: gym.Space) -> object:
+    """What must match for a model to run on an env: the space's kind and shape, per key of a
+    Dict (not its bounds, which may differ by rounding between an env and its batched twin)."""
+    if isinstance(space, gym.spaces.Dict):
+        return {k: space_shapes(v) for k, v in space.spaces.items()}
+    return (type(space).__name__, getattr(space, "shape", None), getattr(space, "n", None))
 
 
 def make_envs(

@@ -1,5 +1,5 @@
-"""The package layout's rules (DESIGN.md): no import cycle between modules, and the dependency
-direction ``agents -> (hyperrl, envs)``, ``hyperrl`` never importing ``envs``."""
+"""The package layout's rules (README, "Layout"): no import cycle between modules, and the
+dependency direction ``agents -> (hyperrl, envs)``, ``hyperrl`` never importing ``envs``."""
 
 from __future__ import annotations
 

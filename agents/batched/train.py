@@ -120,6 +120,8 @@ def _train(args: TrainArgs, rank: int, device: str) -> Path:
     if args.resume:
         run_dir = Path(args.resume)
         run = read_run_config(run_dir)
+        if args.timesteps:  # -n on --resume: the new total
+            run.n_timesteps = args.timesteps
     else:
         if args.algo not in TRAINERS:
             raise ValueError(

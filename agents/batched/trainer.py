@@ -169,6 +169,8 @@ class BatchedTrainer(ABC):
         self.episodes = EpisodeStats(env.num_envs, env.device)
         self._obs: Obs | None = None
         self.rank, self.world_size = 0, 1
+        #: set while an iteration runs: a save then (Ctrl-C, SIGTERM) may catch the env mid-step
+        self._mid_iteration = False
 
     def _make_model(
         self,
@@ -223,7 +225,9 @@ class BatchedTrainer(ABC):
         start, start_steps = time.perf_counter(), self.num_timesteps
         while self.num_timesteps < target:
             before = self.num_timesteps
+            self._mid_iteration = True
             logged = self.iteration(target)
+            self._mid_iteration = False  # not in a finally: an interrupted iteration stays marked
             fps = (self.num_timesteps - start_steps) / (time.perf_counter() - start)
             values = {**logged, "time/fps": fps}
             if logger is not None:
@@ -244,8 +248,11 @@ class BatchedTrainer(ABC):
         the env's state (:meth:`~envs.batched.BatchedContextualEnv.state_dict`), the current
         observation, the episode sums and torch's random state. ``None`` where that cannot be
         captured: an env without :attr:`~envs.batched.BatchedContextualEnv.supports_state`
-        (MuJoCo Warp, Fetch), or several ``torch.distributed`` ranks (each has its own worlds)."""
-        if not self.env.supports_state or self.world_size > 1 or self._obs is None:
+        (MuJoCo Warp, Fetch), several ``torch.distributed`` ranks (each has its own worlds), or
+        an iteration that was interrupted (Ctrl-C, SIGTERM): the env may be half way through a
+        step, and the steps of the unfinished rollout are not counted, so the worlds reset."""
+        unsupported = not self.env.supports_state or self.world_size > 1
+        if unsupported or self._obs is None or self._mid_iteration:
             return None
         return {
             "env": self.env.state_dict(),

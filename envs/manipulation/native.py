@@ -7,7 +7,8 @@ tasks (:class:`NativeFetchMultiTask`).
 passed through the rollout's control spec, and computes inputs, observations, rewards and task
 draws in torch through :class:`envs.manipulation.batched.BatchedFetch`, the code the MuJoCo Warp
 envs use. It is the same engine in float64 as the CPU twin: the object's physics context is
-written into each world's model by the twin's own :func:`envs.manipulation.scale_fetch_model`.
+written into each world's model by the twin's own
+:func:`envs.manipulation.contextual.scale_fetch_model`.
 
 What ``mj_step`` leaves in ``MjData`` is recomputed per world after each step, where the twin
 reads it: the blocked-gripper tasks (Reach, Push, Slide) set the fingers back to 0 and run

@@ -5,7 +5,7 @@ Fetch robot with MuJoCo Warp; what they compute from the worlds (inputs, observa
 task draws) is :class:`envs.manipulation.batched.BatchedFetch`'s, shared with the CPU-thread
 backend. Push's context, the object's physics (``object_mass_scale``,
 ``object_friction_scale``, ``table_friction_scale``), is written per world into batched model
-fields as :func:`envs.manipulation.scale_fetch_model` writes it, with the derived masses
+fields as :func:`envs.manipulation.contextual.scale_fetch_model` writes it, with the derived masses
 recomputed on the device.
 
 Known differences from the CPU envs: float32 simulation and MuJoCo Warp's looser solver tolerance
@@ -109,7 +109,8 @@ class WarpFetch(BatchedFetch):
 
     def _write_physics(self, mask: torch.Tensor) -> None:
         """The contexts of the worlds in ``mask`` into their model fields, as
-        :func:`envs.manipulation.scale_fetch_model` writes them, and the derived masses."""
+        :func:`envs.manipulation.contextual.scale_fetch_model` writes them, and the derived
+        masses."""
         values = self.context_values(mask, self.context_names)
         for field, scaled in self.physics_table.batched(self._nominal, values).items():
             view = self.worlds.field(field)

@@ -499,6 +499,19 @@ def test_a_restored_trainer_goes_on_exactly_as_the_uninterrupted_one(env_id, tmp
     resumed.learn(16 * 8 * 3)
     for a, b in zip(params(straight), params(resumed), strict=True):
         assert torch.equal(a, b)
+    # a save made by an interrupt in the middle of a rollout does not claim the env's state
+    step, calls = straight.env.step, []
+
+    def interrupted(actions):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return step(actions)
+
+    straight.env.step = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        straight.learn(16 * 8)
+    assert straight.run_state() is None
     # without the run state (an older checkpoint), the run goes on, from fresh episodes
     state = torch.load(tmp_path / "trainer_state.pt", weights_only=True)
     state["run"] = None

@@ -114,3 +114,8 @@ def test_a_batched_run_fine_tunes_with_a_frozen_trunk(tmp_path):
     assert all(torch.equal(before[k], after[k]) for k in before)
     generator_before, generator_after = _params(source, "generator"), _params(tuned, "generator")
     assert not all(torch.equal(generator_before[k], generator_after[k]) for k in generator_before)
+    # --resume with -n: the new total (the trunk still frozen)
+    train(TrainArgs(resume=str(tuned), timesteps=768, progress_bar=False, tensorboard=False,
+                    eval_freq=0, save_freq=0))  # fmt: skip
+    assert PPO.load(tuned / "model.zip").num_timesteps == 768
+    assert all(torch.equal(before[k], v) for k, v in _params(tuned, "trunk").items())

@@ -34,8 +34,9 @@ def _perturbed(module: nn.Module, seed: int = 0) -> nn.Module:
 
 
 @pytest.mark.parametrize("hidden", [(16, 8), ()], ids=["hidden", "single_layer"])
-@pytest.mark.parametrize(("conditioning", "kwargs"), LADDER, ids=[c for c, _ in LADDER[:4]]
-                         + ["lowrank_hyper", "film", "concat", "none"])  # fmt: skip
+@pytest.mark.parametrize(
+    ("conditioning", "kwargs"), LADDER, ids=[kw.get("generator", c) for c, kw in LADDER]
+)
 def test_plain_layers_compute_the_head_for_their_context(conditioning, kwargs, hidden):
     if conditioning == "hyper" and kwargs["generator"] == "chunked" and not hidden:
         kwargs = kwargs | {"generator_kwargs": {"chunk_size": 8}}
