@@ -27,7 +27,7 @@ import numpy as np
 from stable_baselines3.common.base_class import BaseAlgorithm
 
 import envs
-from agents.run_config import load_run, space_shapes
+from agents.run_config import load_run, spaces_of
 from agents.safe_pickle import load_vecnormalize
 
 
@@ -102,8 +102,7 @@ def _slug(context: dict[str, Any], sep: str = "_") -> str:
 def check_spaces(model: BaseAlgorithm, env: gym.Env, model_path: Path, env_id: str) -> None:
     """:raises ValueError: when ``model`` was not trained on ``env_id``'s observation and action
     spaces (a model file from another env's run), naming both."""
-    theirs = (space_shapes(model.observation_space), space_shapes(model.action_space))
-    ours = (space_shapes(env.observation_space), space_shapes(env.action_space))
+    theirs, ours = spaces_of(model), spaces_of(env)
     if theirs != ours:
         raise ValueError(
             f"{model_path} was trained on other spaces than its run's env {env_id} (model: "

@@ -19,7 +19,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import VecNormalize
 from torch import nn
 
-from agents.run_config import FREEZE, load_run, space_shapes
+from agents.run_config import FREEZE, load_run, spaces_of
 from agents.safe_pickle import load_vecnormalize
 from hyperrl.conditioning import FiLMHead, HyperHead
 from hyperrl.policies.networks import ContextualNet
@@ -101,8 +101,7 @@ def initialise(model: BaseAlgorithm, source: BaseAlgorithm, init: InitFrom) -> i
             f"--init-from {init.run} holds a {type(old).__name__}, this run builds a "
             f"{type(new).__name__}: pass the same --algo and --policy as the source run"
         )
-    theirs = (space_shapes(old.observation_space), space_shapes(old.action_space))
-    ours = (space_shapes(new.observation_space), space_shapes(new.action_space))
+    theirs, ours = spaces_of(old), spaces_of(new)
     if theirs != ours:
         raise ValueError(
             f"--init-from {init.run} was trained on other spaces (observations {theirs[0]}, "

@@ -239,6 +239,11 @@ def space_shapes(space: gym.Space) -> object:
     return (type(space).__name__, getattr(space, "shape", None), getattr(space, "n", None))
 
 
+def spaces_of(holder: Any) -> tuple[object, object]:
+    """``(observation, action)`` :func:`space_shapes` of a model, policy or env."""
+    return space_shapes(holder.observation_space), space_shapes(holder.action_space)
+
+
 def make_envs(
     env_id: str, n_envs: int, seed: int, env_kwargs: dict[str, Any], split: str | None = None
 ) -> VecEnv:
