@@ -315,16 +315,22 @@ class DevicePPO(BatchedTrainer):
         elif vec_path.is_file():
             from agents.safe_pickle import load_vecnormalize
 
-            vec = load_vecnormalize(vec_path)
-            to = dict(dtype=torch.float64, device=self.env.device)
-            rms = {f"obs.{k}": vec.obs_rms[k] for k in self.obs_norm} | {"ret": vec.ret_rms}
-            self.load_norm_state(
-                {
-                    k: (torch.as_tensor(r.mean, **to), torch.as_tensor(r.var, **to),
-                        torch.as_tensor(r.count, **to))
-                    for k, r in rms.items()
-                }
-            )  # fmt: skip
+            self.load_vecnormalize_statistics(load_vecnormalize(vec_path))
+
+    def load_vecnormalize_statistics(self, vec: Any, returns: bool = True) -> None:
+        """Take the observation statistics (and, with ``returns``, the return statistics) of an
+        SB3 ``VecNormalize`` (what :meth:`vecnormalize` writes)."""
+        to = dict(dtype=torch.float64, device=self.env.device)
+        rms = {f"obs.{k}": vec.obs_rms[k] for k in self.obs_norm}
+        if returns:
+            rms["ret"] = vec.ret_rms
+        self.load_norm_state(
+            {
+                k: (torch.as_tensor(r.mean, **to), torch.as_tensor(r.var, **to),
+                    torch.as_tensor(r.count, **to))
+                for k, r in rms.items()
+            }
+        )  # fmt: skip
 
     def vecnormalize(self, cpu_env: gym.Env):
         """An SB3 ``VecNormalize`` around ``cpu_env`` holding this trainer's statistics."""

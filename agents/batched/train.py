@@ -99,11 +99,8 @@ def _start_from(algo: BatchedTrainer, init: InitFrom) -> None:
     obs_norm = getattr(algo, "obs_norm", {})
     check_normalisation(init, stats, bool(obs_norm))
     initialise(algo.model, source, init)
-    for key, norm in obs_norm.items():
-        rms = stats.obs_rms[key]
-        to = dict(dtype=torch.float64, device=algo.env.device)
-        norm.mean, norm.var = torch.as_tensor(rms.mean, **to), torch.as_tensor(rms.var, **to)
-        norm.count = torch.as_tensor(rms.count, **to)
+    if obs_norm:  # the new task's rewards keep their own scale
+        algo.load_vecnormalize_statistics(stats, returns=False)
 
 
 def train_on_device(args: TrainArgs) -> Path:
