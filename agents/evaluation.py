@@ -27,6 +27,7 @@ import numpy as np
 from stable_baselines3.common.base_class import BaseAlgorithm
 
 import envs
+from agents.adaptation import CONTEXT_SOURCES, SingleEnvSource, load_adaptation
 from agents.run_config import load_run, spaces_of
 from agents.safe_pickle import load_vecnormalize
 
@@ -40,7 +41,11 @@ def _render_hint(err: Exception) -> ValueError:
     )
 
 
-def _play(model, env: gym.Env, seed: int, options: dict | None, obs_filter, record: bool):
+def _play(
+    model, env: gym.Env, seed: int, options: dict | None, obs_filter, record: bool, source=None
+):
+    """One deterministic episode; ``source`` (a :class:`SingleEnvSource`) decides which
+    context the policy reads (default: the observation's)."""
     obs, info = env.reset(seed=seed, options=options)
     context = info.get("context", {})
     frames, total, length, done = [], 0.0, 0, False
@@ -51,9 +56,13 @@ def _play(model, env: gym.Env, seed: int, options: dict | None, obs_filter, reco
             except Exception as err:  # noqa: BLE001 - any GL/SDL failure gets the same advice
                 raise _render_hint(err) from None
             frames.append(caption(frame, _slug(context, sep="  ")))
-        action, _ = model.predict(obs_filter(obs), deterministic=True)
-        obs, reward, terminated, truncated, info = env.step(action)
+        given = source.given(obs) if source is not None else obs
+        action, _ = model.predict(obs_filter(given), deterministic=True)
+        next_obs, reward, terminated, truncated, info = env.step(action)
         total, length, done = total + float(reward), length + 1, terminated or truncated
+        if source is not None:
+            source.observe(obs, action, reward, next_obs, done)
+        obs = next_obs
     row = {"context": context, "return": total, "length": length}
     if "is_success" in info:  # goal-reaching envs (Fetch): whether the episode ended on the goal
         row["success"] = bool(float(info["is_success"]) > 0)
@@ -123,6 +132,7 @@ def evaluate_run(
     out_dir: str | Path | None = None,
     seed: int = 10_000,
     pinned: dict[str, float] | None = None,
+    context_source: str = "true",
 ) -> dict[str, Any]:
     """Evaluate a run folder (or its ``model.zip``/``best_model.zip``); returns the summary.
 
@@ -130,6 +140,10 @@ def evaluate_run(
     :param grid: points per feature of an evaluation grid over the features' bounds.
     :param grid_features: which features the grid spans (default: the first one).
     :param pinned: evaluate this one context (``"pinned"`` split) instead of splits or a grid.
+    :param context_source: what the policy reads as its context: ``true`` (the env's),
+        ``inferred`` (the run's adaptation module, from the episode so far) or ``nominal`` (the
+        centre of the train range); other than ``true``, the files are
+        ``eval_<source>.json/.csv/.png``.
     """
     if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
         raise ValueError(f"-n/--episodes must be a positive integer, got {episodes!r}")
@@ -137,7 +151,12 @@ def evaluate_run(
         raise ValueError(f"--grid must be an integer >= 2 (points per feature), got {grid!r}")
     if max_videos < 0:
         raise ValueError(f"--max-videos must be >= 0, got {max_videos}")
+    if context_source not in CONTEXT_SOURCES:
+        raise ValueError(
+            f"unknown --context-source {context_source!r}; choose one of {CONTEXT_SOURCES}"
+        )
     model, config, run_dir, model_path = load_run(run)
+    module = load_adaptation(run_dir) if context_source == "inferred" else None
     env_id = envs.cpu_twin(config.env)  # a batched env is evaluated on its CPU twin
     env_kwargs = envs.twin_kwargs(config.env, config.env_kwargs)
     if video:
@@ -177,6 +196,7 @@ def evaluate_run(
         jobs = [(s, None) for s in split_list for _ in range(episodes)]
 
     made: dict[str, gym.Env] = {}
+    sources: dict[str, SingleEnvSource] = {}
     rows, recorded = [], {}
     for i, (split, pinned) in enumerate(jobs):
         if split not in made:
@@ -184,10 +204,13 @@ def evaluate_run(
             kwargs = env_kwargs | ({"split": split} if by_split else {})
             made[split] = gym.make(env_id, **kwargs)
             check_spaces(model, made[split], model_path, env_id)
+            sources[split] = SingleEnvSource(context_source, module, made[split])
         options = {"context": pinned} if pinned is not None else None
         key = split if pinned is None else _slug(pinned)
         record = video and key not in recorded and len(recorded) < max_videos
-        row, frames = _play(model, made[split], seed + i, options, obs_filter, record)
+        row, frames = _play(
+            model, made[split], seed + i, options, obs_filter, record, sources[split]
+        )
         rows.append({"split": split, **row})
         if record:
             recorded[key] = frames
@@ -206,10 +229,17 @@ def evaluate_run(
         }
         if mine and "success" in mine[0]:
             summary[s]["success_rate"] = float(np.mean([r["success"] for r in mine]))
-    result = {"env": env_id, "model": str(model_path), "summary": summary, "episodes": rows}
-    (out / "eval.json").write_text(json.dumps(result, indent=2))
-    _write_csv(out / "eval.csv", rows)
-    _plot(out / "eval.png", rows, env_id, grid_features if grid else None)
+    result = {
+        "env": env_id,
+        "model": str(model_path),
+        "context_source": context_source,
+        "summary": summary,
+        "episodes": rows,
+    }
+    stem = "eval" if context_source == "true" else f"eval_{context_source}"
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=2))
+    _write_csv(out / f"{stem}.csv", rows)
+    _plot(out / f"{stem}.png", rows, env_id, grid_features if grid else None)
     return result
 
 

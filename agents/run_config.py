@@ -53,6 +53,8 @@ class TrainArgs:
     freeze: str = "none"
     reinit_critic: bool = False
     batched: bool = False
+    #: a run folder whose adaptation module to train (``--adapt``) instead of a new run
+    adapt: str | None = None
     progress_bar: bool = True
     verbose: int = 0
 

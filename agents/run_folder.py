@@ -37,12 +37,14 @@ class TrainingInterruptedError(Exception):
     :param run_dir: the run folder, which ``--resume`` continues.
     """
 
-    def __init__(self, signum: int, timesteps: int, run_dir: Path) -> None:
+    def __init__(
+        self, signum: int, timesteps: int, run_dir: Path, resume_hint: str | None = None
+    ) -> None:
         self.signum, self.timesteps, self.run_dir = signum, timesteps, run_dir
         name = signal.Signals(signum).name
         super().__init__(
             f"stopped by {name} at {timesteps} steps; the run is saved. Continue with "
-            f"--resume {run_dir}"
+            f"{resume_hint or f'--resume {run_dir}'}"
         )
 
     @property
@@ -87,22 +89,27 @@ def stop_on_signals() -> Iterator[None]:
 
 @contextlib.contextmanager
 def save_on_stop(
-    run_dir: Path, save: Callable[[], object], timesteps: Callable[[], int]
+    run_dir: Path,
+    save: Callable[[], object],
+    timesteps: Callable[[], int],
+    resume_hint: str | None = None,
 ) -> Iterator[None]:
     """Run the block (training) under :func:`stop_on_signals`, then ``save()`` however it ended.
-    A stop signal or Ctrl-C is reported with the resume command and, once saved, raised again as
+    A stop signal or Ctrl-C is reported with the command that continues (``resume_hint``,
+    default ``--resume RUN``) and, once saved, raised again as
     :class:`TrainingInterruptedError`; ``timesteps()`` gives the steps trained so far."""
     stopped: KeyboardInterrupt | None = None
+    hint = resume_hint or f"--resume {run_dir}"
     try:
         with stop_on_signals():
             yield
     except KeyboardInterrupt as err:
         stopped = err
-        print(f"\ninterrupted at {timesteps()} steps; saving. Continue with --resume {run_dir}")
+        print(f"\ninterrupted at {timesteps()} steps; saving. Continue with {hint}")
     finally:
         save()
     if stopped is not None:
-        raise TrainingInterruptedError(signal_of(stopped), timesteps(), run_dir)
+        raise TrainingInterruptedError(signal_of(stopped), timesteps(), run_dir, hint)
 
 
 def atomic_save(path: str | Path, write: Callable[[Path], object]) -> None:

@@ -33,7 +33,12 @@ def check_env_id(env_id: str) -> None:
 def train(args: TrainArgs) -> Path:
     """Train (or resume) a run; returns its folder. Ctrl-C saves the model and everything needed
     to ``--resume``. ``args.batched`` trains a gymnasium id on its batched CPU twin
-    (:data:`envs.NATIVE_TWINS`) with the on-device trainer."""
+    (:data:`envs.NATIVE_TWINS`) with the on-device trainer; ``args.adapt`` trains an existing
+    run's adaptation module (:func:`agents.adaptation.adapt_run`)."""
+    if args.adapt:
+        from agents.adaptation import adapt_run
+
+        return adapt_run(args)
     if args.resume:
         trainer = read_run_config(Path(args.resume)).trainer
         return train_on_device(args) if trainer == "device" else train_sb3(args)

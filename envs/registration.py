@@ -155,16 +155,20 @@ DEVICE_ONLY_KWARGS = ("nconmax", "njmax", "nthread")
 
 
 def batched_twin(env_id: str) -> str:
-    """The batched CPU twin of a gymnasium id (a batched id: itself).
+    """The batched CPU twin of a gymnasium id (a batched id: itself): MuJoCo threads for
+    locomotion and Fetch, plain torch for Pendulum.
 
     :raises ValueError: for an id without one, naming those that have one."""
     if env_id in BATCHED_ENVS:
         return env_id
-    if env_id not in NATIVE_TWINS:
+    twins = NATIVE_TWINS | {
+        spec.cpu_twin: batched for batched, spec in BATCHED_ENVS.items() if spec.backend == "torch"
+    }
+    if env_id not in twins:
         raise ValueError(
-            f"{env_id!r} has no batched CPU backend; --batched works for {', '.join(NATIVE_TWINS)}"
+            f"{env_id!r} has no batched CPU backend; --batched works for {', '.join(twins)}"
         )
-    return NATIVE_TWINS[env_id]
+    return twins[env_id]
 
 
 def twin_kwargs(env_id: str, kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -28,6 +28,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--video", action="store_true")
     p.add_argument("--max-videos", type=int, default=6)
     p.add_argument("-o", "--out-dir", default=None, help="default: the run folder")
+    p.add_argument(
+        "--context-source",
+        default="true",
+        choices=("true", "inferred", "nominal"),
+        help="what the policy reads as its context: the env's (true), the run's adaptation "
+        "module's estimate from the episode so far (inferred; train it with train_agent.py "
+        "--adapt RUN), or the centre of the train range (nominal); files: eval_<source>.*",
+    )
     args = p.parse_args(argv)
     try:
         result = evaluate_run(
@@ -39,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
             args.video,
             args.max_videos,
             args.out_dir,
+            context_source=args.context_source,
         )
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -74,11 +74,22 @@ def main(argv: list[str] | None = None) -> int:
         "threads, the on-device PPO/SAC/HER trainer; e.g. hyperrl/ContextualHalfCheetah-v0 -> "
         "hyperrl/BatchedHalfCheetah-v0); evaluation and videos run on the id given",
     )
+    p.add_argument(
+        "--adapt",
+        default=None,
+        metavar="RUN",
+        help="train RUN's adaptation module (the context inferred from the last transitions, "
+        "RMA phase 2) on its batched twin, -n steps (preset: the env's 'adaptation' section), "
+        "into RUN/adaptation.pt; evaluate with evaluate.py RUN --context-source inferred",
+    )
     p.add_argument("--no-progress", dest="progress_bar", action="store_false")
     p.add_argument("-v", "--verbose", type=int, default=0)
     parsed = p.parse_args(argv)
     fixed = [t.split("=")[0] for t in (sys.argv[1:] if argv is None else argv)]
     fixed = [t for t in fixed if t in RUN_DEFINING]
+    if parsed.adapt and (parsed.resume or parsed.init_from or parsed.batched):
+        p.error("--adapt trains an existing run's adaptation module; drop --resume, "
+                "--init-from and --batched")
     if parsed.resume and fixed:
         p.error(
             f"--resume continues {parsed.resume} with the config it was started with; "

@@ -141,3 +141,34 @@ class BatchedGoalPoint(BatchedContextualEnv):
             "achieved_goal": self.pos.clone(),
             "desired_goal": self.goal.clone(),
         }
+
+
+class BatchedDrift(BatchedContextualEnv):
+    """A batched 1-D system whose context is a hidden gain: ``x' = x + 0.1 * gain * action``,
+    ``episode_length`` steps from ``x = 0``, reward ``-|x|``. The gain shows in any transition
+    with a non-zero action (``(x' - x) / (0.1 a)``) and nowhere else: what an adaptation module
+    must learn to read."""
+
+    def __init__(self, num_envs: int, episode_length: int = 20, seed=0):
+        from envs.context import ContextSpace, scaled_feature
+
+        space = ContextSpace([scaled_feature("gain", 1.0)])
+        super().__init__(num_envs, space, "train", episode_length, "cpu", seed)
+        self.observation_space = spaces.Dict(
+            {
+                "observation": spaces.Box(-np.inf, np.inf, (1,), np.float32),
+                "context": self._context_box(),
+            }
+        )
+        self.action_space = spaces.Box(-1.0, 1.0, (1,), np.float32)
+        self.x = torch.zeros(num_envs, 1)
+
+    def _reset_worlds(self, mask):
+        self.x[mask] = 0.0
+
+    def _step_worlds(self, actions):
+        self.x = self.x + 0.1 * self.contexts[:, :1] * actions
+        return -self.x.abs()[:, 0], torch.zeros(self.num_envs, dtype=torch.bool)
+
+    def _observe(self):
+        return self.x.clone()
