@@ -51,7 +51,7 @@ class AdaptationConfig:
     n_envs: int = 256
     #: vector steps per rollout before an update
     n_steps: int = 64
-    n_epochs: int = 2
+    n_epochs: int = 4
     batch_size: int = 4096
     learning_rate: float = 1e-3
     #: transitions the module reads
@@ -460,12 +460,15 @@ def play_batched(
     module: AdaptationModule | None = None,
     seed: int = 1000,
     on_step: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+    change_at: int | None = None,
 ) -> torch.Tensor:
     """One deterministic episode in each world of ``env``, the policy reading the context from
     ``source`` (``true``: the env's; ``inferred``: ``module``'s estimate; ``nominal``: the
     centre of the train range, 0 in the observation's scale). Returns ``(N,)`` returns;
     ``on_step(t, given, true)`` sees every step's context given and the true one, ``(n, c)``
-    in the observation's scale for the ``n`` worlds whose first episode runs."""
+    in the observation's scale for the ``n`` worlds whose first episode runs. ``change_at``:
+    after that many steps every world gets a new context from the env's split, its state and
+    its history kept (:meth:`~envs.batched.BatchedContextualEnv.change_contexts`)."""
     if source not in CONTEXT_SOURCES:
         raise ValueError(f"unknown context source {source!r}; choose one of {CONTEXT_SOURCES}")
     if source == "inferred" and module is None:
@@ -479,6 +482,8 @@ def play_batched(
     total = torch.zeros(env.num_envs, device=env.device)
     live = torch.ones(env.num_envs, dtype=torch.bool, device=env.device)
     for t in range(env.max_episode_steps):
+        if t == change_at:
+            obs = env.change_contexts(torch.ones_like(live))
         true = obs[CONTEXT_KEY]
         if source == "inferred":
             given = estimator.estimate()
@@ -535,3 +540,46 @@ def evaluate_sources(
             row["abs_error"] = dict(zip(env.context_names, mean_error.tolist(), strict=True))
         out[split] = row
     return out
+
+
+def settling(
+    run: str | Path,
+    change_at: int,
+    split: str = "train",
+    worlds: int = 64,
+    device: str | torch.device = "cpu",
+    seed: int = 1000,
+    tolerance: float = 1.25,
+) -> dict[str, Any]:
+    """How the inferred context follows a change mid-episode: every world of the run's batched
+    twin gets a new context (from ``split``) after ``change_at`` steps. Returns ``error``: the
+    estimate's mean absolute error per step (observation scale, averaged over features and
+    worlds), ``before``: its mean over the full-history steps before the change, ``peak``: its
+    largest value after, and ``settle_steps``: the steps after the change until it is back
+    within ``tolerance`` times ``before`` (``None`` if it never is)."""
+    device = torch.device(device)
+    model, run_config, run_dir, _ = load_run(run)
+    policy = RunPolicy(model, run_dir, device)
+    module = load_adaptation(run_dir, device)
+    env_kwargs = envs.twin_kwargs(run_config.env, run_config.env_kwargs)
+    env = _batched_env(run_config.env, worlds, split, device, seed, env_kwargs)
+    if change_at <= module.history or change_at >= env.max_episode_steps:
+        raise ValueError(
+            f"change_at must lie between the history ({module.history}) and the episode "
+            f"length ({env.max_episode_steps}), got {change_at}"
+        )
+    errors: list[float] = []
+
+    def track(t: int, given: torch.Tensor, true: torch.Tensor) -> None:
+        errors.append(float((given - true).abs().mean()) if len(given) else float("nan"))
+
+    play_batched(policy, env, "inferred", module, seed, track, change_at)
+    before = float(np.nanmean(errors[module.history : change_at]))
+    after = errors[change_at:]
+    settled = [i for i, e in enumerate(after) if e <= tolerance * before]
+    return {
+        "error": errors,
+        "before": before,
+        "peak": float(np.nanmax(after)),
+        "settle_steps": settled[0] if settled else None,
+    }

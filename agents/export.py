@@ -27,7 +27,7 @@ from agents.evaluation import check_spaces
 from agents.run_config import load_run
 from agents.run_folder import atomic_save, write_text
 from agents.safe_pickle import load_vecnormalize
-from hyperrl.export import ExportedActor, export_actor
+from hyperrl.export import ExportedActor, InferredActor, actor_net, export_actor
 
 FORMATS = ("torch", "torchscript", "onnx")
 
@@ -99,15 +99,7 @@ def export_run(
     pinned_context = np.concatenate(
         [np.asarray(first[k], dtype=np.float32).reshape(-1) for k in extractor.context_keys]
     )
-    mean = std = None
-    if vec is not None and vec.norm_obs:
-        keys = extractor.obs_keys
-        mean = np.concatenate([np.asarray(vec.obs_rms[k].mean).reshape(-1) for k in keys])
-        var = np.concatenate([np.asarray(vec.obs_rms[k].var).reshape(-1) for k in keys])
-        std = np.sqrt(var + vec.epsilon)
-    actor = export_actor(
-        policy, pinned_context, mean, std, vec.clip_obs if vec is not None else 10.0
-    )
+    actor = export_actor(policy, pinned_context, *_normalisation(vec, extractor.obs_keys))
 
     # parity: the exported module against the full policy, on observations of this context
     flat = np.stack([_flat(o, actor.obs_keys) for o in seen])
@@ -122,21 +114,7 @@ def export_run(
         )
 
     out = Path(out_dir) if out_dir else run_dir / "export"
-    out.mkdir(parents=True, exist_ok=True)
-    example = torch.as_tensor(flat[:1])
-    written = []
-    if "torch" in formats:
-        atomic_save(out / "actor.pt", lambda tmp: torch.save(actor, tmp))
-        written.append("actor.pt")
-    if "torchscript" in formats:
-        with warnings.catch_warnings():  # torch 2.10+ deprecates TorchScript, which still works
-            warnings.simplefilter("ignore", DeprecationWarning)
-            scripted = torch.jit.trace(actor, example)
-            atomic_save(out / "actor.ts", lambda tmp: torch.jit.save(scripted, str(tmp)))
-        written.append("actor.ts")
-    if "onnx" in formats:
-        _write_onnx(actor, example, out / "actor.onnx")
-        written.append("actor.onnx")
+    written = _write(actor, (torch.as_tensor(flat[:1]),), ["obs"], out, "actor", formats)
 
     summary = {
         "run": str(run_dir),
@@ -163,8 +141,6 @@ def export_run(
 
 def _actor_params(policy: torch.nn.Module) -> int:
     """Parameters the deterministic action depends on: the extractor and the actor network."""
-    from hyperrl.export import actor_net
-
     net, _ = actor_net(policy)
     return sum(p.numel() for p in net.parameters())
 
@@ -191,7 +167,45 @@ def _latencies(policy, actor: ExportedActor, obs, obs_filter, flat, model, repea
         }
 
 
-def _write_onnx(actor: ExportedActor, example: torch.Tensor, path: Path) -> None:
+def _normalisation(vec: Any, keys: Sequence[str]) -> tuple[Any, Any, float]:
+    """``(mean, std, clip)`` of the observation keys ``keys`` under ``vec`` (a
+    ``VecNormalize``), concatenated; ``(None, None, 10)`` without normalisation."""
+    if vec is None or not vec.norm_obs:
+        return None, None, 10.0
+    mean = np.concatenate([np.asarray(vec.obs_rms[k].mean).reshape(-1) for k in keys])
+    var = np.concatenate([np.asarray(vec.obs_rms[k].var).reshape(-1) for k in keys])
+    return mean, np.sqrt(var + vec.epsilon), float(vec.clip_obs)
+
+
+def _write(
+    actor: torch.nn.Module,
+    example: tuple[torch.Tensor, ...],
+    input_names: list[str],
+    out: Path,
+    stem: str,
+    formats: Sequence[str],
+) -> list[str]:
+    """``out/<stem>.pt``, ``.ts`` and ``.onnx`` (those in ``formats``), each atomically."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    if "torch" in formats:
+        atomic_save(out / f"{stem}.pt", lambda tmp: torch.save(actor, tmp))
+        written.append(f"{stem}.pt")
+    if "torchscript" in formats:
+        with warnings.catch_warnings():  # torch 2.10+ deprecates TorchScript, which still works
+            warnings.simplefilter("ignore")
+            scripted = torch.jit.trace(actor, example)
+            atomic_save(out / f"{stem}.ts", lambda tmp: torch.jit.save(scripted, str(tmp)))
+        written.append(f"{stem}.ts")
+    if "onnx" in formats:
+        _write_onnx(actor, example, input_names, out / f"{stem}.onnx")
+        written.append(f"{stem}.onnx")
+    return written
+
+
+def _write_onnx(
+    actor: torch.nn.Module, example: tuple[torch.Tensor, ...], input_names: list[str], path: Path
+) -> None:
     try:
         import onnx  # noqa: F401  (torch's exporter needs it)
     except ImportError:
@@ -205,12 +219,114 @@ def _write_onnx(actor: ExportedActor, example: torch.Tensor, path: Path) -> None
             warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation
             torch.onnx.export(
                 actor,
-                (example,),
+                example,
                 str(tmp),
-                input_names=["obs"],
+                input_names=input_names,
                 output_names=["action"],
-                dynamic_axes={"obs": {0: "batch"}, "action": {0: "batch"}},
+                dynamic_axes={name: {0: "batch"} for name in [*input_names, "action"]},
                 dynamo=False,
             )
 
     atomic_save(path, write)
+
+
+def export_inferred(
+    run: str | Path,
+    out_dir: str | Path | None = None,
+    formats: Sequence[str] = FORMATS,
+    check_steps: int = 200,
+) -> dict[str, Any]:
+    """Export ``run``'s policy for unknown contexts: its adaptation module and actor network as
+    one :class:`~hyperrl.export.InferredActor` (``actor_inferred.pt/.ts/.onnx`` and
+    ``export_inferred.json`` in ``RUN/export``), checked first against the full policy reading
+    the module's estimate (``evaluate.py --context-source inferred``) on a ``check_steps``-step
+    rollout of the run's env.
+
+    :raises ValueError: for a run without an adaptation module, a policy that cannot be
+        exported, an unknown format, or an export whose actions differ from the policy's."""
+    from agents.adaptation import CONTEXT_KEY, SingleEnvSource, load_adaptation
+
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise ValueError(f"--format takes some of {list(FORMATS)}, got {list(formats)}")
+    model, config, run_dir, model_path = load_run(run)
+    module = load_adaptation(run_dir)
+    env_id = envs.cpu_twin(config.env)
+    env = gym.make(env_id, **envs.twin_kwargs(config.env, config.env_kwargs))
+    check_spaces(model, env, model_path, env_id)
+    stats_dir = model_path.parent if (model_path.parent / "vecnormalize.pkl").is_file() else run_dir
+    vec = None
+    if (stats_dir / "vecnormalize.pkl").is_file():
+        vec = load_vecnormalize(stats_dir / "vecnormalize.pkl")
+    obs_filter = vec.normalize_obs if vec is not None else (lambda obs: obs)
+    policy = model.policy
+    extractor = getattr(policy, "actor", policy).features_extractor
+    if list(getattr(extractor, "context_keys", [])) != [CONTEXT_KEY]:
+        raise ValueError(
+            f"{model_path}'s policy does not read the env's {CONTEXT_KEY!r} key as its context: "
+            "nothing for an adaptation module to replace"
+        )
+    net, kind = actor_net(policy)
+    space = policy.action_space
+    low, high = (space.low, space.high) if isinstance(space, gym.spaces.Box) else (None, None)
+    box = env.observation_space[CONTEXT_KEY]
+    actor = InferredActor(
+        net, module, box.low, box.high, extractor.obs_keys, kind, low, high,
+        *_normalisation(vec, extractor.obs_keys),
+    ).requires_grad_(False).eval()  # fmt: skip
+
+    # parity: the full policy reading the module's estimate, step by step
+    source = SingleEnvSource("inferred", module, env)
+    history = source.estimator.history
+    obs, _ = env.reset(seed=0)
+    inputs, full = [], []
+    for _ in range(check_steps):
+        given = source.given(obs)
+        action, _ = model.predict(obs_filter(given), deterministic=True)
+        inputs.append((_flat(obs, actor.obs_keys), history.transitions[0].clone(),
+                       history.valid[0].float()))  # fmt: skip
+        full.append(np.asarray(action, dtype=np.float64).reshape(-1))
+        next_obs, reward, terminated, truncated, _ = env.step(action)
+        source.observe(obs, action, reward, next_obs, terminated or truncated)
+        obs = next_obs
+        if terminated or truncated:
+            obs, _ = env.reset()
+    batch = (
+        torch.as_tensor(np.stack([i[0] for i in inputs])),
+        torch.stack([i[1] for i in inputs]),
+        torch.stack([i[2] for i in inputs]),
+    )
+    with torch.no_grad():
+        exported = actor(*batch).numpy().astype(np.float64).reshape(len(full), -1)
+    expected = np.stack(full)
+    gap = float(np.abs(exported - expected).max())
+    if gap > 1e-4 * max(1.0, float(np.abs(expected).max())):
+        raise ValueError(
+            f"the exported actor's actions differ from the policy's by up to {gap:.3g}; "
+            "nothing was written (please report this)"
+        )
+    out = Path(out_dir) if out_dir else run_dir / "export"
+    example = tuple(t[:1] for t in batch)
+    written = _write(actor, example, ["obs", "transitions", "valid"], out, "actor_inferred",
+                     formats)  # fmt: skip
+    summary = {
+        "run": str(run_dir),
+        "model": str(model_path),
+        "env": env_id,
+        "context": "inferred",
+        "obs_keys": actor.obs_keys,
+        "obs_dim": int(batch[0].shape[1]),
+        "history": list(batch[1].shape[1:]),
+        "action": actor.action,
+        "max_action_gap": gap,
+        "checked_steps": len(full),
+        "params": {
+            "full_policy_actor": _actor_params(policy),
+            "exported": sum(p.numel() for p in actor.parameters()),
+            "adaptation_module": sum(p.numel() for p in module.parameters()),
+        },
+        "files": written,
+    }
+    write_text(out / "export_inferred.json", json.dumps(summary, indent=2) + "\n")
+    env.close()
+    return summary

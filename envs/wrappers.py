@@ -21,6 +21,10 @@ class ContextualEnv(gym.Wrapper):
       ``hidden_context=True`` no ``context`` key (for agents that must infer the context);
     - ``reset(options={"context": {name: value}})`` pins a context (missing names nominal);
       otherwise the sampler draws one from ``split`` (``"train"`` by default);
+    - ``reset(options={"context_change": {"at": t, "context": {...}}})`` changes the context
+      after ``t`` steps of that episode, the state untouched (the new one pinned, or drawn like
+      the first when ``context`` is left out): a load or floor that changes while the robot
+      runs;
     - ``info["context"]`` always holds the named values.
 
     Subclasses define :meth:`apply_context`, which writes a validated context into ``self.env``.
@@ -32,6 +36,10 @@ class ContextualEnv(gym.Wrapper):
     :param contexts: a fixed list of contexts (name -> value) to draw from uniformly instead of
         sampling ``split``; each is validated (missing names nominal).
     """
+
+    #: whether ``reset(options={"context_change": ...})`` works: :meth:`apply_context` keeps the
+    #: state of a running episode
+    supports_context_change: bool = True
 
     def __init__(
         self,
@@ -59,6 +67,8 @@ class ContextualEnv(gym.Wrapper):
             spaces["context"] = gym.spaces.Box(low, high, dtype=np.float32)
         self.observation_space = gym.spaces.Dict(spaces)
         self._context_rng = np.random.default_rng()
+        self._change: tuple[int, dict[str, float] | None] | None = None
+        self._elapsed = 0
         self._set_context(space.nominal)
 
     def _set_context(self, context: dict[str, float]) -> None:
@@ -82,18 +92,42 @@ class ContextualEnv(gym.Wrapper):
             self._context_rng = np.random.default_rng(seed)
         options = dict(options or {})
         pinned = options.pop("context", None)
-        if pinned is not None:
-            context = self.context_space.validate(pinned)
-        elif self.contexts is not None:
-            context = dict(self.contexts[self._context_rng.integers(len(self.contexts))])
-        else:
-            context = self.context_space.sample(self._context_rng, self.split)
+        self._change = self._parse_change(options.pop("context_change", None))
+        self._elapsed = 0
+        context = self.context_space.validate(pinned) if pinned is not None else self._draw()
         self._set_context(context)
         self.apply_context(context)
         obs, info = self.env.reset(seed=seed, options=options or None)
         return self._observe(obs), info | {"context": dict(self.context)}
 
+    def _parse_change(self, change: Any) -> tuple[int, dict[str, float] | None] | None:
+        """``{"at": t, "context": {...}}`` -> ``(t, validated context or None)``."""
+        if change is None:
+            return None
+        if not self.supports_context_change:
+            raise ValueError(f"{type(self).__name__} cannot change its context mid-episode")
+        if not isinstance(change, Mapping) or set(change) - {"at", "context"} or "at" not in change:
+            raise ValueError(
+                f"context_change takes {{'at': steps, 'context': {{name: value}}}} (context "
+                f"optional), got {change!r}"
+            )
+        at = change["at"]
+        if isinstance(at, bool) or not isinstance(at, int) or at < 1:
+            raise ValueError(f"context_change 'at' must be a positive step count, got {at!r}")
+        context = change.get("context")
+        return at, None if context is None else self.context_space.validate(context)
+
+    def _draw(self) -> dict[str, float]:
+        if self.contexts is not None:
+            return dict(self.contexts[self._context_rng.integers(len(self.contexts))])
+        return self.context_space.sample(self._context_rng, self.split)
+
     def step(self, action: Any) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
         obs, reward, terminated, truncated, info = self.env.step(action)
+        self._elapsed += 1
+        if self._change is not None and self._elapsed == self._change[0]:
+            context = self._change[1] or self._draw()
+            self._set_context(context)
+            self.apply_context(context)
         info = info | {"context": dict(self.context)}
         return self._observe(obs), float(reward), bool(terminated), bool(truncated), info

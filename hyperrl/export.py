@@ -12,6 +12,8 @@ module gives the same actions as the full policy for that context.
 
 from __future__ import annotations
 
+import copy
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -92,11 +94,11 @@ def plain_net(net: ContextualNet, context: torch.Tensor) -> nn.Sequential:
     return nn.Sequential(*modules)
 
 
-class ExportedActor(nn.Module):
-    """``obs (B, obs_dim) float32 -> action (B, act_dim)``: the deterministic action of one
-    context's policy, with the observation normalisation of the run folded in.
+class _DeployedActor(nn.Module):
+    """What an exported actor adds around its network: the run's observation normalisation on
+    the way in, the network's output turned into the action on the way out.
 
-    :param net: the plain network (:func:`plain_net`).
+    :param obs_dim: width of the flattened raw observation.
     :param obs_keys: which observation keys, flattened and concatenated in this order, make
         ``obs`` (recorded for the user; the context keys are not among them).
     :param action: ``"clip"`` (a Gaussian's mean, clipped to ``low``/``high``: PPO and A2C on
@@ -107,7 +109,7 @@ class ExportedActor(nn.Module):
 
     def __init__(
         self,
-        net: nn.Sequential,
+        obs_dim: int,
         obs_keys: Sequence[str],
         action: str,
         low: np.ndarray | None = None,
@@ -119,12 +121,11 @@ class ExportedActor(nn.Module):
         super().__init__()
         if action not in ("clip", "squash", "argmax"):
             raise ValueError(f"action is 'clip', 'squash' or 'argmax', not {action!r}")
-        self.net, self.obs_keys, self.action = net, list(obs_keys), action
-        width = net[0].in_features
+        self.obs_keys, self.action = list(obs_keys), action
 
         def buffer(value: np.ndarray | None, default: float) -> torch.Tensor:
             if value is None:
-                return torch.full((width,), default)
+                return torch.full((obs_dim,), default)
             return torch.as_tensor(np.asarray(value, dtype=np.float32).reshape(-1))
 
         self.normalize = obs_mean is not None
@@ -135,16 +136,84 @@ class ExportedActor(nn.Module):
         self.register_buffer("low", torch.as_tensor(np.asarray(bounds[0], dtype=np.float32)))
         self.register_buffer("high", torch.as_tensor(np.asarray(bounds[1], dtype=np.float32)))
 
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        if self.normalize:
-            obs = ((obs - self.obs_mean) / self.obs_std).clamp(-self.clip_obs, self.clip_obs)
-        out = self.net(obs)
+    def _normalized(self, obs: torch.Tensor) -> torch.Tensor:
+        if not self.normalize:
+            return obs
+        return ((obs - self.obs_mean) / self.obs_std).clamp(-self.clip_obs, self.clip_obs)
+
+    def _to_action(self, out: torch.Tensor) -> torch.Tensor:
         if self.action == "argmax":
             return out.argmax(dim=-1)
         if self.action == "squash":
             out = out[:, : self.low.shape[0]]  # SAC's net gives mean and log-std
             return self.low + 0.5 * (torch.tanh(out) + 1.0) * (self.high - self.low)
         return torch.maximum(torch.minimum(out, self.high), self.low)
+
+
+class ExportedActor(_DeployedActor):
+    """``obs (B, obs_dim) float32 -> action (B, act_dim)``: the deterministic action of one
+    context's policy, with the observation normalisation of the run folded in.
+
+    :param net: the plain network (:func:`plain_net`); the other parameters are
+        :class:`_DeployedActor`'s.
+    """
+
+    def __init__(self, net: nn.Sequential, *args, **kwargs) -> None:
+        super().__init__(net[0].in_features, *args, **kwargs)
+        self.net = net
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self._to_action(self.net(self._normalized(obs)))
+
+
+class InferredActor(_DeployedActor):
+    """``obs (B, obs_dim)``, ``transitions (B, k, d)``, ``valid (B, k)`` (1 where a slot holds a
+    transition of the running episode) ``-> action (B, act_dim)``: a policy for unknown contexts,
+    its adaptation module's estimate (:mod:`hyperrl.adaptation`) in place of the context, the
+    generator kept (the context changes from step to step, so no head is fixed).
+
+    :param net: the policy's actor network (copied; its hyper heads generate per sample, which
+        traces to TorchScript and ONNX).
+    :param adaptation: the run's adaptation module (copied).
+    :param context_low: with ``context_high``: the bounds the estimate is clipped to (the
+        context's observation box).
+    The other parameters are :class:`_DeployedActor`'s.
+    """
+
+    def __init__(
+        self,
+        net: ContextualNet,
+        adaptation: nn.Module,
+        context_low: np.ndarray,
+        context_high: np.ndarray,
+        *args,
+        **kwargs,
+    ) -> None:
+        super().__init__(net.obs_dim, *args, **kwargs)
+        if net.generator_input != "context" or not net.trunk_reads_obs:
+            raise ValueError(
+                f"a network conditioned on its observation (generator_input="
+                f"{net.generator_input!r}) does not read an estimated context"
+            )
+        self.net = copy.deepcopy(net).cpu()
+        for module in self.net.modules():
+            if isinstance(module, HyperHead):  # per-sample generation: no sort, traceable
+                module.dedup, module.reuse_heads, module.given_groups = False, False, None
+        self.adaptation = copy.deepcopy(adaptation).cpu()
+        as_tensor = functools.partial(torch.as_tensor, dtype=torch.float32)
+        self.register_buffer("context_low", as_tensor(np.asarray(context_low).reshape(-1)))
+        self.register_buffer("context_high", as_tensor(np.asarray(context_high).reshape(-1)))
+
+    def context(self, transitions: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """``(B, context_dim)`` the estimate the policy reads."""
+        estimate = self.adaptation(transitions, valid > 0.5)
+        return torch.maximum(torch.minimum(estimate, self.context_high), self.context_low)
+
+    def forward(
+        self, obs: torch.Tensor, transitions: torch.Tensor, valid: torch.Tensor
+    ) -> torch.Tensor:
+        features = torch.cat([self._normalized(obs), self.context(transitions, valid)], dim=1)
+        return self._to_action(self.net(features))
 
 
 def actor_net(policy: nn.Module) -> tuple[ContextualNet, str]:

@@ -5,6 +5,7 @@ Generates the heads once and writes ``actor.pt``, ``actor.ts`` (TorchScript) and
 into ``RUN/export`` (or ``-o``): the deterministic actor as ordinary linear layers, taking the
 flattened raw observation (its keys are listed in ``export.json``) and returning the action.
 The export is checked against the full policy on that context before anything is written.
+``--inferred`` exports the policy for unknown contexts (adaptation module and actor) instead.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import sys
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 from agents.evaluation import parse_context  # noqa: E402
-from agents.export import FORMATS, export_run  # noqa: E402
+from agents.export import FORMATS, export_inferred, export_run  # noqa: E402
 from agents.safe_pickle import TRUST_NOTE  # noqa: E402
 
 
@@ -30,14 +31,35 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME=VALUE",
         help="context features to export for (the others nominal); default: nominal",
     )
+    p.add_argument(
+        "--inferred",
+        action="store_true",
+        help="export the policy for unknown contexts instead: the run's adaptation module "
+        "(train_agent.py --adapt RUN) and the actor, as actor_inferred.* taking the observation, "
+        "the last transitions and their validity",
+    )
     p.add_argument("--format", nargs="+", default=list(FORMATS), choices=FORMATS)
     p.add_argument("-o", "--out-dir", default=None, help="default: RUN/export")
     args = p.parse_args(argv)
+    if args.inferred and args.context:
+        p.error("--inferred exports the policy for unknown contexts; drop --context")
     try:
-        summary = export_run(args.run, parse_context(args.context), args.out_dir, args.format)
+        if args.inferred:
+            summary = export_inferred(args.run, args.out_dir, args.format)
+        else:
+            summary = export_run(args.run, parse_context(args.context), args.out_dir, args.format)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if args.inferred:
+        print(
+            f"exported {summary['env']} for inferred contexts: {', '.join(summary['files'])}; "
+            f"inputs obs ({summary['obs_dim']} values), transitions {summary['history']}, valid "
+            f"({summary['history'][0]}); actions within {summary['max_action_gap']:.2g} of the "
+            f"policy's over {summary['checked_steps']} steps; "
+            f"{summary['params']['exported']:,} parameters"
+        )
+        return 0
     params, latency = summary["params"], summary["latency_us_batch1"]
     print(
         f"exported {summary['env']} for {summary['context']}: {', '.join(summary['files'])}; "

@@ -88,8 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     fixed = [t.split("=")[0] for t in (sys.argv[1:] if argv is None else argv)]
     fixed = [t for t in fixed if t in RUN_DEFINING]
     if parsed.adapt and (parsed.resume or parsed.init_from or parsed.batched):
-        p.error("--adapt trains an existing run's adaptation module; drop --resume, "
-                "--init-from and --batched")
+        p.error(
+            "--adapt trains an existing run's adaptation module; drop --resume, "
+            "--init-from and --batched"
+        )
     if parsed.resume and fixed:
         p.error(
             f"--resume continues {parsed.resume} with the config it was started with; "

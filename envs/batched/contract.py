@@ -227,6 +227,29 @@ class BatchedContextualEnv(ABC):
         self.contexts = updated
         self.scaled_contexts = scale_contexts(self.context_space, updated)
 
+    #: whether :meth:`change_contexts` works (the backend implements :meth:`_apply_contexts`)
+    supports_context_change: bool = False
+
+    def change_contexts(self, mask: torch.Tensor, contexts: torch.Tensor | None = None) -> Obs:
+        """Give the worlds in ``mask`` ``(N,)`` bool new contexts mid-episode (drawn from the
+        split, or ``contexts`` ``(n, k)`` raw values), their states and step counts untouched:
+        a robot whose load or floor changes while it runs. Returns the observation with the new
+        contexts (what the next :meth:`step` continues from).
+
+        :raises NotImplementedError: for a backend that cannot (:attr:`supports_context_change`).
+        """
+        if self.context_space is None or not self.supports_context_change:
+            raise NotImplementedError(f"{type(self).__name__} cannot change contexts mid-episode")
+        mask = mask.to(self.device)
+        self._set_contexts(mask, contexts)
+        self._apply_contexts(mask)
+        return self._obs()
+
+    def _apply_contexts(self, mask: torch.Tensor) -> None:
+        """Write the contexts of the worlds in ``mask`` into their physics (a backend whose step
+        reads :attr:`contexts` directly has nothing to do)."""
+        raise NotImplementedError
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Everything the next steps depend on, as tensors (for checkpoints, ``torch.save`` with
         ``weights_only`` loading): the contexts, the step counts, the generator's state and the

@@ -38,6 +38,10 @@ class TorchPendulum(BatchedContextualEnv):
         self.state = torch.zeros(num_envs, 2, device=self.device)  # theta, theta_dot
 
     supports_state = True
+    supports_context_change = True
+
+    def _apply_contexts(self, mask: torch.Tensor) -> None:
+        """Nothing: every step reads :attr:`contexts`."""
 
     def _physics_state(self) -> dict[str, torch.Tensor]:
         return {"state": self.state}

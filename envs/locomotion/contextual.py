@@ -25,6 +25,9 @@ from envs.context import ContextFeature, ContextSpace, scaled_feature
 from envs.physics import LOCOMOTION_FIELDS, PhysicsTable
 from envs.wrappers import ContextualEnv
 
+#: what a MuJoCo state is made of (beside ``time``)
+_STATE_FIELDS = ("qpos", "qvel", "act", "ctrl", "qacc_warmstart")
+
 LOCOMOTION = ("HalfCheetah", "Hopper", "Walker2d", "Ant", "Humanoid")
 
 PHYSICS_FEATURES: dict[str, ContextFeature] = {
@@ -85,9 +88,15 @@ class ContextualLocomotion(ContextualEnv):
         self._forward_weight = float(getattr(env.unwrapped, "_forward_reward_weight", 1.0))
 
     def apply_context(self, context: Mapping[str, float]) -> None:
-        model = self.env.unwrapped.model
+        model, data = self.env.unwrapped.model, self.env.unwrapped.data
         self.physics.apply(model, context)
-        mujoco.mj_setConst(model, self.env.unwrapped.data)
+        # mj_setConst works in ``data`` from qpos0: keep the state, for a change mid-episode
+        saved, time = [getattr(data, k).copy() for k in _STATE_FIELDS], data.time
+        mujoco.mj_setConst(model, data)
+        for k, value in zip(_STATE_FIELDS, saved, strict=True):
+            getattr(data, k)[...] = value
+        data.time = time
+        mujoco.mj_forward(model, data)
 
     def step(self, action: Any) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
         obs, reward, terminated, truncated, info = super().step(action)

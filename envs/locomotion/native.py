@@ -126,21 +126,27 @@ class NativeLocomotion(BatchedLocomotion):
         for k, v in w.extra.items():
             v.copy_(state[f"extra.{k}"])
         self._xy = state["xy"].clone()
-        if self.physics:  # each world's model from its context, as at its reset
-            names = self.context_names
-            for i, context in enumerate(self.contexts.cpu().double().numpy()):
-                self.physics_table.apply(w.models[i], dict(zip(names, context, strict=True)))
-                w.set_const(i)
+        # each world's model from its context, as at its reset
+        self._apply_contexts(torch.ones(self.num_envs, dtype=torch.bool, device=self.device))
+
+    supports_context_change = True
+
+    def _apply_contexts(self, mask: torch.Tensor) -> None:
+        """Each masked world's physical features into its model, and what ``mj_setConst``
+        derives from them (task descriptors are read by the reward at every step)."""
+        if not self.physics:
+            return
+        worlds = mask.cpu().nonzero().flatten().numpy()
+        names, w = self.context_names, self.worlds
+        contexts = self.contexts[mask].cpu().double().numpy()
+        for i, context in zip(worlds, contexts, strict=True):
+            self.physics_table.apply(w.models[i], dict(zip(names, context, strict=True)))
+            w.set_const(i)
 
     def _reset_worlds(self, mask: torch.Tensor) -> None:
         worlds = mask.cpu().nonzero().flatten().numpy()
         w = self.worlds
-        if self.physics:
-            names = self.context_names
-            contexts = self.contexts[mask].cpu().double().numpy()
-            for i, context in zip(worlds, contexts, strict=True):
-                self.physics_table.apply(w.models[i], dict(zip(names, context, strict=True)))
-                w.set_const(i)
+        self._apply_contexts(mask)
         qpos, qvel = self._initial_state(len(worlds))
         w.set_state(worlds, qpos.numpy(), qvel.numpy())
         w.forward(w.state, worlds, post_constraint=False)  # what set_state's mj_forward leaves

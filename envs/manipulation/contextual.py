@@ -117,6 +117,9 @@ class ContextualFetch(ContextualEnv):
         )
         self.eq_data = model.eq_data.copy()  #: the mocap weld as built
 
+    #: the Fetch models are rescaled for a new episode only
+    supports_context_change = False
+
     def apply_context(self, context: Mapping[str, float]) -> None:
         env = self.env.unwrapped
         scale_fetch_model(env.model, env.data, self.physics, self.eq_data, context)
@@ -182,6 +185,9 @@ class ContextualFetchReach(ContextualEnv):
             spaces["context"] = self.observation_space["context"]
         self.observation_space = gym.spaces.Dict(spaces)
         self._offset = np.zeros(3)
+
+    #: the goal is placed at reset only
+    supports_context_change = False
 
     def apply_context(self, context: Mapping[str, float]) -> None:
         self._offset = np.array([context.get(f"goal_{axis}", 0.0) for axis in "xyz"])

@@ -32,6 +32,8 @@ from hyperrl.adaptation import AdaptationModule
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 import evaluate  # noqa: E402
+import evaluate_adaptation  # noqa: E402
+import export_policy  # noqa: E402
 import train_agent  # noqa: E402
 
 SMALL = ["--hyperparams", "n_steps:16", "batch_size:256", "history:4", "hidden:[32]"]
@@ -129,6 +131,56 @@ def test_phase_two_learns_a_hidden_gain_from_the_history():
     assert steps == config.n_timesteps and len(seen) == 60
     assert seen[0]["adaptation/abs_error_gain"] > 0.25
     assert seen[-1]["adaptation/abs_error_gain"] < 0.1
+
+
+def test_the_comparison_script_and_a_context_change(pendulum_run, tmp_path, capsys):
+    config = AdaptationConfig(n_timesteps=512, n_envs=8, n_steps=16, history=4, hidden=(32,))
+    train_adaptation(pendulum_run, config)
+    out = tmp_path / "adaptation.json"
+    argv = [str(pendulum_run), "--worlds", "4", "--splits", "train", "interpolation",
+            "--change-at", "50", "--json", str(out)]  # fmt: skip
+    assert evaluate_adaptation.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "| train |" in printed and "| interpolation |" in printed
+    assert "context changed after 50 steps" in printed
+    result = json.loads(out.read_text())[str(pendulum_run)]
+    assert set(result["train"]) >= {"true_return", "inferred_return", "nominal_return"}
+    assert set(result["train"]["abs_error"]) == {"gravity", "mass", "length"}
+    change = result["context_change"]
+    assert len(change["error"]) == 200 and change["peak"] >= 0
+    assert evaluate_adaptation.main([str(pendulum_run), "--change-at", "2"]) == 2
+    assert "change_at must lie between" in capsys.readouterr().err
+
+
+def test_the_policy_for_unknown_contexts_exports_with_its_adaptation_module(
+    pendulum_run, tmp_path, capsys
+):
+    config = AdaptationConfig(n_timesteps=512, n_envs=8, n_steps=16, history=4, hidden=(32,))
+    train_adaptation(pendulum_run, config)
+    out = tmp_path / "export"
+    assert export_policy.main([str(pendulum_run), "--inferred", "-o", str(out)]) == 0
+    assert "for inferred contexts" in capsys.readouterr().out
+    summary = json.loads((out / "export_inferred.json").read_text())
+    assert summary["max_action_gap"] < 1e-5 and summary["checked_steps"] == 200
+    assert summary["history"] == [4, 2 * 3 + 1 + 1]
+    actor = torch.load(out / "actor_inferred.pt", weights_only=False)
+    rng = np.random.default_rng(0)
+    obs = torch.as_tensor(rng.normal(0, 1, (5, 3)), dtype=torch.float32)
+    transitions = torch.as_tensor(rng.normal(0, 1, (5, 4, 8)), dtype=torch.float32)
+    valid = torch.ones(5, 4)
+    valid[0] = 0.0  # a fresh episode: no history yet
+    expected = actor(obs, transitions, valid)
+    scripted = torch.jit.load(str(out / "actor_inferred.ts"))
+    torch.testing.assert_close(scripted(obs, transitions, valid), expected)
+    other = transitions.clone()
+    other[:, :, 4] += 1.0  # other rewards: another estimate, another action
+    assert not torch.allclose(actor(obs, other, valid), expected)
+    ort = pytest.importorskip("onnxruntime")
+    session = ort.InferenceSession(str(out / "actor_inferred.onnx"))
+    feeds = {"obs": obs.numpy(), "transitions": transitions.numpy(), "valid": valid.numpy()}
+    np.testing.assert_allclose(session.run(None, feeds)[0], expected.numpy(), atol=1e-5)
+    with pytest.raises(SystemExit):
+        export_policy.main([str(pendulum_run), "--inferred", "--context", "gravity=9"])
 
 
 def test_clear_errors(pendulum_run, tmp_path, capsys):

@@ -287,6 +287,13 @@ def test_every_shipped_preset_is_valid():
     for path in CONFIG_DIR.glob("*.yml"):
         for env_id, sections in _yaml.safe_load(path.read_text()).items():
             for algo_name in sections:
+                if algo_name == "adaptation":  # train_agent.py --adapt's section
+                    from agents.adaptation import AdaptationConfig
+                    from agents.config import load_preset
+
+                    AdaptationConfig.from_dict(load_preset(env_id, algo_name, path))
+                    checked += 1
+                    continue
                 algo, _ = algo_class(algo_name)
                 if env_id in envs.BATCHED_ENVS:  # trained by the on-device PPO or SAC
                     from agents.batched.train import TRAINERS
