@@ -125,10 +125,16 @@ def plain_observation(obs: Obs) -> torch.Tensor:
     return torch.cat([obs[k].float().flatten(1) for k in sorted(obs) if k != CONTEXT_KEY], dim=-1)
 
 
-def _batched_env(run_env: str, n_envs: int, split: str, device: torch.device, seed, kwargs):
-    env = envs.make_batched(envs.batched_twin(run_env), n_envs, split, device, seed, **kwargs)
-    if CONTEXT_KEY not in env.observation_space.spaces:
-        raise ValueError(f"{run_env} shows no context; there is nothing to infer")
+def _batched_env(
+    run: Any, n_envs: int, split: str, device: torch.device, seed, need_context: bool = True
+):
+    """The batched env of a run's config ``run``: its own env with its ``env_kwargs`` for a
+    batched run; for an SB3 run, the batched twin of its env as the twin's defaults make it
+    (a gymnasium env's keywords, e.g. a fixed list of contexts, do not carry over)."""
+    kwargs = run.env_kwargs if run.env in envs.BATCHED_ENVS else {}
+    env = envs.make_batched(envs.batched_twin(run.env), n_envs, split, device, seed, **kwargs)
+    if need_context and CONTEXT_KEY not in env.observation_space.spaces:
+        raise ValueError(f"{run.env} shows no context; there is nothing to infer")
     return env
 
 
@@ -243,8 +249,7 @@ def train_adaptation(
     torch.manual_seed(seed)
     model, run_config, run_dir, _ = load_run(run)
     policy = RunPolicy(model, run_dir, device)
-    env_kwargs = envs.twin_kwargs(run_config.env, run_config.env_kwargs)
-    env = _batched_env(run_config.env, config.n_envs, config.split, device, seed, env_kwargs)
+    env = _batched_env(run_config, config.n_envs, config.split, device, seed)
     module = new_module(env, config).to(device)
     optimizer = torch.optim.Adam(module.parameters(), lr=config.learning_rate)
     steps = {"done": _continue(run_dir, module, optimizer, config)}
@@ -473,6 +478,10 @@ def play_batched(
         raise ValueError(f"unknown context source {source!r}; choose one of {CONTEXT_SOURCES}")
     if source == "inferred" and module is None:
         raise ValueError("the inferred context needs an adaptation module")
+    if source != "true" and CONTEXT_KEY not in env.observation_space.spaces:
+        raise ValueError(
+            f"this env shows no context: only the 'true' source applies, not {source!r}"
+        )
     obs = env.reset(seed=seed)
     estimator = None
     if module is not None:
@@ -484,14 +493,17 @@ def play_batched(
     for t in range(env.max_episode_steps):
         if t == change_at:
             obs = env.change_contexts(torch.ones_like(live))
-        true = obs[CONTEXT_KEY]
-        if source == "inferred":
-            given = estimator.estimate()
+        if CONTEXT_KEY not in obs:  # a policy without context (e.g. on history observations)
+            actions = policy.act(obs)
         else:
-            given = true if source == "true" else torch.zeros_like(true)
-        if on_step is not None:
-            on_step(t, given[live], true[live])
-        actions = policy.act({**obs, CONTEXT_KEY: given})
+            true = obs[CONTEXT_KEY]
+            if source == "inferred":
+                given = estimator.estimate()
+            else:
+                given = true if source == "true" else torch.zeros_like(true)
+            if on_step is not None:
+                on_step(t, given[live], true[live])
+            actions = policy.act({**obs, CONTEXT_KEY: given})
         next_obs, reward, terminated, truncated, info = env.step(actions)
         done = terminated | truncated
         if estimator is not None:
@@ -514,15 +526,17 @@ def evaluate_sources(
 ) -> dict[str, dict[str, Any]]:
     """split -> ``{"<source>_return": mean, ..., "abs_error": {feature: mean |estimate - true|
     in the context's own units, over the steps with a full history}}``, on ``worlds`` episodes
-    of the run's batched twin per split, the same contexts for every source."""
+    of the run's batched twin per split, the same contexts for every source. A run whose env
+    shows no context (a no-context or history policy) plays once, as ``true_return``."""
     device = torch.device(device)
     model, run_config, run_dir, _ = load_run(run)
     policy = RunPolicy(model, run_dir, device)
     module = load_adaptation(run_dir, device) if "inferred" in sources else None
-    env_kwargs = envs.twin_kwargs(run_config.env, run_config.env_kwargs)
     out: dict[str, dict[str, Any]] = {}
     for split in splits or envs.splits_of(run_config.env):
-        env = _batched_env(run_config.env, worlds, split, device, seed, env_kwargs)
+        env = _batched_env(run_config, worlds, split, device, seed, need_context=False)
+        if CONTEXT_KEY not in env.observation_space.spaces:
+            sources = ["true"]
         row: dict[str, Any] = {}
         errors: list[torch.Tensor] = []
 
@@ -561,8 +575,7 @@ def settling(
     model, run_config, run_dir, _ = load_run(run)
     policy = RunPolicy(model, run_dir, device)
     module = load_adaptation(run_dir, device)
-    env_kwargs = envs.twin_kwargs(run_config.env, run_config.env_kwargs)
-    env = _batched_env(run_config.env, worlds, split, device, seed, env_kwargs)
+    env = _batched_env(run_config, worlds, split, device, seed)
     if change_at <= module.history or change_at >= env.max_episode_steps:
         raise ValueError(
             f"change_at must lie between the history ({module.history}) and the episode "

@@ -139,19 +139,28 @@ def make_batched(
     seed: int | None = None,
     **kwargs: Any,
 ):
-    """Build a batched env of :data:`BATCHED_ENVS` with ``num_envs`` worlds on ``device``."""
+    """Build a batched env of :data:`BATCHED_ENVS` with ``num_envs`` worlds on ``device``;
+    ``history=k`` shows the last ``k`` transitions in place of the context
+    (:class:`~envs.batched.history.HistoryObservation`)."""
     import importlib
 
     if env_id not in BATCHED_ENVS:
         raise ValueError(f"{env_id!r} is not a batched env; choose one of {sorted(BATCHED_ENVS)}")
+    history = kwargs.pop("history", None)
     spec = BATCHED_ENVS[env_id]
     module, name = spec.entry_point.split(":")
     cls = getattr(importlib.import_module(module), name)
-    return cls(num_envs=num_envs, split=split, device=device, seed=seed, **(spec.kwargs | kwargs))
+    env = cls(num_envs=num_envs, split=split, device=device, seed=seed, **(spec.kwargs | kwargs))
+    if history is None:
+        return env
+    from envs.batched.history import HistoryObservation
+
+    return HistoryObservation(env, history)
 
 
-#: keywords of batched envs that their CPU twins do not take (MuJoCo Warp buffer sizes, threads)
-DEVICE_ONLY_KWARGS = ("nconmax", "njmax", "nthread")
+#: keywords of batched envs that their CPU twins do not take (MuJoCo Warp buffer sizes, threads,
+#: history observations)
+DEVICE_ONLY_KWARGS = ("nconmax", "njmax", "nthread", "history")
 
 
 def batched_twin(env_id: str) -> str:

@@ -20,6 +20,7 @@ from agents.adaptation import (
     ADAPTATION_FILE,
     AdaptationConfig,
     SingleEnvSource,
+    evaluate_sources,
     fit_adaptation,
     load_adaptation,
     new_module,
@@ -181,6 +182,24 @@ def test_the_policy_for_unknown_contexts_exports_with_its_adaptation_module(
     np.testing.assert_allclose(session.run(None, feeds)[0], expected.numpy(), atol=1e-5)
     with pytest.raises(SystemExit):
         export_policy.main([str(pendulum_run), "--inferred", "--context", "gravity=9"])
+
+
+def test_a_history_policy_trains_and_is_compared_on_its_returns(tmp_path, capsys):
+    """The memory baseline: a plain policy on history observations (no context)."""
+    run_dir = tmp_path / "history"
+    args = TrainArgs(
+        algo="ppo", env="hyperrl/TorchPendulum-v0", policy="none",
+        hyperparams=["env_kwargs:{history: 4}", "n_steps:16"], timesteps=512, n_envs=16,
+        eval_freq=256, eval_episodes=2, save_freq=0, progress_bar=False, tensorboard=False,
+        run_dir=str(run_dir),
+    )  # fmt: skip
+    train(args)
+    assert evaluate_adaptation.main([str(run_dir), "--worlds", "4", "--splits", "train"]) == 0
+    assert "| train | " in capsys.readouterr().out
+    table = evaluate_sources(run_dir, ["train"], sources=["true"], worlds=4)
+    assert set(table["train"]) == {"true_return"}
+    with pytest.raises(ValueError, match="shows no context"):
+        train_adaptation(run_dir, AdaptationConfig(n_timesteps=16, n_envs=4))
 
 
 def test_clear_errors(pendulum_run, tmp_path, capsys):
