@@ -29,7 +29,7 @@ from stable_baselines3.common.logger import configure
 
 import envs
 from agents.config import load_preset, parse_overrides
-from agents.run_config import TrainArgs, load_run, read_run_config
+from agents.run_config import TrainArgs, load_run, read_run_config, spaces_of
 from agents.run_folder import atomic_save, save_on_stop
 from agents.safe_pickle import load_vecnormalize
 from envs.batched import BatchedContextualEnv, Obs
@@ -80,21 +80,22 @@ class AdaptationConfig:
 
 
 class RunPolicy:
-    """A run's policy acting on batched observations: the run's observation normalisation
-    (``vecnormalize.pkl``) applied in torch, SB3's action scaling for squashed policies.
+    """A run's policy acting on batched observations: the observation normalisation of its
+    model file (``vecnormalize.pkl`` beside it, else the run's) applied in torch, SB3's action
+    scaling for squashed policies.
 
     :param model: the run's SB3 model.
-    :param run_dir: its folder.
+    :param stats_dir: the folder of its ``vecnormalize.pkl`` (none there: no normalisation).
     :param device: where the policy runs.
     """
 
-    def __init__(self, model: Any, run_dir: Path, device: torch.device) -> None:
+    def __init__(self, model: Any, stats_dir: Path, device: torch.device) -> None:
         self.policy = model.policy.to(device)
         self.policy.set_training_mode(False)
         self.device = device
         self.norm: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.clip = float("inf")
-        path = run_dir / "vecnormalize.pkl"
+        path = stats_dir / "vecnormalize.pkl"
         if path.is_file():
             vec = load_vecnormalize(path)
             if vec.norm_obs:
@@ -125,16 +126,38 @@ def plain_observation(obs: Obs) -> torch.Tensor:
     return torch.cat([obs[k].float().flatten(1) for k in sorted(obs) if k != CONTEXT_KEY], dim=-1)
 
 
+def _load(run: str | Path, device: torch.device) -> tuple[Any, Any, Path, RunPolicy]:
+    """``(model, run config, run folder, RunPolicy)`` of a run folder or a model file in one."""
+    model, run_config, run_dir, model_path = load_run(run)
+    stats_dir = model_path.parent if (model_path.parent / "vecnormalize.pkl").is_file() else run_dir
+    return model, run_config, run_dir, RunPolicy(model, stats_dir, device)
+
+
 def _batched_env(
-    run: Any, n_envs: int, split: str, device: torch.device, seed, need_context: bool = True
+    run: Any,
+    model: Any,
+    n_envs: int,
+    split: str,
+    device: torch.device,
+    seed,
+    need_context: bool = True,
 ):
     """The batched env of a run's config ``run``: its own env with its ``env_kwargs`` for a
     batched run; for an SB3 run, the batched twin of its env as the twin's defaults make it
-    (a gymnasium env's keywords, e.g. a fixed list of contexts, do not carry over)."""
+    (a gymnasium env's keywords, e.g. a fixed list of contexts, do not carry over).
+
+    :raises ValueError: when it shows no context (and ``need_context``), or when ``model`` was
+        trained on other spaces."""
     kwargs = run.env_kwargs if run.env in envs.BATCHED_ENVS else {}
     env = envs.make_batched(envs.batched_twin(run.env), n_envs, split, device, seed, **kwargs)
     if need_context and CONTEXT_KEY not in env.observation_space.spaces:
         raise ValueError(f"{run.env} shows no context; there is nothing to infer")
+    if spaces_of(model) != spaces_of(env):
+        raise ValueError(
+            f"the run's model does not fit the batched env it is played on "
+            f"({envs.batched_twin(run.env)} with its defaults; model: {spaces_of(model)}, env: "
+            f"{spaces_of(env)}): the run's env keywords may not carry over to its batched twin"
+        )
     return env
 
 
@@ -247,9 +270,8 @@ def train_adaptation(
     ``adaptation/*`` values and ``time/fps``."""
     device = torch.device(device)
     torch.manual_seed(seed)
-    model, run_config, run_dir, _ = load_run(run)
-    policy = RunPolicy(model, run_dir, device)
-    env = _batched_env(run_config, config.n_envs, config.split, device, seed)
+    model, run_config, run_dir, policy = _load(run, device)
+    env = _batched_env(run_config, model, config.n_envs, config.split, device, seed)
     module = new_module(env, config).to(device)
     optimizer = torch.optim.Adam(module.parameters(), lr=config.learning_rate)
     steps = {"done": _continue(run_dir, module, optimizer, config)}
@@ -349,11 +371,18 @@ def _continue(run_dir: Path, module, optimizer, config: AdaptationConfig) -> int
     if not path.is_file():
         return 0
     state = _read(path, run_dir)
-    if state["module"] != module.config() or state["num_timesteps"] >= config.n_timesteps:
+    if state["module"] != module.config():
+        print(f"replacing the adaptation module in {path}: it has another shape")
+        return 0
+    if state["num_timesteps"] >= config.n_timesteps:
+        print(f"replacing the adaptation module in {path}: it finished its "
+              f"{state['num_timesteps']} steps")  # fmt: skip
         return 0
     module.load_state_dict(state["state_dict"])
     if "optimizer" in state:
         optimizer.load_state_dict(state["optimizer"])
+        for group in optimizer.param_groups:  # the config's rate, not the saved one
+            group["lr"] = config.learning_rate
     print(f"continuing the adaptation module in {path} from {state['num_timesteps']} steps")
     return int(state["num_timesteps"])
 
@@ -527,21 +556,24 @@ def evaluate_sources(
     """split -> ``{"<source>_return": mean, ..., "abs_error": {feature: mean |estimate - true|
     in the context's own units, over the steps with a full history}}``, on ``worlds`` episodes
     of the run's batched twin per split, the same contexts for every source. A run whose env
-    shows no context (a no-context or history policy) plays once, as ``true_return``."""
+    shows no context (a no-context or history policy) plays the ``true`` source only, as
+    ``true_return`` (no adaptation module is needed)."""
     device = torch.device(device)
-    model, run_config, run_dir, _ = load_run(run)
-    policy = RunPolicy(model, run_dir, device)
-    module = load_adaptation(run_dir, device) if "inferred" in sources else None
+    model, run_config, run_dir, policy = _load(run, device)
+    module = None
     out: dict[str, dict[str, Any]] = {}
     for split in splits or envs.splits_of(run_config.env):
-        env = _batched_env(run_config, worlds, split, device, seed, need_context=False)
+        env = _batched_env(run_config, model, worlds, split, device, seed, need_context=False)
         if CONTEXT_KEY not in env.observation_space.spaces:
             sources = ["true"]
+        elif "inferred" in sources and module is None:
+            module = load_adaptation(run_dir, device)
         row: dict[str, Any] = {}
         errors: list[torch.Tensor] = []
+        full_from = module.history if module is not None else 0
 
-        def track(t: int, given: torch.Tensor, true: torch.Tensor, errors=errors) -> None:
-            if t >= module.history:
+        def track(t: int, given, true, errors=errors, full_from=full_from) -> None:
+            if t >= full_from:
                 errors.append((given - true).abs())
 
         for source in sources:
@@ -572,10 +604,15 @@ def settling(
     largest value after, and ``settle_steps``: the steps after the change until it is back
     within ``tolerance`` times ``before`` (``None`` if it never is)."""
     device = torch.device(device)
-    model, run_config, run_dir, _ = load_run(run)
-    policy = RunPolicy(model, run_dir, device)
+    model, run_config, run_dir, policy = _load(run, device)
     module = load_adaptation(run_dir, device)
-    env = _batched_env(run_config, worlds, split, device, seed)
+    env = _batched_env(run_config, model, worlds, split, device, seed)
+    if not env.supports_context_change:
+        raise ValueError(
+            f"{envs.batched_twin(run_config.env)} cannot change contexts mid-episode (the "
+            "MuJoCo Warp and Fetch backends): --change-at works on classic control and on "
+            "locomotion on MuJoCo threads"
+        )
     if change_at <= module.history or change_at >= env.max_episode_steps:
         raise ValueError(
             f"change_at must lie between the history ({module.history}) and the episode "

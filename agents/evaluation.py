@@ -196,7 +196,7 @@ def evaluate_run(
         jobs = [(s, None) for s in split_list for _ in range(episodes)]
 
     made: dict[str, gym.Env] = {}
-    sources: dict[str, SingleEnvSource] = {}
+    sources: dict[str, SingleEnvSource] = {}  # where the context is not the env's
     rows, recorded = [], {}
     for i, (split, pinned) in enumerate(jobs):
         if split not in made:
@@ -204,12 +204,13 @@ def evaluate_run(
             kwargs = env_kwargs | ({"split": split} if by_split else {})
             made[split] = gym.make(env_id, **kwargs)
             check_spaces(model, made[split], model_path, env_id)
-            sources[split] = SingleEnvSource(context_source, module, made[split])
+            if context_source != "true":
+                sources[split] = SingleEnvSource(context_source, module, made[split])
         options = {"context": pinned} if pinned is not None else None
         key = split if pinned is None else _slug(pinned)
         record = video and key not in recorded and len(recorded) < max_videos
         row, frames = _play(
-            model, made[split], seed + i, options, obs_filter, record, sources[split]
+            model, made[split], seed + i, options, obs_filter, record, sources.get(split)
         )
         rows.append({"split": split, **row})
         if record:

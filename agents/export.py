@@ -317,6 +317,10 @@ def export_inferred(
         "obs_keys": actor.obs_keys,
         "obs_dim": int(batch[0].shape[1]),
         "history": list(batch[1].shape[1:]),
+        "transition": "oldest first; each [o, a, r, o'] with o and o' every observation key "
+        "but the context, flattened, in sorted key order; a the action as the env applied it "
+        "(clipped to the action space); r the reward; valid 1 where a slot holds a "
+        "transition of the running episode, 0 (and the slot zeros) before it has that many",
         "action": actor.action,
         "max_action_gap": gap,
         "checked_steps": len(full),

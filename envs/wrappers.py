@@ -24,7 +24,8 @@ class ContextualEnv(gym.Wrapper):
     - ``reset(options={"context_change": {"at": t, "context": {...}}})`` changes the context
       after ``t`` steps of that episode, the state untouched (the new one pinned, or drawn like
       the first when ``context`` is left out): a load or floor that changes while the robot
-      runs;
+      runs. Step ``t`` still runs and is rewarded in the old context (its ``info["context"]``),
+      the observation it returns shows the new one;
     - ``info["context"]`` always holds the named values.
 
     Subclasses define :meth:`apply_context`, which writes a validated context into ``self.env``.
@@ -92,8 +93,8 @@ class ContextualEnv(gym.Wrapper):
             self._context_rng = np.random.default_rng(seed)
         options = dict(options or {})
         pinned = options.pop("context", None)
+        self._change, self._elapsed = None, 0
         self._change = self._parse_change(options.pop("context_change", None))
-        self._elapsed = 0
         context = self.context_space.validate(pinned) if pinned is not None else self._draw()
         self._set_context(context)
         self.apply_context(context)
@@ -124,10 +125,11 @@ class ContextualEnv(gym.Wrapper):
 
     def step(self, action: Any) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
         obs, reward, terminated, truncated, info = self.env.step(action)
+        info = info | {"context": dict(self.context)}  # the context that produced this step
         self._elapsed += 1
         if self._change is not None and self._elapsed == self._change[0]:
+            # from here on: the observation shows it, the next step runs in it
             context = self._change[1] or self._draw()
             self._set_context(context)
             self.apply_context(context)
-        info = info | {"context": dict(self.context)}
         return self._observe(obs), float(reward), bool(terminated), bool(truncated), info

@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def table(results: dict[str, dict[str, dict]]) -> str:
     """Markdown: per split, each source's mean return over the runs (± std, runs), the
-    inferred ÷ true ratio, and the estimate's mean error per feature."""
+    inferred ÷ true ratio (runs with a positive true return), and the estimate's mean error per
+    feature."""
     splits = list(dict.fromkeys(s for r in results.values() for s in r))
     lines = ["| split | " + " | ".join(f"{s} return" for s in CONTEXT_SOURCES)
              + " | inferred ÷ true | estimate's mean abs error |",
@@ -84,10 +85,11 @@ def table(results: dict[str, dict[str, dict]]) -> str:
         for source in CONTEXT_SOURCES:
             values = [row[f"{source}_return"] for row in rows if f"{source}_return" in row]
             cells.append(_mean(values))
+        # a ratio of returns means "this fraction of the return" only where returns are positive
         pairs = [
             row["inferred_return"] / row["true_return"]
             for row in rows
-            if "inferred_return" in row and row.get("true_return")
+            if "inferred_return" in row and row.get("true_return", 0) > 0
         ]
         ratio = f"{np.mean(pairs):.2f}" if pairs else "–"
         errors = [row["abs_error"] for row in rows if "abs_error" in row]

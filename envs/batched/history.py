@@ -55,6 +55,12 @@ class HistoryObservation:
     def __getattr__(self, name: str) -> Any:  # num_envs, device, contexts, split...
         return getattr(self.env, name)
 
+    def change_contexts(self, mask: torch.Tensor, contexts: torch.Tensor | None = None) -> Obs:
+        raise NotImplementedError("history observations cannot change contexts mid-episode")
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        raise NotImplementedError("history observations cannot capture their state")
+
     def _with_history(self, observation: torch.Tensor) -> Obs:
         flat = torch.cat([self.transitions, self.valid.unsqueeze(-1)], dim=-1).flatten(1)
         return {"observation": torch.cat([observation.float(), flat], dim=-1)}

@@ -107,10 +107,11 @@ class ContextualLocomotion(ContextualEnv):
         return obs, reward, terminated, truncated, info
 
     def _task_reward(self, info: Mapping[str, Any]) -> float | None:
-        if "target_velocity" in self.context:
-            return -self._forward_weight * abs(info["x_velocity"] - self.context["target_velocity"])
-        if "direction" in self.context:
-            a = self.context["direction"]
+        context = info["context"]  # the step's own (a change mid-episode comes after it)
+        if "target_velocity" in context:
+            return -self._forward_weight * abs(info["x_velocity"] - context["target_velocity"])
+        if "direction" in context:
+            a = context["direction"]
             v = info["x_velocity"] * math.cos(a) + info["y_velocity"] * math.sin(a)
             return self._forward_weight * v
         return None

@@ -90,10 +90,8 @@ def test_the_policy_reads_the_estimate_not_the_true_context(pendulum_run):
     for _ in range(5):
         given = source.given(obs)
         np.testing.assert_allclose(given["context"], 0.5)
-        expected = obs | {"context": np.full(3, 0.5, dtype=np.float32)}
+        np.testing.assert_array_equal(given["observation"], obs["observation"])
         action, _ = model.predict(normalize(given), deterministic=True)
-        reference, _ = model.predict(normalize(expected), deterministic=True)
-        np.testing.assert_allclose(action, reference)
         next_obs, reward, terminated, truncated, _ = env.step(action)
         source.observe(obs, action, reward, next_obs, terminated or truncated)
         obs = next_obs
@@ -148,7 +146,8 @@ def test_the_comparison_script_and_a_context_change(pendulum_run, tmp_path, caps
     assert set(result["train"]) >= {"true_return", "inferred_return", "nominal_return"}
     assert set(result["train"]["abs_error"]) == {"gravity", "mass", "length"}
     change = result["context_change"]
-    assert len(change["error"]) == 200 and change["peak"] >= 0
+    assert len(change["error"]) == 200
+    assert change["peak"] == pytest.approx(max(change["error"][50:]))
     assert evaluate_adaptation.main([str(pendulum_run), "--change-at", "2"]) == 2
     assert "change_at must lie between" in capsys.readouterr().err
 
@@ -200,6 +199,18 @@ def test_a_history_policy_trains_and_is_compared_on_its_returns(tmp_path, capsys
     assert set(table["train"]) == {"true_return"}
     with pytest.raises(ValueError, match="shows no context"):
         train_adaptation(run_dir, AdaptationConfig(n_timesteps=16, n_envs=4))
+
+
+def test_evaluate_still_runs_envs_without_a_context(tmp_path):
+    run_dir = tmp_path / "cartpole"
+    args = TrainArgs(
+        algo="ppo", env="CartPole-v1", policy="mlp", hyperparams=["n_steps:32"], timesteps=64,
+        n_envs=2, eval_freq=0, save_freq=0, progress_bar=False, tensorboard=False,
+        run_dir=str(run_dir),
+    )  # fmt: skip
+    train(args)
+    assert evaluate.main([str(run_dir), "-n", "1"]) == 0
+    assert evaluate.main([str(run_dir), "-n", "1", "--context-source", "nominal"]) == 2
 
 
 def test_clear_errors(pendulum_run, tmp_path, capsys):

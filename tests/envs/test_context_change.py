@@ -28,8 +28,9 @@ def test_the_pendulum_changes_its_context_after_the_given_step():
     changed = _rollout(env, {"context": {"gravity": 8.0}, "context_change": change}, 6)
     assert env.unwrapped.g == 14.0
     plain = _rollout(env, {"context": {"gravity": 8.0}}, 6)
-    assert [c[3]["gravity"] for c in changed] == [8.0, 8.0, 14.0, 14.0, 14.0, 14.0]
-    assert not np.allclose(changed[2][2], changed[1][2])  # the observation's context follows
+    # step 3 still ran in the old context; its observation shows the new one
+    assert [c[3]["gravity"] for c in changed] == [8.0, 8.0, 8.0, 14.0, 14.0, 14.0]
+    assert not np.allclose(changed[2][2], changed[1][2])
     for (o1, r1, _, _), (o2, r2, _, _) in zip(changed[:3], plain[:3], strict=True):
         np.testing.assert_array_equal(o1, o2)  # the same until the change
         assert r1 == r2
@@ -51,6 +52,16 @@ def test_a_locomotion_state_survives_a_change_to_the_same_context():
     changed = _rollout(env, {"context": pinned, "context_change": heavier}, 12)
     np.testing.assert_allclose(changed[4][0], plain[4][0], atol=1e-9)
     assert not np.allclose(changed[11][0], plain[11][0])
+
+
+def test_a_task_change_rewards_each_step_against_its_own_target():
+    env = gym.make("hyperrl/HalfCheetahVel-v0")
+    change = {"at": 3, "context": {"target_velocity": 3.0}}
+    changed = _rollout(env, {"context": {"target_velocity": 1.0}, "context_change": change}, 5)
+    plain = _rollout(env, {"context": {"target_velocity": 1.0}}, 5)
+    for t in range(3):  # the first three steps are scored against target 1
+        assert changed[t][1] == pytest.approx(plain[t][1])
+    assert changed[3][1] != pytest.approx(plain[3][1])
 
 
 def test_bad_changes_are_refused():

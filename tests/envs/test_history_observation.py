@@ -36,6 +36,9 @@ def test_the_history_holds_the_last_transitions_and_starts_empty_each_episode():
     assert env.contexts.shape == (2, 3)  # the contexts are still drawn
 
 
-def test_bad_history_lengths_are_refused():
+def test_bad_history_lengths_and_what_history_cannot_do_are_refused():
     with pytest.raises(ValueError, match="history must be a positive number"):
         envs.make_batched("hyperrl/TorchPendulum-v0", 2, history=0)
+    env = envs.make_batched("hyperrl/TorchPendulum-v0", 2, history=2)
+    with pytest.raises(NotImplementedError, match="cannot change contexts"):
+        env.change_contexts(torch.ones(2, dtype=torch.bool))
