@@ -29,7 +29,7 @@ from stable_baselines3.common.logger import configure
 
 import envs
 from agents.config import load_preset, parse_overrides
-from agents.run_config import TrainArgs, load_run, read_run_config, spaces_of
+from agents.run_config import TrainArgs, load_run, read_run_config, spaces_of, statistics_dir
 from agents.run_folder import atomic_save, save_on_stop
 from agents.safe_pickle import load_vecnormalize
 from envs.batched import BatchedContextualEnv, Obs
@@ -129,7 +129,7 @@ def plain_observation(obs: Obs) -> torch.Tensor:
 def _load(run: str | Path, device: torch.device) -> tuple[Any, Any, Path, RunPolicy]:
     """``(model, run config, run folder, RunPolicy)`` of a run folder or a model file in one."""
     model, run_config, run_dir, model_path = load_run(run)
-    stats_dir = model_path.parent if (model_path.parent / "vecnormalize.pkl").is_file() else run_dir
+    stats_dir = statistics_dir(run_dir, model_path)
     return model, run_config, run_dir, RunPolicy(model, stats_dir, device)
 
 

@@ -28,7 +28,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 
 import envs
 from agents.adaptation import CONTEXT_SOURCES, SingleEnvSource, load_adaptation
-from agents.run_config import load_run, spaces_of
+from agents.run_config import load_run, spaces_of, statistics_dir
 from agents.safe_pickle import load_vecnormalize
 
 
@@ -162,7 +162,7 @@ def evaluate_run(
     if video:
         env_kwargs["render_mode"] = "rgb_array"
     # a checkpoint's own statistics when it has them, else the run's
-    stats_dir = model_path.parent if (model_path.parent / "vecnormalize.pkl").is_file() else run_dir
+    stats_dir = statistics_dir(run_dir, model_path)
     obs_filter = _obs_filter(stats_dir)
     out = Path(out_dir) if out_dir else run_dir
     (out / "videos" if video else out).mkdir(parents=True, exist_ok=True)

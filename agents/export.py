@@ -24,7 +24,7 @@ import torch
 
 import envs
 from agents.evaluation import check_spaces
-from agents.run_config import load_run
+from agents.run_config import load_run, statistics_dir
 from agents.run_folder import atomic_save, write_text
 from agents.safe_pickle import load_vecnormalize
 from hyperrl.export import ExportedActor, InferredActor, actor_net, export_actor
@@ -79,13 +79,7 @@ def export_run(
             raise ValueError(f"{env_id} has no context features to pin; drop --context")
         context = envs.context_space(env_id).validate(dict(context))
         options = {"context": context}
-    env = gym.make(env_id, **envs.twin_kwargs(config.env, config.env_kwargs))
-    check_spaces(model, env, model_path, env_id)
-    stats_dir = model_path.parent if (model_path.parent / "vecnormalize.pkl").is_file() else run_dir
-    vec = None
-    if (stats_dir / "vecnormalize.pkl").is_file():
-        vec = load_vecnormalize(stats_dir / "vecnormalize.pkl")
-    obs_filter = vec.normalize_obs if vec is not None else (lambda obs: obs)
+    env, vec, obs_filter = _env_and_statistics(model, config, run_dir, model_path)
 
     policy = model.policy
     extractor = getattr(policy, "actor", policy).features_extractor
@@ -165,6 +159,17 @@ def _latencies(policy, actor: ExportedActor, obs, obs_filter, flat, model, repea
             "full_forward": round(timed(lambda: policy._predict(obs_tensor, True)), 1),
             "exported": round(timed(lambda: actor(x)), 1),
         }
+
+
+def _env_and_statistics(model: Any, config: Any, run_dir: Path, model_path: Path):
+    """``(env, VecNormalize or None, obs_filter)``: the run's CPU env, checked against the
+    model, and the model file's observation statistics."""
+    env_id = envs.cpu_twin(config.env)
+    env = gym.make(env_id, **envs.twin_kwargs(config.env, config.env_kwargs))
+    check_spaces(model, env, model_path, env_id)
+    path = statistics_dir(run_dir, model_path) / "vecnormalize.pkl"
+    vec = load_vecnormalize(path) if path.is_file() else None
+    return env, vec, (vec.normalize_obs if vec is not None else (lambda obs: obs))
 
 
 def _normalisation(vec: Any, keys: Sequence[str]) -> tuple[Any, Any, float]:
@@ -252,13 +257,7 @@ def export_inferred(
     model, config, run_dir, model_path = load_run(run)
     module = load_adaptation(run_dir)
     env_id = envs.cpu_twin(config.env)
-    env = gym.make(env_id, **envs.twin_kwargs(config.env, config.env_kwargs))
-    check_spaces(model, env, model_path, env_id)
-    stats_dir = model_path.parent if (model_path.parent / "vecnormalize.pkl").is_file() else run_dir
-    vec = None
-    if (stats_dir / "vecnormalize.pkl").is_file():
-        vec = load_vecnormalize(stats_dir / "vecnormalize.pkl")
-    obs_filter = vec.normalize_obs if vec is not None else (lambda obs: obs)
+    env, vec, obs_filter = _env_and_statistics(model, config, run_dir, model_path)
     policy = model.policy
     extractor = getattr(policy, "actor", policy).features_extractor
     if list(getattr(extractor, "context_keys", [])) != [CONTEXT_KEY]:

@@ -279,3 +279,9 @@ def load_run(run: str | Path) -> tuple[Any, RunConfig, Path, Path]:
         env_kwargs = envs.twin_kwargs(config.env, config.env_kwargs)
         kwargs["env"] = make_envs(envs.cpu_twin(config.env), 1, 0, env_kwargs)
     return load_model(algo, model_path, device="cpu", **kwargs), config, run_dir, model_path
+
+
+def statistics_dir(run_dir: Path, model_path: Path) -> Path:
+    """Where a model file's observation statistics are: a checkpoint's own ``vecnormalize.pkl``
+    when it has one, else the run's."""
+    return model_path.parent if (model_path.parent / "vecnormalize.pkl").is_file() else run_dir
