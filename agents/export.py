@@ -139,25 +139,26 @@ def _actor_params(policy: torch.nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
 
 
-def _latencies(policy, actor: ExportedActor, obs, obs_filter, flat, model, repeats: int = 200):
+def _timed(fn, repeats: int = 200) -> float:
+    """Mean microseconds per call of ``fn`` (after 10 warm-up calls)."""
+    for _ in range(10):
+        fn()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return round((time.perf_counter() - start) / repeats * 1e6, 1)
+
+
+def _latencies(policy, actor: ExportedActor, obs, obs_filter, flat, model):
     """Mean microseconds per batch-1 call: the full policy's ``predict`` and forward, the
     exported module."""
-
-    def timed(fn) -> float:
-        for _ in range(10):
-            fn()
-        start = time.perf_counter()
-        for _ in range(repeats):
-            fn()
-        return (time.perf_counter() - start) / repeats * 1e6
-
     x = torch.as_tensor(flat)
     obs_tensor, _ = policy.obs_to_tensor(obs_filter(obs))
     with torch.no_grad():
         return {
-            "full_predict": round(timed(lambda: model.predict(obs_filter(obs), True)), 1),
-            "full_forward": round(timed(lambda: policy._predict(obs_tensor, True)), 1),
-            "exported": round(timed(lambda: actor(x)), 1),
+            "full_predict": _timed(lambda: model.predict(obs_filter(obs), deterministic=True)),
+            "full_forward": _timed(lambda: policy._predict(obs_tensor, True)),
+            "exported": _timed(lambda: actor(x)),
         }
 
 
@@ -327,6 +328,12 @@ def export_inferred(
             "full_policy_actor": _actor_params(policy),
             "exported": sum(p.numel() for p in actor.parameters()),
             "adaptation_module": sum(p.numel() for p in module.parameters()),
+        },
+        "latency_us_batch1": {
+            "full_predict_with_estimate": _timed(
+                lambda: model.predict(obs_filter(source.given(obs)), deterministic=True)
+            ),
+            "exported": _timed(lambda: actor(*example)),
         },
         "files": written,
     }

@@ -57,7 +57,10 @@ def main(argv: list[str] | None = None) -> int:
             f"inputs obs ({summary['obs_dim']} values), transitions {summary['history']}, valid "
             f"({summary['history'][0]}); actions within {summary['max_action_gap']:.2g} of the "
             f"policy's over {summary['checked_steps']} steps; "
-            f"{summary['params']['exported']:,} parameters"
+            f"{summary['params']['exported']:,} parameters; batch-1 latency "
+            f"{summary['latency_us_batch1']['exported']:.0f} us (the policy's predict on the "
+            f"module's estimate: {summary['latency_us_batch1']['full_predict_with_estimate']:.0f} "
+            "us)"
         )
         return 0
     params, latency = summary["params"], summary["latency_us_batch1"]
