@@ -106,8 +106,9 @@ class RunPolicy:
                     std = torch.sqrt(torch.as_tensor(rms.var, dtype=torch.float32) + vec.epsilon)
                     self.norm[key] = (mean, std.to(device))
         space = model.action_space
-        self.low = torch.as_tensor(space.low, dtype=torch.float32, device=device)
-        self.high = torch.as_tensor(space.high, dtype=torch.float32, device=device)
+        bounds = (space.low, space.high) if isinstance(space, gym.spaces.Box) else (0.0, 0.0)
+        self.low, self.high = (torch.as_tensor(b, dtype=torch.float32, device=device)
+                               for b in bounds)  # fmt: skip
 
     @torch.no_grad()
     def act(self, obs: Obs, deterministic: bool = True) -> torch.Tensor:
@@ -180,6 +181,11 @@ class ContextEstimator:
         action_space: gym.spaces.Box,
         device: torch.device | str = "cpu",
     ) -> None:
+        if not isinstance(action_space, gym.spaces.Box):
+            raise ValueError(
+                f"the adaptation module reads continuous actions; this env's are "
+                f"{type(action_space).__name__}"
+            )
         self.module = module
         self.history = TransitionHistory(num_envs, module.history, module.transition_dim, device)
         box = observation_space[CONTEXT_KEY]

@@ -156,6 +156,11 @@ def evaluate_run(
             f"unknown --context-source {context_source!r}; choose one of {CONTEXT_SOURCES}"
         )
     model, config, run_dir, model_path = load_run(run)
+    if "history" in config.env_kwargs:
+        raise ValueError(
+            f"{run_dir} trained on history observations, which only its batched env makes; "
+            f"evaluate it there: python scripts/evaluate_adaptation.py {run_dir}"
+        )
     module = load_adaptation(run_dir) if context_source == "inferred" else None
     env_id = envs.cpu_twin(config.env)  # a batched env is evaluated on its CPU twin
     env_kwargs = envs.twin_kwargs(config.env, config.env_kwargs)

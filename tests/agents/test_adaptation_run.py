@@ -195,6 +195,8 @@ def test_a_history_policy_trains_and_is_compared_on_its_returns(tmp_path, capsys
     train(args)
     assert evaluate_adaptation.main([str(run_dir), "--worlds", "4", "--splits", "train"]) == 0
     assert "| train | " in capsys.readouterr().out
+    assert evaluate.main([str(run_dir), "-n", "1"]) == 2
+    assert "evaluate_adaptation.py" in capsys.readouterr().err
     table = evaluate_sources(run_dir, ["train"], sources=["true"], worlds=4)
     assert set(table["train"]) == {"true_return"}
     with pytest.raises(ValueError, match="shows no context"):
