@@ -30,6 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", default=None, help="write every number here")
     p.add_argument(
+        "--plot",
+        default=None,
+        metavar="PNG",
+        help="with --change-at: draw the estimate's error per step of every run here",
+    )
+    p.add_argument(
         "--change-at",
         type=int,
         default=None,
@@ -68,7 +74,32 @@ def main(argv: list[str] | None = None) -> int:
             )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
+    if args.plot and args.change_at is not None:
+        plot_change(results, args.change_at, Path(args.plot))
     return 0
+
+
+def plot_change(results: dict[str, dict], change_at: int, path: Path) -> None:
+    """The estimate's mean error per step of each run's episodes, the change marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    for run, res in results.items():
+        if "context_change" in res:
+            error = res["context_change"]["error"]
+            ax.plot(range(len(error)), error, lw=1, label=Path(run).name)
+    ax.axvline(change_at, color="k", ls="--", lw=0.8)
+    ax.set_xlabel("step of the episode")
+    ax.set_ylabel("mean |estimate - true| (scaled)")
+    ax.set_title("inferred context: every world's context redrawn at the dashed line", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def table(results: dict[str, dict[str, dict]]) -> str:

@@ -137,11 +137,12 @@ def test_the_comparison_script_and_a_context_change(pendulum_run, tmp_path, caps
     train_adaptation(pendulum_run, config)
     out = tmp_path / "adaptation.json"
     argv = [str(pendulum_run), "--worlds", "4", "--splits", "train", "interpolation",
-            "--change-at", "50", "--json", str(out)]  # fmt: skip
+            "--change-at", "50", "--json", str(out), "--plot", str(tmp_path / "c.png")]  # fmt: skip
     assert evaluate_adaptation.main(argv) == 0
     printed = capsys.readouterr().out
     assert "| train |" in printed and "| interpolation |" in printed
     assert "context changed after 50 steps" in printed
+    assert (tmp_path / "c.png").stat().st_size > 0
     result = json.loads(out.read_text())[str(pendulum_run)]
     assert set(result["train"]) >= {"true_return", "inferred_return", "nominal_return"}
     assert set(result["train"]["abs_error"]) == {"gravity", "mass", "length"}
