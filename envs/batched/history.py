@@ -87,14 +87,13 @@ class HistoryObservation:
         step = torch.cat([self._last, applied, reward.unsqueeze(-1), final], dim=-1)
         self.transitions = torch.cat([self.transitions[:, 1:], step.unsqueeze(1)], dim=1)
         self.valid = torch.cat([self.valid[:, 1:], torch.ones_like(self.valid[:, :1])], dim=1)
+        some_finished = info["final_observation"] is not obs
         final_obs = self._with_history(final)
-        done = terminated | truncated
-        if info["final_observation"] is obs:  # no world finished
-            self._last = obs["observation"].float()
-            info = {**info, "final_observation": final_obs}
+        info = {**info, "final_observation": final_obs}
+        self._last = obs["observation"].float()
+        if not some_finished:  # the same dict as obs, as the contract says
             return final_obs, reward, terminated, truncated, info
+        done = terminated | truncated
         self.transitions = self.transitions * ~done[:, None, None]
         self.valid = self.valid * ~done[:, None]
-        self._last = obs["observation"].float()
-        info = {**info, "final_observation": final_obs}
         return self._with_history(self._last), reward, terminated, truncated, info

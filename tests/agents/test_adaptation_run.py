@@ -40,20 +40,6 @@ import train_agent  # noqa: E402
 SMALL = ["--hyperparams", "n_steps:16", "batch_size:256", "history:4", "hidden:[32]"]
 
 
-@pytest.fixture(scope="module")
-def pendulum_run(tmp_path_factory):
-    """A barely trained PPO run on contextual Pendulum, with observation normalisation."""
-    run_dir = tmp_path_factory.mktemp("runs") / "pendulum"
-    args = TrainArgs(
-        algo="ppo", env="hyperrl/ContextualPendulum-v0",
-        hyperparams=["n_steps:64", "batch_size:64", "n_epochs:1", "normalize:true"],
-        timesteps=256, n_envs=2, eval_freq=0, save_freq=0, progress_bar=False,
-        tensorboard=False, run_dir=str(run_dir),
-    )  # fmt: skip
-    train(args)
-    return run_dir
-
-
 def test_adapt_writes_a_module_that_evaluate_runs_on(pendulum_run, tmp_path, capsys):
     argv = ["--adapt", str(pendulum_run), "-n", "1024", "--n-envs", "16", *SMALL,
             "--no-tensorboard", "--no-progress"]  # fmt: skip

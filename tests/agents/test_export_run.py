@@ -17,20 +17,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 import export_policy  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def pendulum_run(tmp_path_factory):
-    """PPO on contextual Pendulum with observation normalisation (folded into the export)."""
-    run_dir = tmp_path_factory.mktemp("runs") / "pendulum"
-    hyperparams = ["n_steps:64", "batch_size:64", "n_epochs:1", "normalize:true"]
-    args = TrainArgs(
-        algo="ppo", env="hyperrl/ContextualPendulum-v0", hyperparams=hyperparams,
-        timesteps=256, n_envs=2, eval_freq=0, save_freq=0, progress_bar=False,
-        tensorboard=False, run_dir=str(run_dir),
-    )  # fmt: skip
-    train(args)
-    return run_dir
-
-
 def test_the_exported_files_act_as_the_policy_in_that_context(pendulum_run, tmp_path, capsys):
     out = tmp_path / "export"
     argv = [str(pendulum_run), "--context", "gravity=14", "-o", str(out)]
