@@ -34,6 +34,7 @@ from agents.run_folder import atomic_save, save_on_stop
 from agents.safe_pickle import load_vecnormalize
 from envs.batched import BatchedContextualEnv, Obs
 from hyperrl.adaptation import AdaptationModule, TransitionHistory, transition
+from hyperrl.policies.recurrent import Memory, RecurrentActorCriticPolicy
 
 #: the file a run's adaptation module lives in
 ADAPTATION_FILE = "adaptation.pt"
@@ -109,13 +110,24 @@ class RunPolicy:
         bounds = (space.low, space.high) if isinstance(space, gym.spaces.Box) else (0.0, 0.0)
         self.low, self.high = (torch.as_tensor(b, dtype=torch.float32, device=device)
                                for b in bounds)  # fmt: skip
+        self.memory: Memory | None = None
+
+    def start_episodes(self) -> None:
+        """Before a new set of episodes: a recurrent policy forgets the worlds it acted on."""
+        self.memory = None
 
     @torch.no_grad()
     def act(self, obs: Obs, deterministic: bool = True) -> torch.Tensor:
-        """``(N, act_dim)`` env actions for raw observations (dict of ``(N, ...)``)."""
+        """``(N, act_dim)`` env actions for raw observations (dict of ``(N, ...)``); a recurrent
+        policy remembers the worlds from one call to the next, from :meth:`start_episodes` on."""
         obs = dict(obs)
         for key, (mean, std) in self.norm.items():
             obs[key] = ((obs[key].float() - mean) / std).clamp(-self.clip, self.clip)
+        if isinstance(self.policy, RecurrentActorCriticPolicy):
+            if self.memory is None:
+                self.memory = self.policy.initial_memory(next(iter(obs.values())).shape[0])
+            actions, _, _, self.memory = self.policy.step(obs, self.memory, deterministic)
+            return actions
         actions = self.policy._predict(obs, deterministic=deterministic)
         if getattr(self.policy, "squash_output", False):
             actions = self.low + (actions + 1.0) * (self.high - self.low) / 2
@@ -277,6 +289,11 @@ def train_adaptation(
     device = torch.device(device)
     torch.manual_seed(seed)
     model, run_config, run_dir, policy = _load(run, device)
+    if isinstance(model.policy, RecurrentActorCriticPolicy):
+        raise ValueError(
+            f"{run} holds a recurrent policy, which reads no context: there is none to infer "
+            "for it (its memory is its adaptation)"
+        )
     env = _batched_env(run_config, model, config.n_envs, config.split, device, seed)
     module = new_module(env, config).to(device)
     optimizer = torch.optim.Adam(module.parameters(), lr=config.learning_rate)
@@ -518,6 +535,7 @@ def play_batched(
             f"this env shows no context: only the 'true' source applies, not {source!r}"
         )
     obs = env.reset(seed=seed)
+    policy.start_episodes()
     estimator = None
     if module is not None:
         estimator = ContextEstimator(

@@ -10,6 +10,7 @@ from stable_baselines3 import A2C, PPO, SAC, TD3, HerReplayBuffer
 from stable_baselines3.common.base_class import BaseAlgorithm
 
 from hyperrl import HyperActorCriticPolicy, HyperSACPolicy, HyperTD3Policy
+from hyperrl.policies.recurrent import RecurrentActorCriticPolicy
 
 #: algo name -> (SB3 class, keyword defaults the name implies)
 ALGOS: dict[str, tuple[type[BaseAlgorithm], dict[str, Any]]] = {
@@ -28,6 +29,8 @@ POLICIES = {
     "concat": "concat",
     "none": "none",
     "mlp": None,
+    #: a GRU memory and no context (the baseline for unknown contexts; batched PPO only)
+    "recurrent": "recurrent",
 }
 
 _HYPER_CLASSES = {
@@ -82,9 +85,11 @@ def policy_for(
     space = env.observation_space
     if POLICIES[policy] is None:
         return ("MultiInputPolicy" if isinstance(space, gym.spaces.Dict) else "MlpPolicy"), {}
-    if algo not in _HYPER_CLASSES:
+    if algo not in _HYPER_CLASSES or (policy == "recurrent" and algo is not PPO):
         raise ValueError(f"--policy {policy} is not available for {algo.__name__}")
     keys = default_context_keys(space)
+    if policy == "recurrent":
+        return RecurrentActorCriticPolicy, {"context_keys": keys}
     if not keys and policy != "none":
         raise ValueError(
             f"--policy {policy} conditions on a context, but {env_id} has no 'context' (or goal) "

@@ -49,6 +49,7 @@ def _play(
     obs, info = env.reset(seed=seed, options=options)
     context = info.get("context", {})
     frames, total, length, done = [], 0.0, 0, False
+    memory, start = None, np.ones(1, dtype=bool)  # a recurrent policy's (others return None)
     while not done:
         if record:
             try:
@@ -57,7 +58,10 @@ def _play(
                 raise _render_hint(err) from None
             frames.append(caption(frame, _slug(context, sep="  ")))
         given = source.given(obs) if source is not None else obs
-        action, _ = model.predict(obs_filter(given), deterministic=True)
+        action, memory = model.predict(
+            obs_filter(given), state=memory, episode_start=start, deterministic=True
+        )
+        start = np.zeros(1, dtype=bool)
         next_obs, reward, terminated, truncated, info = env.step(action)
         total, length, done = total + float(reward), length + 1, terminated or truncated
         if source is not None:

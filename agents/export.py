@@ -28,6 +28,7 @@ from agents.run_config import load_run, statistics_dir
 from agents.run_folder import atomic_save, write_text
 from agents.safe_pickle import load_vecnormalize
 from hyperrl.export import ExportedActor, InferredActor, actor_net, export_actor
+from hyperrl.policies.recurrent import RecurrentActorCriticPolicy
 
 FORMATS = ("torch", "torchscript", "onnx")
 
@@ -82,6 +83,11 @@ def export_run(
     env, vec, obs_filter = _env_and_statistics(model, config, run_dir, model_path)
 
     policy = model.policy
+    if isinstance(policy, RecurrentActorCriticPolicy):
+        raise ValueError(
+            f"{model_path} has a recurrent policy: its actions depend on its memory, not on a "
+            "context to pin, and a plain feed-forward network cannot hold it"
+        )
     extractor = getattr(policy, "actor", policy).features_extractor
     if not hasattr(extractor, "context_keys"):
         raise ValueError(

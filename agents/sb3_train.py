@@ -36,6 +36,7 @@ from agents.run_folder import (
 from agents.safe_pickle import load_vecnormalize
 from hyperrl.policies import norm_obs_keys
 from hyperrl.policies.diagnostics import generated_weight_stats
+from hyperrl.policies.recurrent import RecurrentActorCriticPolicy
 
 
 class SplitEvalCallback(BaseCallback):
@@ -129,6 +130,12 @@ def _build(
             "hyperrl/ContextualFetchReach-v0, or --algo sac"
         )
     policy, policy_kwargs = policy_for(algo, run.policy, venv, args.env)
+    if policy is RecurrentActorCriticPolicy:  # SB3's PPO keeps no memory between steps
+        try:
+            where = f"--env {envs.batched_twin(args.env)}"
+        except ValueError:
+            where = "a hyperrl/Batched* env"
+        raise ValueError(f"--policy recurrent trains on the batched PPO only; use {where}")
     policy_kwargs |= config.pop("policy_kwargs", None) or {}
     if normalize:
         # every key but what the policy conditions on (a goal too): identical contexts must stay

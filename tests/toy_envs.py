@@ -172,3 +172,34 @@ class BatchedDrift(BatchedContextualEnv):
 
     def _observe(self):
         return self.x.clone()
+
+
+class BatchedCue(BatchedContextualEnv):
+    """A batched memory task: a cue of ±1 drawn per episode shows in the first observation only
+    (later ones show 0), and every step pays ``-|action - cue|``. A feed-forward policy can match
+    the cue on the first step alone (about ``-(episode_length - 1)`` per episode at best); a
+    policy with memory can match it on every step (0)."""
+
+    def __init__(self, num_envs: int, episode_length: int = 8, seed=0):
+        super().__init__(num_envs, None, "train", episode_length, "cpu", seed)
+        self.observation_space = spaces.Dict(
+            {"observation": spaces.Box(-1.0, 1.0, (2,), np.float32)}
+        )
+        self.action_space = spaces.Box(-1.0, 1.0, (1,), np.float32)
+        self.cue, self.first = torch.zeros(num_envs, 1), torch.ones(num_envs, 1)
+
+    def _reset_worlds(self, mask):
+        n = int(mask.sum())
+        self.cue[mask] = torch.randint(0, 2, (n, 1), generator=self.generator).float() * 2 - 1
+        self.first[mask] = 1.0
+
+    def _step_worlds(self, actions):
+        reward = -(actions.clamp(-1, 1) - self.cue).abs()[:, 0]
+        self.first = torch.zeros_like(self.first)
+        return reward, torch.zeros(self.num_envs, dtype=torch.bool)
+
+    def _observe(self):
+        return torch.cat([self.cue * self.first, self.first], dim=-1)
+
+    def _obs(self):
+        return {"observation": self._observe()}

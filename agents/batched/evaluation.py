@@ -20,6 +20,7 @@ def evaluate_batched(
     success, reports_success = torch.zeros_like(total), False
     live = torch.ones(worlds, dtype=torch.bool, device=env.device)
     algo.policy.set_training_mode(False)
+    algo.start_episodes()
     with torch.no_grad():
         for _ in range(env.max_episode_steps):
             actions = algo.act(obs, deterministic=True)

@@ -38,6 +38,7 @@ from envs.batched import BatchedContextualEnv, Obs
 from hyperrl import HyperActorCriticPolicy, HyperHead
 from hyperrl.functional import Runs, runs_grouping, split_runs
 from hyperrl.policies import contexts_grouped, norm_obs_keys
+from hyperrl.policies.recurrent import Memory, RecurrentActorCriticPolicy
 
 
 @dataclass
@@ -130,6 +131,11 @@ class DevicePPO(BatchedTrainer):
         }
         self.ret_norm = RunningNorm((), device)
         self.returns = torch.zeros(env.num_envs, device=device)
+        #: a recurrent policy's memory of the training worlds (none: a feed-forward policy)
+        self.memory: Memory | None = None
+        if isinstance(self.policy, RecurrentActorCriticPolicy):
+            self.memory = self.policy.initial_memory(env.num_envs)
+        self._acting_memory: Memory | None = None
 
     # --- rollout ---------------------------------------------------------------------------
 
@@ -167,9 +173,13 @@ class DevicePPO(BatchedTrainer):
             torch.empty(T, N, device=env.device) for _ in range(4)
         )
         self.policy.set_training_mode(False)
+        memory_at_start = self.memory
         for t in range(T):
             obs = self._normalize(self._obs, update=True)
-            actions, values, logp = self.policy(obs)
+            if self.memory is None:
+                actions, values, logp = self.policy(obs)
+            else:
+                actions, values, logp, self.memory = self.policy.step(obs, self.memory)
             # the env clips to its bounds; the buffer keeps the sampled action, as SB3 does
             next_obs, reward, terminated, truncated, info = env.step(actions)
             done = terminated | truncated
@@ -177,16 +187,18 @@ class DevicePPO(BatchedTrainer):
             reward = self._scale_reward(reward, done)
             if info["final_observation"] is not next_obs:  # some world finished this step
                 # a truncated episode goes on in value: bootstrap from its last observation
-                final_values = self.policy.predict_values(
+                final_values = self._values(
                     self._normalize(info["final_observation"], update=False)
-                ).flatten()
+                )
                 reward = reward + cfg.gamma * final_values * truncated
             for k in obs_buf:
                 obs_buf[k][t] = obs[k]
             actions_buf[t], logp_buf[t], values_buf[t] = actions, logp, values.flatten()
             rewards_buf[t], dones_buf[t] = reward, done.float()
             self._obs = next_obs
-        last_values = self.policy.predict_values(self._normalize(self._obs, update=False)).flatten()
+            if self.memory is not None:
+                self.memory = self.policy.forget(self.memory, done)
+        last_values = self._values(self._normalize(self._obs, update=False))
         advantages = gae(rewards_buf, values_buf, dones_buf, last_values, cfg.gamma, cfg.gae_lambda)
         self.num_timesteps += T * N * self.world_size  # every rank's steps
         return {
@@ -196,13 +208,33 @@ class DevicePPO(BatchedTrainer):
             "values": values_buf,
             "advantages": advantages,
             "returns": advantages + values_buf,
+            "dones": dones_buf,
+            "memory": memory_at_start,
         }
+
+    def _values(self, obs: Obs) -> torch.Tensor:
+        """``(N,)`` values of normalised observations (after :attr:`memory`, if recurrent)."""
+        if self.memory is None:
+            return self.policy.predict_values(obs).flatten()
+        return self.policy.step_values(obs, self.memory).flatten()
 
     @torch.no_grad()
     def act(self, obs: Obs, deterministic: bool = False) -> torch.Tensor:
         """``(N, act_dim)`` actions for raw observations (normalised here, not updating the
-        statistics)."""
-        return self.policy._predict(self._normalize(obs, update=False), deterministic)
+        statistics). A recurrent policy remembers the worlds it acts on from one call to the
+        next, from :meth:`start_episodes` on."""
+        obs = self._normalize(obs, update=False)
+        if self.memory is None:
+            return self.policy._predict(obs, deterministic)
+        if self._acting_memory is None:
+            self._acting_memory = self.policy.initial_memory(next(iter(obs.values())).shape[0])
+        actions, _, _, self._acting_memory = self.policy.step(
+            obs, self._acting_memory, deterministic
+        )
+        return actions
+
+    def start_episodes(self) -> None:
+        self._acting_memory = None
 
     # --- update ----------------------------------------------------------------------------
 
@@ -232,6 +264,8 @@ class DevicePPO(BatchedTrainer):
             k: [] for k in ("policy", "value", "entropy", "clip")
         }
         context_runs = self._context_runs(batch["obs"])
+        # a recurrent policy's memory starts over at the step after a done
+        starts = torch.cat([torch.zeros_like(batch["dones"][:1]), batch["dones"][:-1]])
         for _ in range(cfg.n_epochs):
             # drawn on the CPU: a minibatch's number of distinct contexts is then known there
             perm_host = torch.randperm(N)
@@ -248,8 +282,14 @@ class DevicePPO(BatchedTrainer):
                     for k in ("actions", "logp", "advantages", "returns")
                 }
                 obs = {k: env_major(v, worlds) for k, v in batch["obs"].items()}
-                with contexts_grouped(policy, groups):
-                    values, logp, entropy = policy.evaluate_actions(obs, mb["actions"])
+                if batch["memory"] is not None:
+                    memory = Memory(*(m[worlds] for m in batch["memory"]))
+                    values, logp, entropy = policy.evaluate_sequences(
+                        obs, mb["actions"], memory, env_major(starts, worlds)
+                    )
+                else:
+                    with contexts_grouped(policy, groups):
+                        values, logp, entropy = policy.evaluate_actions(obs, mb["actions"])
                 adv = mb["advantages"]
                 if cfg.normalize_advantage and adv.numel() > 1:
                     adv = (adv - adv.mean()) / (adv.std() + 1e-8)
@@ -292,6 +332,8 @@ class DevicePPO(BatchedTrainer):
             "norms": self.norm_state(),
             "run": self.run_state(),
         }
+        if self.memory is not None:  # the worlds go on mid-episode after a resume
+            state["memory"] = tuple(self.memory)
         atomic_save(run_dir / "trainer_state.pt", lambda tmp: torch.save(state, tmp))
         if self.obs_norm and cpu_env is not None:
             vec = self.vecnormalize(cpu_env)
@@ -312,6 +354,8 @@ class DevicePPO(BatchedTrainer):
             self.policy.optimizer.load_state_dict(state["optimizer"])
             self.load_norm_state(state["norms"])
             self.load_run_state(state.get("run"))
+            if self.memory is not None and "memory" in state:
+                self.memory = Memory(*state["memory"])
         elif vec_path.is_file():
             from agents.safe_pickle import load_vecnormalize
 

@@ -16,6 +16,7 @@ from hyperrl.policies.off_policy import (
     HyperSACPolicy,
     HyperTD3Policy,
 )
+from hyperrl.policies.recurrent import Memory, RecurrentActorCriticPolicy
 
 __all__ = [
     "GENERATOR_INPUTS",
@@ -31,6 +32,8 @@ __all__ = [
     "HyperActorCriticPolicy",
     "HyperSACPolicy",
     "HyperTD3Policy",
+    "Memory",
+    "RecurrentActorCriticPolicy",
     "contexts_grouped",
     "norm_obs_keys",
 ]
