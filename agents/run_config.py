@@ -172,7 +172,8 @@ class RunConfig:
 
     def write(self, run_dir: Path) -> None:
         """``run_dir/config.yml`` (atomically), and ``contexts.yml`` for an env with a context
-        space: its features with their nominal values, train ranges and held-out sets."""
+        space: its features with their nominal values, train ranges and held-out sets (and the
+        range the train split draws from instead, with ``env_kwargs: {train_ranges: ...}``)."""
         saved = {
             "algo": self.algo,
             "env": self.env,
@@ -188,8 +189,12 @@ class RunConfig:
         write_text(run_dir / "config.yml", yaml.safe_dump(saved, sort_keys=False))
         if envs.cpu_twin(self.env) in envs.ENVS:  # task suites have no context space
             space = envs.context_space(self.env)
+            if self.env_kwargs.get("train_ranges"):
+                space = space.with_train_ranges(self.env_kwargs["train_ranges"])
             contexts = {
-                f.name: {k: v for k, v in dataclasses.asdict(f).items() if k != "name"}
+                f.name: {
+                    k: v for k, v in dataclasses.asdict(f).items() if k != "name" and v is not None
+                }
                 for f in space.features
             }
             write_text(run_dir / "contexts.yml", yaml.safe_dump(contexts, sort_keys=False))

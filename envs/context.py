@@ -15,6 +15,7 @@ samplers therefore never draw a held-out context.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -34,6 +35,9 @@ class ContextFeature:
     :param holdout: ``(low, high)`` interpolation hole inside ``train`` (never trained on).
     :param bounds: ``(low, high)`` the values the env accepts at all; extrapolation lies in
         ``bounds`` outside ``train``.
+    :param train_override: ``(low, high)`` within ``bounds`` that the train split draws from
+        instead of its train values (a new task to fine-tune on, :meth:`ContextSpace.
+        with_train_ranges`); ``train``, the observation's scaling and the held-out splits stay.
     """
 
     name: str
@@ -41,6 +45,7 @@ class ContextFeature:
     train: tuple[float, float]
     holdout: tuple[float, float]
     bounds: tuple[float, float]
+    train_override: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         (b0, b1), (t0, t1), (h0, h1) = self.bounds, self.train, self.holdout
@@ -52,14 +57,25 @@ class ContextFeature:
             )
         if not b0 <= self.nominal <= b1:
             raise ValueError(f"feature {self.name!r}: nominal {self.nominal} outside {self.bounds}")
+        if self.train_override is not None:
+            lo, hi = self.train_override
+            if not b0 <= lo < hi <= b1:
+                raise ValueError(
+                    f"train range of {self.name!r} must be [low, high] with {b0} <= low < high "
+                    f"<= {b1} (its bounds), got {list(self.train_override)}"
+                )
 
     def split_of(self, value: float) -> str:
         if not self.train[0] <= value <= self.train[1]:
             return "extrapolation"
         return "interpolation" if self.holdout[0] <= value <= self.holdout[1] else "train"
 
-    def pieces(self, split: str) -> list[tuple[float, float]]:
-        """The non-empty ``(low, high)`` intervals of this feature's values in ``split``."""
+    def pieces(self, split: str, task: bool = True) -> list[tuple[float, float]]:
+        """The non-empty ``(low, high)`` intervals of this feature's values in ``split``; the
+        train split's are ``train_override`` when it is set, unless ``task`` is false (what the
+        held-out splits draw their other features from)."""
+        if split == "train" and task and self.train_override is not None:
+            return [self.train_override]
         (b0, b1), (t0, t1), (h0, h1) = self.bounds, self.train, self.holdout
         pieces = {
             "train": [(t0, h0), (h1, t1)],
@@ -68,9 +84,10 @@ class ContextFeature:
         }[split]
         return [(lo, hi) for lo, hi in pieces if hi > lo]
 
-    def sample(self, rng: np.random.Generator, split: str) -> float:
-        """A value of this feature alone in ``split``, uniformly over the split's length."""
-        pieces = self.pieces(split)
+    def sample(self, rng: np.random.Generator, split: str, task: bool = True) -> float:
+        """A value of this feature alone in ``split``, uniformly over the split's length
+        (``task``: as :meth:`pieces`)."""
+        pieces = self.pieces(split, task)
         if not pieces:
             raise ValueError(f"feature {self.name!r} has no {split} values (bounds == train)")
         lengths = np.array([hi - lo for lo, hi in pieces])
@@ -106,6 +123,35 @@ class ContextSpace:
             raise ValueError(f"unknown {family} features {unknown}; choose from {list(catalogue)}")
         return cls([catalogue[f] for f in names])
 
+    def with_train_ranges(self, ranges: Mapping[str, Sequence[float]]) -> ContextSpace:
+        """This space with the train split drawing the features of ``ranges`` (name ->
+        ``[low, high]``, within the feature's bounds) from those ranges: a new task, e.g. target
+        velocities beyond those pretrained on, for ``--init-from``. The observation's scaling
+        and the held-out splits stay this space's, so a pretrained policy reads the new task's
+        contexts as it read the old ones.
+
+        :raises ValueError: for an unknown feature or a range that is not ``[low, high]``
+            within the feature's bounds."""
+        if not isinstance(ranges, Mapping):
+            raise ValueError(f"train_ranges takes {{feature: [low, high]}}, got {ranges!r}")
+        unknown = [n for n in ranges if n not in self.by_name]
+        if unknown:
+            raise ValueError(
+                f"train_ranges names unknown context features {unknown}; this env's are "
+                f"{list(self.names)}"
+            )
+        features = []
+        for f in self.features:
+            if f.name in ranges:
+                given = ranges[f.name]
+                if not isinstance(given, Sequence) or isinstance(given, str) or len(given) != 2:
+                    raise ValueError(
+                        f"train range of {f.name!r} must be [low, high], got {given!r}"
+                    )
+                f = dataclasses.replace(f, train_override=(float(given[0]), float(given[1])))
+            features.append(f)
+        return ContextSpace(features)
+
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(self.by_name)
@@ -121,6 +167,7 @@ class ContextSpace:
         parts = ", ".join(
             f"{f.name}: nominal {f.nominal}, train {f.train}, holdout {f.holdout}, "
             f"bounds {f.bounds}"
+            + (f", train draws from {f.train_override}" if f.train_override else "")
             for f in self.features
         )
         return f"ContextSpace({parts})"
@@ -169,7 +216,7 @@ class ContextSpace:
         is drawn from its held-out values and the others from their train values."""
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
-        context = {f.name: f.sample(rng, "train") for f in self.features}
+        context = {f.name: f.sample(rng, "train", task=split == "train") for f in self.features}
         if split != "train":
             candidates = [
                 f for f in self.features if f.bounds != f.train or split != "extrapolation"

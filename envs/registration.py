@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -131,6 +133,32 @@ BATCHED_ENVS: dict[str, BatchedSpec] = {
 }
 
 
+def _class(entry_point: str) -> type:
+    module, name = entry_point.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _train_on(env: Any, env_id: str, train_ranges: Mapping[str, Any] | None) -> None:
+    """``train_ranges`` (feature -> ``[low, high]``): the env's train split draws those
+    features from there (:meth:`~envs.context.ContextSpace.with_train_ranges`)."""
+    if train_ranges is None:
+        return
+    if getattr(env, "context_space", None) is None:
+        raise ValueError(f"{env_id} has no context features; drop train_ranges")
+    env.context_space = env.context_space.with_train_ranges(train_ranges)
+
+
+def make_contextual(
+    entry_point: str, train_ranges: Mapping[str, Any] | None = None, **kwargs: Any
+) -> gym.Env:
+    """What ``gym.make`` calls for the envs of :data:`ENVS`: the class of ``entry_point`` with
+    ``kwargs``; ``train_ranges={feature: [low, high]}`` makes its train split draw those features
+    from there (a new task), the observation's scaling and held-out splits unchanged."""
+    env = _class(entry_point)(**kwargs)
+    _train_on(env, entry_point, train_ranges)
+    return env
+
+
 def make_batched(
     env_id: str,
     num_envs: int,
@@ -141,16 +169,16 @@ def make_batched(
 ):
     """Build a batched env of :data:`BATCHED_ENVS` with ``num_envs`` worlds on ``device``;
     ``history=k`` shows the last ``k`` transitions in place of the context
-    (:class:`~envs.batched.history.HistoryObservation`)."""
-    import importlib
-
+    (:class:`~envs.batched.history.HistoryObservation`); ``train_ranges={feature: [low, high]}``
+    makes the train split draw those features from there (as :func:`make_contextual`)."""
     if env_id not in BATCHED_ENVS:
         raise ValueError(f"{env_id!r} is not a batched env; choose one of {sorted(BATCHED_ENVS)}")
     history = kwargs.pop("history", None)
+    train_ranges = kwargs.pop("train_ranges", None)
     spec = BATCHED_ENVS[env_id]
-    module, name = spec.entry_point.split(":")
-    cls = getattr(importlib.import_module(module), name)
+    cls = _class(spec.entry_point)
     env = cls(num_envs=num_envs, split=split, device=device, seed=seed, **(spec.kwargs | kwargs))
+    _train_on(env, env_id, train_ranges)
     if history is None:
         return env
     from envs.batched.history import HistoryObservation
@@ -208,7 +236,11 @@ def register_envs() -> None:
     """Register every env of :data:`ENVS` and :data:`TASK_SUITES` (idempotent)."""
     for env_id, spec in ENVS.items():
         if env_id not in gym.registry:
-            gym.register(env_id, entry_point=spec.entry_point, kwargs=dict(spec.kwargs))
+            gym.register(
+                env_id,
+                entry_point=make_contextual,
+                kwargs={"entry_point": spec.entry_point, **spec.kwargs},
+            )
     for env_id, kwargs in TASK_SUITES.items():
         if env_id not in gym.registry:
             gym.register(

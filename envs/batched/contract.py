@@ -52,7 +52,7 @@ def sample_contexts(
         raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
     out = torch.empty(n, len(space), dtype=torch.float64)
     for i, f in enumerate(space.features):
-        out[:, i] = _sample_pieces(f.pieces("train"), n, generator)
+        out[:, i] = _sample_pieces(f.pieces("train", task=split == "train"), n, generator)
     if split != "train":
         held = [i for i, f in enumerate(space.features) if f.pieces(split)]
         if not held:

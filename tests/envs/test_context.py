@@ -60,3 +60,33 @@ def test_grid():
     grid = SPACE.grid(points=4)
     assert len(grid) == 16 and grid[0] == {"gravity": 2.5, "mass": 0.25}
     assert all(c["mass"] == 1.0 for c in SPACE.grid(points=3, names=["gravity"]))
+
+
+def test_train_ranges_move_the_train_split_only():
+    task = SPACE.with_train_ranges({"gravity": [20.0, 25.0]})
+    rng = np.random.default_rng(0)
+    train = [task.sample(rng, "train") for _ in range(1000)]
+    g = np.array([c["gravity"] for c in train])
+    assert g.min() >= 20.0 and g.max() <= 25.0 and g.max() - g.min() > 4.5
+    mass = np.array([c["mass"] for c in train])  # the other feature keeps its train values
+    assert mass.min() >= 0.5 and mass.max() <= 1.5 and not np.any((mass > 0.9) & (mass < 1.1))
+    held_out = [task.sample(rng, "interpolation") for _ in range(500)]
+    assert {SPACE.split_of(c) for c in held_out} == {"interpolation"}
+    # the observation reads a context as the pretrained space did
+    assert np.array_equal(task.to_array({"gravity": 22.0, "mass": 1.0}),
+                          SPACE.to_array({"gravity": 22.0, "mass": 1.0}))  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("ranges", "match"),
+    [
+        ({"gravty": [1.0, 2.0]}, r"unknown context features \['gravty'\].*'gravity', 'mass'"),
+        ({"gravity": [20.0, 30.0]}, r"low < high <= 25.0 \(its bounds\), got \[20.0, 30.0\]"),
+        ({"gravity": [9.0, 8.0]}, "low < high"),
+        ({"gravity": 9.0}, r"must be \[low, high\]"),
+        ([("gravity", [1.0, 2.0])], r"takes \{feature: \[low, high\]\}"),
+    ],
+)
+def test_bad_train_ranges_name_the_problem(ranges, match):
+    with pytest.raises(ValueError, match=match):
+        SPACE.with_train_ranges(ranges)

@@ -184,3 +184,26 @@ def test_fixed_list_of_contexts():
     assert drawn == {(6.0, 1.0, 1.0), (14.0, 1.2, 1.0)}
     with pytest.raises(ValueError, match="unknown context features"):
         gym.make("hyperrl/ContextualPendulum-v0", contexts=[{"g": 1.0}])
+
+
+def test_train_ranges_reach_the_gym_and_batched_envs():
+    """``env_kwargs: {train_ranges: ...}``: the train split of both kinds of env draws from the
+    new range, the observation scales a context as before, envs without context refuse it."""
+    ranges = {"gravity": [20.0, 24.0]}
+    env = gym.make("hyperrl/ContextualPendulum-v0", train_ranges=ranges)
+    plain = gym.make("hyperrl/ContextualPendulum-v0")
+    drawn = []
+    for seed in range(20):
+        obs, info = env.reset(seed=seed)
+        drawn.append(info["context"]["gravity"])
+        pinned, _ = plain.reset(options={"context": info["context"]})
+        assert np.allclose(obs["context"], pinned["context"])
+    assert min(drawn) >= 20.0 and max(drawn) <= 24.0
+    batched = envs.make_batched("hyperrl/TorchPendulum-v0", 64, train_ranges=ranges, seed=0)
+    batched.reset(seed=0)
+    gravity = batched.contexts[:, batched.context_names.index("gravity")]
+    assert gravity.min() >= 20.0 and gravity.max() <= 24.0
+    with pytest.raises(ValueError, match="unknown context features"):
+        envs.make_batched("hyperrl/TorchPendulum-v0", 2, train_ranges={"gravty": [1, 2]})
+    with pytest.raises(ValueError, match="has no context features; drop train_ranges"):
+        envs.make_batched("hyperrl/BatchedFetchMultiTask-v0", 2, train_ranges=ranges)

@@ -444,6 +444,9 @@ class _Controller:
     def set_training_mode(self, mode):
         pass
 
+    def start_episodes(self):
+        pass
+
     def act(self, obs, deterministic):
         move = (self.env.goals - obs["observation"][:, :3]) / 0.05 * self.gains
         return torch.cat([move.clamp(-1, 1), torch.zeros_like(move[:, :1])], -1)
