@@ -17,9 +17,15 @@ class RunningNorm:
         self.mean = torch.zeros(shape, dtype=torch.float64, device=device)
         self.var = torch.ones(shape, dtype=torch.float64, device=device)
         self.count = torch.tensor(epsilon, dtype=torch.float64, device=device)
+        #: when set, :meth:`update` keeps the statistics as they are (e.g. across the tasks of
+        #: continual learning, so earlier tasks' observations keep their scale)
+        self.frozen = False
 
     def update(self, x: torch.Tensor) -> None:
-        """Fold in a batch; under ``torch.distributed``, the batches of every rank."""
+        """Fold in a batch (unless :attr:`frozen`); under ``torch.distributed``, the batches of
+        every rank."""
+        if self.frozen:
+            return
         x = x.reshape(-1, *self.mean.shape).double()
         moments = torch.stack([torch.full_like(self.mean, x.shape[0]), x.sum(0), (x**2).sum(0)])
         if distributed():

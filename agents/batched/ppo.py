@@ -21,6 +21,7 @@ During the rollout the policies reuse the heads generated at the first step unti
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -136,6 +137,9 @@ class DevicePPO(BatchedTrainer):
         if isinstance(self.policy, RecurrentActorCriticPolicy):
             self.memory = self.policy.initial_memory(env.num_envs)
         self._acting_memory: Memory | None = None
+        #: a loss added to every minibatch's (e.g. continual learning's output regulariser,
+        #: :class:`hyperrl.continual.OutputRegulariser`), logged as ``train/regulariser``
+        self.regulariser: Callable[[], torch.Tensor] | None = None
 
     # --- rollout ---------------------------------------------------------------------------
 
@@ -263,6 +267,8 @@ class DevicePPO(BatchedTrainer):
         stats: dict[str, list[torch.Tensor]] = {
             k: [] for k in ("policy", "value", "entropy", "clip")
         }
+        if self.regulariser is not None:
+            stats["regulariser"] = []
         context_runs = self._context_runs(batch["obs"])
         # a recurrent policy's memory starts over at the step after a done
         starts = torch.cat([torch.zeros_like(batch["dones"][:1]), batch["dones"][:-1]])
@@ -299,6 +305,10 @@ class DevicePPO(BatchedTrainer):
                 value_loss = torch.nn.functional.mse_loss(mb["returns"], values.flatten())
                 entropy_loss = -entropy.mean() if entropy is not None else -(-logp).mean()
                 loss = policy_loss + cfg.ent_coef * entropy_loss + cfg.vf_coef * value_loss
+                if self.regulariser is not None:
+                    penalty = self.regulariser()
+                    loss = loss + penalty
+                    stats["regulariser"].append(penalty.detach())
                 descend(optimizer, loss, policy.parameters(), cfg.max_grad_norm)
                 stats["policy"].append(policy_loss.detach())
                 stats["value"].append(value_loss.detach())
@@ -316,7 +326,9 @@ class DevicePPO(BatchedTrainer):
         return {
             **self.episodes.read(),
             **{
-                f"train/{k}_loss" if k != "clip" else "train/clip_fraction": float(v)
+                {"clip": "train/clip_fraction", "regulariser": "train/regulariser"}.get(
+                    k, f"train/{k}_loss"
+                ): float(v)
                 for k, v in losses.items()
             },
         }

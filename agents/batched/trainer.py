@@ -203,10 +203,9 @@ class BatchedTrainer(ABC):
     def act(self, obs: Obs, deterministic: bool = False) -> torch.Tensor:
         """``(N, *action_shape)`` env actions for raw observations (dict of ``(N, ...)``)."""
 
-    def start_episodes(self) -> None:
+    def start_episodes(self) -> None:  # noqa: B027 - a hook, empty for most trainers
         """Before :meth:`act` is called on a new set of episodes: a policy with memory forgets
         what it acted on before (nothing to do for a feed-forward one)."""
-        return None
 
     @abstractmethod
     def restore(self, run_dir: str | Path) -> None:
