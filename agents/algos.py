@@ -88,8 +88,9 @@ def policy_for(
     if algo not in _HYPER_CLASSES or (policy == "recurrent" and algo is not PPO):
         raise ValueError(f"--policy {policy} is not available for {algo.__name__}")
     keys = default_context_keys(space)
-    if policy == "recurrent":
-        return RecurrentActorCriticPolicy, {"context_keys": keys}
+    if policy == "recurrent":  # it reads everything but the context (a goal included)
+        hidden = ("context",) if "context" in keys else ()
+        return RecurrentActorCriticPolicy, {"context_keys": hidden}
     if not keys and policy != "none":
         raise ValueError(
             f"--policy {policy} conditions on a context, but {env_id} has no 'context' (or goal) "

@@ -39,7 +39,7 @@ from agents.batched.evaluation import evaluate_batched
 from agents.batched.ppo import DevicePPO, DevicePPOConfig
 from agents.batched.train import build
 from agents.config import resolve
-from agents.init_from import apply_freeze
+from agents.init_from import apply_freeze, frozen_parameters
 from agents.run_folder import atomic_save, save_on_stop, write_text
 from envs.batched import sample_contexts, scale_contexts
 from hyperrl.continual import OutputRegulariser
@@ -165,12 +165,18 @@ def train_sequence(
     resume: bool = False,
 ) -> dict[str, Any]:
     """Learn ``config.tasks`` in order (see the module docstring); returns what
-    ``results.json`` holds: ``tasks``, ``returns`` (row ``i``: every task's return after task
-    ``i``; tasks not yet trained included, as zero-shot transfer), ``retention`` (final return on
-    each task over its return right after it was learned) and ``drift`` (how far the kept
-    generator outputs moved, per task)."""
+    ``results.json`` holds: ``tasks``, ``before`` (the untrained policy's return on each task),
+    ``returns`` (row ``i``: every task's return after task ``i``; tasks not yet trained
+    included, as zero-shot transfer), ``retention`` (the share of each task's gain over
+    ``before`` left at the end) and ``drift`` (how far the kept generator outputs moved, per
+    task). ``resume`` continues the run in ``run_dir`` with its own seed (``seed`` is then
+    ignored)."""
     run_dir = Path(run_dir)
-    if not resume and run_dir.exists() and any(run_dir.iterdir()):
+    saved = None
+    if resume:
+        saved = _read_state(run_dir)
+        seed = int(saved["seed"])
+    elif run_dir.exists() and any(run_dir.iterdir()):
         raise ValueError(f"{run_dir} is not empty; pick a new folder or pass --resume")
     preset = resolve(config.env, "ppo", DevicePPOConfig, None, dict(config.hyperparams))
     preset.pop("policy", None)
@@ -179,6 +185,14 @@ def train_sequence(
     preset.pop("n_envs", None)
     algo = build(config.env, preset, n_envs, config.policy, device, seed, "ppo")
     assert isinstance(algo, DevicePPO)
+    if config.freeze_trunk:  # refused now rather than after the first task
+        try:
+            frozen_parameters(algo.policy, "trunk")
+        except ValueError:
+            raise ValueError(
+                f"freeze_trunk needs a policy with trunk layers (hyper, lowrank_hyper, film, "
+                f"concat), not --policy {config.policy}; set freeze_trunk: false (--no-freeze)"
+            ) from None
     regulariser = OutputRegulariser(algo.policy, config.beta) if config.beta > 0 else None
     algo.regulariser = regulariser.penalty if regulariser is not None else None
     base_space = algo.env.context_space
@@ -196,10 +210,10 @@ def train_sequence(
     def evaluate() -> list[float]:
         return [evaluate_batched(algo, env, seed=seed + 1000)["return"] for env in eval_envs]
 
-    if resume:
-        state = _resume(run_dir, algo, regulariser, config)
+    if saved is not None:
+        state = _resume(run_dir, saved, algo, regulariser, config)
     else:  # the untrained policy's returns: where each task starts from
-        state = {"task": 0, "steps_in_task": 0, "returns": [], "before": evaluate()}
+        state = {"seed": seed, "task": 0, "steps_in_task": 0, "returns": [], "before": evaluate()}
     for k in range(state["task"], len(config.tasks)):
         task = config.tasks[k]
         algo.env.context_space = spaces[k]
@@ -246,19 +260,30 @@ def _save(run_dir: Path, algo: DevicePPO, regulariser, state: dict[str, Any], cp
     atomic_save(run_dir / STATE_FILE, lambda tmp: torch.save(saved, tmp))
 
 
-def _resume(run_dir: Path, algo: DevicePPO, regulariser, config: SequenceConfig):
+def _read_state(run_dir: Path) -> dict[str, Any]:
     path = run_dir / STATE_FILE
     if not path.is_file():
         raise ValueError(f"{run_dir} has no {STATE_FILE}: nothing to resume")
     try:
-        state = torch.load(path, map_location=algo.env.device, weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unreadable file gets the same line
         raise ValueError(f"{path} is corrupt ({type(err).__name__}); start a new run") from None
+
+
+def _resume(
+    run_dir: Path, state: dict[str, Any], algo: DevicePPO, regulariser, config: SequenceConfig
+) -> dict[str, Any]:
     algo.restore(run_dir / "current")
     if state["task"] > 0:
         _freeze_after_first(algo, config)
     if regulariser is not None and state.get("regulariser"):
-        regulariser.load_state_dict(state["regulariser"])
+        device = algo.env.device
+        regulariser.load_state_dict(
+            {"beta": state["regulariser"]["beta"],
+             "anchors": [(c.to(device), [o.to(device) for o in outputs])
+                         for c, outputs in state["regulariser"]["anchors"]]}
+        )  # fmt: skip
+    state.pop("regulariser", None)
     return state
 
 

@@ -81,9 +81,9 @@ class OutputRegulariser:
     def load_state_dict(self, state: dict) -> None:
         """:raises ValueError: when the stored outputs do not fit these heads."""
         anchors = [(c, list(o)) for c, o in state["anchors"]]
+        expected = [h.generator.target.num_params for h in self.heads]
         for _, outputs in anchors:
             widths = [o.shape[-1] for o in outputs]
-            expected = [h.generator.target.num_params for h in self.heads]
             if widths != expected:
                 raise ValueError(
                     f"the stored generator outputs have widths {widths}, this policy's heads "

@@ -168,6 +168,8 @@ class DevicePPO(BatchedTrainer):
         cfg, env, T, N = self.config, self.env, self.config.n_steps, self.env.num_envs
         if self._obs is None:
             self._obs = env.reset(seed=self.seed + 1000 * self.rank)
+            if self.memory is not None:  # every world starts an episode
+                self.memory = self.policy.initial_memory(N)
             if cfg.stagger_episodes:
                 env.stagger_episodes(granularity=cfg.n_steps)
                 self.episodes.skip_current()  # cut short: they would bias ep_rew_mean low

@@ -144,12 +144,15 @@ class RecurrentActorCriticPolicy(ActorCriticPolicy):
         hidden = self.gru(torch.cat([self._observed(obs), memory.action], dim=-1), memory.hidden)
         return self.value_net(self.mlp_extractor.forward_critic(hidden))
 
-    def forward(self, obs: PyTorchObs, deterministic: bool = False):
+    def forward(self, *args: Any, **kwargs: Any):
         raise TypeError(
             "a recurrent policy acts with step(obs, memory) (batched) or predict(obs, state, "
             "episode_start) and trains on the batched PPO (train_agent.py --env "
             "hyperrl/Batched...-v0 --policy recurrent)"
         )
+
+    # SB3's memoryless entry points would feed the observation where the memory goes
+    _predict = evaluate_actions = get_distribution = predict_values = forward
 
     def predict(
         self,

@@ -65,7 +65,7 @@ def test_the_regulariser_holds_the_first_tasks_generated_heads(tmp_path):
 
 
 def test_an_interrupted_sequence_continues_where_it_stopped(tmp_path, monkeypatch):
-    config = SequenceConfig.from_dict(SMALL | {"beta": 1.0})
+    config = SequenceConfig.from_dict(SMALL | {"beta": 1.0, "steps_per_task": 512})
     learn, calls = DevicePPO.learn, []
 
     def stop_in_the_second_task(self, steps, **kwargs):
@@ -79,12 +79,19 @@ def test_an_interrupted_sequence_continues_where_it_stopped(tmp_path, monkeypatc
     with pytest.raises(TrainingInterruptedError):
         train_sequence(config, tmp_path / "run", seed=0)
     monkeypatch.setattr(DevicePPO, "learn", learn)
-    assert train_continual.main(["--resume", str(tmp_path / "run"), "--no-progress"]) == 0
+    # another --seed is ignored: the run goes on with its own
+    assert train_continual.main(["--resume", str(tmp_path / "run"), "--seed", "7",
+                                 "--no-progress"]) == 0  # fmt: skip
     results = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert len(results["returns"]) == 2
+    assert len(results["returns"]) == 2 and len(results["before"]) == 2
+    assert len(results["drift"]) == 2  # the first task's anchors came back with the state
     # the second task went on for the steps it had left, not from its start
     model = PPO.load(tmp_path / "run" / "current" / "model.zip", device="cpu")
-    assert model.num_timesteps == 2 * 256
+    assert model.num_timesteps == 2 * 512
+    # and its trunk stayed frozen after the resume
+    first, last = (_trunk(tmp_path / "run", n) for n in ("after_0_low", "current"))
+    assert all(torch.equal(first[k], last[k]) for k in first)
+    assert torch.load(tmp_path / "run" / "continual.pt", weights_only=True)["seed"] == 0
 
 
 @pytest.mark.parametrize(
@@ -119,3 +126,6 @@ def test_the_script_reports_bad_input_in_one_line(tmp_path, capsys):
     with pytest.raises(ValueError, match="--policy hyper or lowrank_hyper"):
         train_sequence(config, tmp_path / "concat")
     assert not (tmp_path / "concat").exists()
+    config = SequenceConfig.from_dict(SMALL | {"policy": "mlp", "beta": 0.0})
+    with pytest.raises(ValueError, match="freeze_trunk needs a policy with trunk layers"):
+        train_sequence(config, tmp_path / "mlp")

@@ -54,6 +54,19 @@ def test_the_update_replays_each_rollout_from_the_memory_it_started_with():
         assert torch.allclose(values.flatten(), env_major(batch["values"], worlds), atol=1e-4)
 
 
+def test_the_update_sees_the_rollouts_probabilities_in_shuffled_minibatches():
+    """With a zero learning rate every minibatch of every epoch (worlds shuffled) must recompute
+    the log-probabilities the rollout stored: a clip range of 1e-4 then clips nothing. A memory
+    taken from the wrong world or step, or episode starts off by one, would."""
+    algo = _cue_trainer(RecurrentActorCriticPolicy, {"context_keys": (), "memory_size": 16},
+                        n_steps=10, n_minibatches=4, n_epochs=2, learning_rate=0.0,
+                        clip_range=1e-4)  # fmt: skip
+    for _ in range(3):
+        batch = algo.collect()
+        assert batch["dones"][:-1].any()
+        assert float(algo.update(batch)["clip"]) == 0.0
+
+
 def test_it_learns_to_remember_a_cue_that_a_feed_forward_policy_cannot():
     torch.set_num_threads(1)
     returns = {}

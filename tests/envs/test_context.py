@@ -70,8 +70,9 @@ def test_train_ranges_move_the_train_split_only():
     assert g.min() >= 20.0 and g.max() <= 25.0 and g.max() - g.min() > 4.5
     mass = np.array([c["mass"] for c in train])  # the other feature keeps its train values
     assert mass.min() >= 0.5 and mass.max() <= 1.5 and not np.any((mass > 0.9) & (mass < 1.1))
-    held_out = [task.sample(rng, "interpolation") for _ in range(500)]
-    assert {SPACE.split_of(c) for c in held_out} == {"interpolation"}
+    for split in ("interpolation", "extrapolation"):
+        held_out = [task.sample(rng, split) for _ in range(500)]
+        assert {SPACE.split_of(c) for c in held_out} == {split}
     # the observation reads a context as the pretrained space did
     assert np.array_equal(task.to_array({"gravity": 22.0, "mass": 1.0}),
                           SPACE.to_array({"gravity": 22.0, "mass": 1.0}))  # fmt: skip

@@ -203,6 +203,12 @@ def test_train_ranges_reach_the_gym_and_batched_envs():
     batched.reset(seed=0)
     gravity = batched.contexts[:, batched.context_names.index("gravity")]
     assert gravity.min() >= 20.0 and gravity.max() <= 24.0
+    space = envs.context_space("hyperrl/ContextualPendulum-v0")
+    for split in ("interpolation", "extrapolation"):  # the held-out splits stay the env's
+        held = envs.make_batched("hyperrl/TorchPendulum-v0", 256, split, train_ranges=ranges)
+        held.reset(seed=0)
+        drawn = [dict(zip(held.context_names, c.tolist(), strict=True)) for c in held.contexts]
+        assert {space.split_of(c) for c in drawn} == {split}
     with pytest.raises(ValueError, match="unknown context features"):
         envs.make_batched("hyperrl/TorchPendulum-v0", 2, train_ranges={"gravty": [1, 2]})
     with pytest.raises(ValueError, match="has no context features; drop train_ranges"):
