@@ -10,6 +10,7 @@ from stable_baselines3 import A2C, PPO, SAC, TD3, HerReplayBuffer
 from stable_baselines3.common.base_class import BaseAlgorithm
 
 from hyperrl import HyperActorCriticPolicy, HyperSACPolicy, HyperTD3Policy
+from hyperrl.policies.architecture import ArchitectureActorCriticPolicy
 from hyperrl.policies.recurrent import RecurrentActorCriticPolicy
 
 #: algo name -> (SB3 class, keyword defaults the name implies)
@@ -31,7 +32,12 @@ POLICIES = {
     "mlp": None,
     #: a GRU memory and no context (the baseline for unknown contexts; batched PPO only)
     "recurrent": "recurrent",
+    #: one generator for a family of actor sizes (architecture generation; batched PPO only)
+    "architecture": "architecture",
 }
+
+#: --policy names that train on the batched PPO only (SB3's PPO cannot drive them)
+BATCHED_ONLY = ("recurrent", "architecture")
 
 _HYPER_CLASSES = {
     PPO: HyperActorCriticPolicy,
@@ -85,12 +91,14 @@ def policy_for(
     space = env.observation_space
     if POLICIES[policy] is None:
         return ("MultiInputPolicy" if isinstance(space, gym.spaces.Dict) else "MlpPolicy"), {}
-    if algo not in _HYPER_CLASSES or (policy == "recurrent" and algo is not PPO):
+    if algo not in _HYPER_CLASSES or (policy in BATCHED_ONLY and algo is not PPO):
         raise ValueError(f"--policy {policy} is not available for {algo.__name__}")
     keys = default_context_keys(space)
     if policy == "recurrent":  # it reads everything but the context (a goal included)
         hidden = ("context",) if "context" in keys else ()
         return RecurrentActorCriticPolicy, {"context_keys": hidden}
+    if policy == "architecture":
+        return ArchitectureActorCriticPolicy, {"context_keys": keys}
     if not keys and policy != "none":
         raise ValueError(
             f"--policy {policy} conditions on a context, but {env_id} has no 'context' (or goal) "

@@ -28,6 +28,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 
 import envs
 from agents.adaptation import CONTEXT_SOURCES, SingleEnvSource, load_adaptation
+from agents.architecture import MemberObservation, space_of
 from agents.run_config import load_run, spaces_of, statistics_dir
 from agents.safe_pickle import load_vecnormalize
 
@@ -137,6 +138,7 @@ def evaluate_run(
     seed: int = 10_000,
     pinned: dict[str, float] | None = None,
     context_source: str = "true",
+    member: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a run folder (or its ``model.zip``/``best_model.zip``); returns the summary.
 
@@ -148,6 +150,8 @@ def evaluate_run(
         ``inferred`` (the run's adaptation module, from the episode so far) or ``nominal`` (the
         centre of the train range); other than ``true``, the files are
         ``eval_<source>.json/.csv/.png``.
+    :param member: for a ``--policy architecture`` run, the member to act with (its hidden
+        widths; default: the largest); the files are then ``eval_member_<w1>-<w2>...``.
     """
     if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
         raise ValueError(f"-n/--episodes must be a positive integer, got {episodes!r}")
@@ -165,6 +169,7 @@ def evaluate_run(
             f"{run_dir} trained on history observations, which only its batched env makes; "
             f"evaluate it there: python scripts/evaluate_adaptation.py {run_dir}"
         )
+    wrap = _member_wrapper(config, member)
     module = load_adaptation(run_dir) if context_source == "inferred" else None
     env_id = envs.cpu_twin(config.env)  # a batched env is evaluated on its CPU twin
     env_kwargs = envs.twin_kwargs(config.env, config.env_kwargs)
@@ -211,7 +216,7 @@ def evaluate_run(
         if split not in made:
             by_split = split not in ("grid", "pinned") and len(envs.splits_of(env_id)) > 1
             kwargs = env_kwargs | ({"split": split} if by_split else {})
-            made[split] = gym.make(env_id, **kwargs)
+            made[split] = wrap(gym.make(env_id, **kwargs))
             check_spaces(model, made[split], model_path, env_id)
             if context_source != "true":
                 sources[split] = SingleEnvSource(context_source, module, made[split])
@@ -247,10 +252,25 @@ def evaluate_run(
         "episodes": rows,
     }
     stem = "eval" if context_source == "true" else f"eval_{context_source}"
+    if member is not None:
+        result["member"] = list(member)
+        stem += "_member_" + "-".join(map(str, member))
     (out / f"{stem}.json").write_text(json.dumps(result, indent=2))
     _write_csv(out / f"{stem}.csv", rows)
     _plot(out / f"{stem}.png", rows, env_id, grid_features if grid else None)
     return result
+
+
+def _member_wrapper(config: Any, member: Sequence[int] | None):
+    """How the CPU env is wrapped for this run: with the member to act with for an
+    architecture run (default: its largest), as it is otherwise."""
+    if config.policy != "architecture":
+        if member is not None:
+            raise ValueError(f"--member is for --policy architecture runs, not {config.policy}")
+        return lambda env: env
+    space = space_of(config.hyperparams.get("policy_kwargs") or {})
+    chosen = space.check(member if member is not None else space.largest)
+    return lambda env: MemberObservation(env, space, chosen)
 
 
 def _write_video(path: Path, frames: list[np.ndarray], fps: int) -> None:

@@ -21,7 +21,7 @@ from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize, sync_envs_normalization
 
 import envs
-from agents.algos import GOAL_KEYS, algo_class, policy_for
+from agents.algos import BATCHED_ONLY, GOAL_KEYS, algo_class, policy_for
 from agents.config import parse_overrides, resolve
 from agents.init_from import InitFrom, apply_freeze, check_normalisation, initialise, load_source
 from agents.run_config import RunConfig, TrainArgs, load_model, make_envs, read_run_config
@@ -36,7 +36,6 @@ from agents.run_folder import (
 from agents.safe_pickle import load_vecnormalize
 from hyperrl.policies import norm_obs_keys
 from hyperrl.policies.diagnostics import generated_weight_stats
-from hyperrl.policies.recurrent import RecurrentActorCriticPolicy
 
 
 class SplitEvalCallback(BaseCallback):
@@ -129,13 +128,13 @@ def _build(
             f"has no {sorted(GOAL_KEYS)}); use a Fetch env such as "
             "hyperrl/ContextualFetchReach-v0, or --algo sac"
         )
-    policy, policy_kwargs = policy_for(algo, run.policy, venv, args.env)
-    if policy is RecurrentActorCriticPolicy:  # SB3's PPO keeps no memory between steps
+    if run.policy in BATCHED_ONLY:  # a memory, or a member per world: SB3's PPO has neither
         try:
             where = f"--env {envs.batched_twin(args.env)}"
         except ValueError:
             where = "a hyperrl/Batched* env"
-        raise ValueError(f"--policy recurrent trains on the batched PPO only; use {where}")
+        raise ValueError(f"--policy {run.policy} trains on the batched PPO only; use {where}")
+    policy, policy_kwargs = policy_for(algo, run.policy, venv, args.env)
     policy_kwargs |= config.pop("policy_kwargs", None) or {}
     if normalize:
         # every key but what the policy conditions on (a goal too): identical contexts must stay

@@ -78,6 +78,11 @@ class ArchitectureSpace:
         """Width of :meth:`describe`'s output: an on/off flag and a width per layer."""
         return 2 * self.max_depth
 
+    @property
+    def largest(self) -> Member:
+        """The widest, deepest member."""
+        return (self.max_width,) * self.max_depth
+
     def members(self) -> list[Member]:
         """Every member, shallow first."""
         return [

@@ -14,6 +14,7 @@ import sys
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 
+from agents.architecture import parse_member  # noqa: E402
 from agents.evaluation import evaluate_run  # noqa: E402
 from agents.safe_pickle import TRUST_NOTE  # noqa: E402
 
@@ -36,8 +37,16 @@ def main(argv: list[str] | None = None) -> int:
         "module's estimate from the episode so far (inferred; train it with train_agent.py "
         "--adapt RUN), or the centre of the train range (nominal); files: eval_<source>.*",
     )
+    p.add_argument(
+        "--member",
+        default=None,
+        metavar="W1,W2,...",
+        help="for a --policy architecture run: the member to act with, by its hidden widths "
+        "(default: the largest); files: eval_member_<widths>.*",
+    )
     args = p.parse_args(argv)
     try:
+        member = parse_member(args.member) if args.member is not None else None
         result = evaluate_run(
             args.run,
             args.splits,
@@ -48,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
             args.max_videos,
             args.out_dir,
             context_source=args.context_source,
+            member=member,
         )
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)

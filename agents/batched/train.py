@@ -21,6 +21,7 @@ from stable_baselines3.common.logger import configure
 
 import envs
 from agents.algos import policy_for
+from agents.batched.architecture import for_policy, largest_member
 from agents.batched.distributed import distributed_session, same_on_every_rank
 from agents.batched.evaluation import evaluate_batched
 from agents.batched.ppo import DevicePPO
@@ -78,6 +79,7 @@ def build(
             config["normalize_obs"] = config["normalize_reward"] = normalize
     extra_policy_kwargs = config.pop("policy_kwargs", None) or {}
     env = envs.make_batched(env_id, n_envs, "train", device, seed, **env_kwargs)
+    env = for_policy(env, policy_name, extra_policy_kwargs, seed)
     policy, policy_kwargs = policy_for(sb3_class, policy_name, env, env_id)
     if isinstance(policy, str):
         from stable_baselines3.common.policies import MultiInputActorCriticPolicy
@@ -132,10 +134,17 @@ def _train(args: TrainArgs, rank: int, device: str) -> Path:
         run = RunConfig.resolved(args, config, "device", n_timesteps=1_000_000, n_envs=4096)
         run_dir = same_on_every_rank(args.new_run_folder() if rank == 0 else Path())
     algo = build(run.env, run.hyperparams, run.n_envs, run.policy, device, run.seed, run.algo)
+    policy_kwargs = run.hyperparams.get("policy_kwargs") or {}
+    member = largest_member(policy_kwargs) if run.policy == "architecture" else None
     eval_envs = (
-        {
-            split: envs.make_batched(
-                run.env, args.eval_episodes, split, device, None, **run.env_kwargs
+        {  # an architecture run is evaluated on its largest member
+            split: for_policy(
+                envs.make_batched(
+                    run.env, args.eval_episodes, split, device, None, **run.env_kwargs
+                ),
+                run.policy,
+                policy_kwargs,
+                member=member,
             )
             for split in envs.splits_of(run.env)
         }
