@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from hyperrl.functional import unique_rows
+from hyperrl.functional import from_groups, grouping, to_groups, unique_rows
 from hyperrl.generators import Generator, make_generator
 from hyperrl.target import LayerParams, TargetSpec
 
@@ -218,16 +218,25 @@ class ArchitectureHead(nn.Module):
         key = torch.cat([context, encoded.to(context)], dim=-1)
         unique, group = unique_rows(key)
         c = self.context_dim
-        layers = self.generate(unique[:, :c], unique[:, c:].long())
-        depth = (encoded > 0).sum(1).to(x.device)  # (B,)
-        h, hidden = x, []
+        members = unique[:, c:].long()
+        layers = self.generate(unique[:, :c], members)
+        layout = grouping(group, len(unique))
+        if layout.layout is None:  # too uneven to pad: one head per sample
+            layers = [(w[group], b[group]) for w, b in layers]
+            members, layout = members[group], None
+            h = x.unsqueeze(1)  # (B, 1, in)
+        else:  # every head multiplies all of its samples at once
+            h = to_groups(x, layout)  # (U, M, in)
+        hidden = []
         for w, b in layers[:-1]:
-            h = self.activation(torch.bmm(w[group], h.unsqueeze(-1)).squeeze(-1) + b[group])
+            h = self.activation(torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2)))
             hidden.append(h)
-        # each sample reads out from its own last hidden layer
-        picked = torch.stack(hidden, dim=1)[torch.arange(len(h), device=h.device), depth - 1]
+        # each head reads out from its member's last hidden layer
+        depth = (members > 0).sum(1)
+        picked = torch.stack(hidden, dim=1)[torch.arange(len(depth), device=x.device), depth - 1]
         w, b = layers[-1]
-        return torch.bmm(w[group], picked.unsqueeze(-1)).squeeze(-1) + b[group]
+        out = torch.baddbmm(b.unsqueeze(1), picked, w.transpose(1, 2))
+        return out.squeeze(1) if layout is None else from_groups(out, layout)
 
     @torch.no_grad()
     def member_layers(self, context: torch.Tensor | None, member: Sequence[int]) -> list[nn.Linear]:

@@ -198,6 +198,20 @@ def _pad(x: torch.Tensor, dest: torch.Tensor, num_groups: int, width: int) -> to
     return padded.view(num_groups, width, -1)
 
 
+def to_groups(x: torch.Tensor, layout: Grouping) -> torch.Tensor:
+    """``x (B, in)`` -> ``(U, M, in)``, group-major and zero-padded, for a ``layout`` that pads
+    (``layout.layout`` not ``None``): for heads applied layer by layer outside
+    :func:`mlp_grouped`; :func:`from_groups` puts the rows back."""
+    dest, width = layout.layout
+    return _pad(x, dest, layout.num_groups, width)
+
+
+def from_groups(out: torch.Tensor, layout: Grouping) -> torch.Tensor:
+    """Inverse of :func:`to_groups`: ``(U, M, out)`` -> ``(B, out)``."""
+    dest, width = layout.layout
+    return _rows(out.reshape(layout.num_groups * width, -1), dest)
+
+
 def mlp_grouped(
     x: torch.Tensor,
     layers: Sequence[LayerParams],

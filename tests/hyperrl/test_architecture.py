@@ -50,11 +50,15 @@ def test_the_space_lists_samples_and_describes_its_members():
         ArchitectureSpace(max_depth=2, min_depth=3)
 
 
-def test_every_member_runs_as_the_plain_network_it_exports_as():
+@pytest.mark.parametrize("kinds", [8, None], ids=["grouped", "per_sample"])
+def test_every_member_runs_as_the_plain_network_it_exports_as(kinds):
     head = _head()
     x = torch.randn(512, 10)
     contexts = torch.rand(4, 2)[torch.randint(4, (512,))]
-    encoded = SPACE.sample(512, torch.Generator().manual_seed(1))  # a mixed batch
+    encoded = SPACE.sample(512, torch.Generator().manual_seed(1))  # every row its own head
+    if kinds:  # a few (context, member) pairs with many samples each: heads applied grouped
+        pick = torch.randint(kinds, (512,))
+        contexts, encoded = contexts[:kinds][pick], encoded[:kinds][pick]
     with torch.no_grad():
         mixed = head(x, contexts, encoded)
         for i in range(0, 512, 37):
