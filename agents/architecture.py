@@ -2,11 +2,12 @@
 :mod:`hyperrl.architecture`) needs outside the policy: its space from the run's
 ``policy_kwargs``, and gymnasium envs whose observation carries the member to act with
 (:class:`MemberObservation`, for evaluating one member on the CPU twin). Training draws members
-per world in :mod:`agents.batched.architecture`."""
+per world in :mod:`agents.batched.architecture`; :mod:`agents.architecture_search` evaluates
+members and picks one."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import gymnasium as gym
@@ -56,3 +57,18 @@ class MemberObservation(gym.ObservationWrapper):
 
     def observation(self, observation: dict[str, Any]) -> dict[str, Any]:
         return {**observation, ARCHITECTURE_KEY: self._encoded.copy()}
+
+
+def member_wrapper(config: Any, member: Sequence[int] | None) -> Callable[[gym.Env], gym.Env]:
+    """How a run's CPU env is wrapped to play its policy: with the member to act with for an
+    architecture run (``member``, default its largest), as it is otherwise.
+
+    :raises ValueError: for a member outside the run's space, or a member given to another run.
+    """
+    if config.policy != "architecture":
+        if member is not None:
+            raise ValueError(f"--member is for --policy architecture runs, not {config.policy}")
+        return lambda env: env
+    space = space_of(config.hyperparams.get("policy_kwargs") or {})
+    chosen = space.check(member if member is not None else space.largest)
+    return lambda env: MemberObservation(env, space, chosen)

@@ -28,7 +28,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 
 import envs
 from agents.adaptation import CONTEXT_SOURCES, SingleEnvSource, load_adaptation
-from agents.architecture import MemberObservation, space_of
+from agents.architecture import member_wrapper
 from agents.run_config import load_run, spaces_of, statistics_dir
 from agents.safe_pickle import load_vecnormalize
 
@@ -169,7 +169,7 @@ def evaluate_run(
             f"{run_dir} trained on history observations, which only its batched env makes; "
             f"evaluate it there: python scripts/evaluate_adaptation.py {run_dir}"
         )
-    wrap = _member_wrapper(config, member)
+    wrap = member_wrapper(config, member)
     module = load_adaptation(run_dir) if context_source == "inferred" else None
     env_id = envs.cpu_twin(config.env)  # a batched env is evaluated on its CPU twin
     env_kwargs = envs.twin_kwargs(config.env, config.env_kwargs)
@@ -259,18 +259,6 @@ def evaluate_run(
     _write_csv(out / f"{stem}.csv", rows)
     _plot(out / f"{stem}.png", rows, env_id, grid_features if grid else None)
     return result
-
-
-def _member_wrapper(config: Any, member: Sequence[int] | None):
-    """How the CPU env is wrapped for this run: with the member to act with for an
-    architecture run (default: its largest), as it is otherwise."""
-    if config.policy != "architecture":
-        if member is not None:
-            raise ValueError(f"--member is for --policy architecture runs, not {config.policy}")
-        return lambda env: env
-    space = space_of(config.hyperparams.get("policy_kwargs") or {})
-    chosen = space.check(member if member is not None else space.largest)
-    return lambda env: MemberObservation(env, space, chosen)
 
 
 def _write_video(path: Path, frames: list[np.ndarray], fps: int) -> None:

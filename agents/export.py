@@ -23,11 +23,13 @@ import numpy as np
 import torch
 
 import envs
+from agents.architecture import member_wrapper
 from agents.evaluation import check_spaces
 from agents.run_config import load_run, statistics_dir
 from agents.run_folder import atomic_save, write_text
 from agents.safe_pickle import load_vecnormalize
 from hyperrl.export import ExportedActor, InferredActor, actor_net, export_actor
+from hyperrl.policies.architecture import ARCHITECTURE_KEY, ArchitectureActorCriticPolicy
 from hyperrl.policies.recurrent import RecurrentActorCriticPolicy
 
 FORMATS = ("torch", "torchscript", "onnx")
@@ -61,9 +63,12 @@ def export_run(
     out_dir: str | Path | None = None,
     formats: Sequence[str] = FORMATS,
     check_steps: int = 200,
+    member: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """Export the deterministic actor of ``run`` (a run folder or a model ``.zip`` in one) for
     ``context`` (feature -> raw value; features left out are nominal); returns ``export.json``.
+    For a ``--policy architecture`` run, the actor of ``member`` (default: the largest), written
+    as ``actor_member_<widths>.*``.
 
     :raises ValueError: for an unknown format, a context the env cannot take (unknown feature,
         out of bounds), a policy that cannot be exported, or an export whose actions differ from
@@ -80,7 +85,8 @@ def export_run(
             raise ValueError(f"{env_id} has no context features to pin; drop --context")
         context = envs.context_space(env_id).validate(dict(context))
         options = {"context": context}
-    env, vec, obs_filter = _env_and_statistics(model, config, run_dir, model_path)
+    wrap = member_wrapper(config, member)
+    env, vec, obs_filter = _env_and_statistics(model, config, run_dir, model_path, wrap)
 
     policy = model.policy
     if isinstance(policy, RecurrentActorCriticPolicy):
@@ -96,10 +102,22 @@ def export_run(
         )
     seen = _observations(env, model, options, obs_filter, check_steps, seed=0)
     first = seen[0]
+    if isinstance(policy, ArchitectureActorCriticPolicy):
+        member = tuple(int(w) for w in first[ARCHITECTURE_KEY] if w > 0)
+        keys = [k for k in extractor.context_keys if k != ARCHITECTURE_KEY]
+    else:
+        keys = list(extractor.context_keys)
     pinned_context = np.concatenate(
-        [np.asarray(first[k], dtype=np.float32).reshape(-1) for k in extractor.context_keys]
-    )
-    actor = export_actor(policy, pinned_context, *_normalisation(vec, extractor.obs_keys))
+        [np.asarray(first[k], dtype=np.float32).reshape(-1) for k in keys]
+    ) if keys else np.zeros(0, np.float32)  # fmt: skip
+    normalisation = _normalisation(vec, extractor.obs_keys)
+    if isinstance(policy, ArchitectureActorCriticPolicy):
+        net = policy.member_actor(member, torch.as_tensor(pinned_context)).cpu()
+        space = policy.action_space
+        actor = ExportedActor(net, extractor.obs_keys, "clip", space.low, space.high,
+                              *normalisation).requires_grad_(False).eval()  # fmt: skip
+    else:
+        actor = export_actor(policy, pinned_context, *normalisation)
 
     # parity: the exported module against the full policy, on observations of this context
     flat = np.stack([_flat(o, actor.obs_keys) for o in seen])
@@ -114,13 +132,15 @@ def export_run(
         )
 
     out = Path(out_dir) if out_dir else run_dir / "export"
-    written = _write(actor, (torch.as_tensor(flat[:1]),), ["obs"], out, "actor", formats)
+    stem = "actor" if member is None else "actor_member_" + "-".join(map(str, member))
+    written = _write(actor, (torch.as_tensor(flat[:1]),), ["obs"], out, stem, formats)
 
     summary = {
         "run": str(run_dir),
         "model": str(model_path),
         "env": env_id,
         "context": dict(context) if context else "nominal",
+        **({"member": list(member)} if member is not None else {}),
         "policy_context": pinned_context.tolist(),
         "obs_keys": actor.obs_keys,
         "obs_dim": int(flat.shape[1]),
@@ -134,13 +154,16 @@ def export_run(
         "latency_us_batch1": _latencies(policy, actor, first, obs_filter, flat[:1], model),
         "files": written,
     }
-    write_text(out / "export.json", json.dumps(summary, indent=2) + "\n")
+    write_text(out / f"{stem.replace('actor', 'export', 1)}.json",
+               json.dumps(summary, indent=2) + "\n")  # fmt: skip
     env.close()
     return summary
 
 
 def _actor_params(policy: torch.nn.Module) -> int:
     """Parameters the deterministic action depends on: the extractor and the actor network."""
+    if isinstance(policy, ArchitectureActorCriticPolicy):  # the generator of every member
+        return sum(p.numel() for p in policy.action_net.parameters())
     net, _ = actor_net(policy)
     return sum(p.numel() for p in net.parameters())
 
@@ -168,11 +191,13 @@ def _latencies(policy, actor: ExportedActor, obs, obs_filter, flat, model):
         }
 
 
-def _env_and_statistics(model: Any, config: Any, run_dir: Path, model_path: Path):
-    """``(env, VecNormalize or None, obs_filter)``: the run's CPU env, checked against the
-    model, and the model file's observation statistics."""
+def _env_and_statistics(
+    model: Any, config: Any, run_dir: Path, model_path: Path, wrap=lambda env: env
+):
+    """``(env, VecNormalize or None, obs_filter)``: the run's CPU env (through ``wrap``),
+    checked against the model, and the model file's observation statistics."""
     env_id = envs.cpu_twin(config.env)
-    env = gym.make(env_id, **envs.twin_kwargs(config.env, config.env_kwargs))
+    env = wrap(gym.make(env_id, **envs.twin_kwargs(config.env, config.env_kwargs)))
     check_spaces(model, env, model_path, env_id)
     path = statistics_dir(run_dir, model_path) / "vecnormalize.pkl"
     vec = load_vecnormalize(path) if path.is_file() else None

@@ -16,6 +16,7 @@ import sys
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
+from agents.architecture import parse_member  # noqa: E402
 from agents.evaluation import parse_context  # noqa: E402
 from agents.export import FORMATS, export_inferred, export_run  # noqa: E402
 from agents.safe_pickle import TRUST_NOTE  # noqa: E402
@@ -40,6 +41,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--format", nargs="+", default=list(FORMATS), choices=FORMATS)
     p.add_argument("-o", "--out-dir", default=None, help="default: RUN/export")
+    p.add_argument(
+        "--member",
+        default=None,
+        metavar="W1,W2,...",
+        help="for a --policy architecture run: the member to export, by its hidden widths "
+        "(default: the largest; scripts/search_architecture.py picks one)",
+    )
     args = p.parse_args(argv)
     if args.inferred and args.context:
         p.error("--inferred exports the policy for unknown contexts; drop --context")
@@ -47,7 +55,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.inferred:
             summary = export_inferred(args.run, args.out_dir, args.format)
         else:
-            summary = export_run(args.run, parse_context(args.context), args.out_dir, args.format)
+            member = parse_member(args.member) if args.member is not None else None
+            summary = export_run(
+                args.run, parse_context(args.context), args.out_dir, args.format, member=member
+            )
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

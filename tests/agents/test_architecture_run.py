@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from agents.architecture_search import choose, frontier
 from agents.batched.architecture import ArchitectureSampling
 from agents.batched.evaluation import evaluate_batched
 from agents.batched.ppo import DevicePPO, DevicePPOConfig
@@ -22,6 +23,7 @@ from hyperrl.policies.architecture import ARCHITECTURE_KEY, ArchitectureActorCri
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 import evaluate  # noqa: E402
+import search_architecture  # noqa: E402
 
 SPACE = ArchitectureSpace(widths=(4, 16, 32), max_depth=2)
 
@@ -109,3 +111,36 @@ def test_train_and_evaluate_a_member_from_the_command_line(tmp_path, capsys):
                         tensorboard=False))  # fmt: skip
     summary = json.loads((run_dir / "eval.json").read_text())["summary"]
     assert np.isfinite(summary["train"]["mean_return"])
+    out = tmp_path / "search.json"
+    args = [str(run_dir), "--worlds", "2", "--splits", "train", "--export", "--json", str(out)]
+    assert search_architecture.main(args) == 0
+    found = json.loads(out.read_text())
+    assert len(found["members"]) == 4  # one per depth and width
+    chosen = "-".join(map(str, found["chosen"]["member"]))
+    exported = json.loads((run_dir / "export" / f"export_member_{chosen}.json").read_text())
+    assert exported["max_action_gap"] < 1e-4
+    assert exported["params"]["exported"] == found["chosen"]["params"]
+    assert search_architecture.main([str(run_dir), "--worlds", "2", "--splits", "train",
+                                     "--max-params", "3"]) == 2  # fmt: skip
+    assert "no member has <= 3 parameters" in capsys.readouterr().err
+
+
+def test_the_frontier_and_the_choice_on_made_up_members():
+    rows = [
+        {"member": [4], "params": 10, "train": 50.0},
+        {"member": [8], "params": 20, "train": 90.0},
+        {"member": [16], "params": 40, "train": 85.0},  # bigger and worse: off the frontier
+        {"member": [32], "params": 80, "train": 100.0},
+    ]
+    assert [r["member"] for r in frontier(rows)] == [[4], [8], [32]]
+    assert choose(rows, within=0.1)["member"] == [8]  # >= 90: the smallest such
+    assert choose(rows, within=0.0)["member"] == [32]
+    assert choose(rows, within=None, max_params=45)["member"] == [8]
+    with pytest.raises(ValueError, match="no member has <= 5 parameters"):
+        choose(rows, max_params=5)
+    losses = [dict(r, train=-r["train"] - 100) for r in rows]  # negative returns: -150 ... -200
+    assert choose(losses, within=0.1)["member"] == [4]  # best -150; -165 is within 10 %
+    assert choose(losses, within=0.01)["member"] == [4]
+    assert choose([dict(r, train=-200.0 + i) for i, r in enumerate(rows)], within=0.0)[
+        "member"
+    ] == [32]
