@@ -17,6 +17,11 @@ world's context changed in the rollout, so it tells the heads which samples shar
 (:func:`hyperrl.policies.contexts_grouped`) rather than have them deduplicate every minibatch.
 During the rollout the policies reuse the heads generated at the first step until a world resets
 (``reuse_heads``).
+
+A recurrent policy (:class:`hyperrl.policies.RecurrentActorCriticPolicy`) carries a memory per
+world (:attr:`DevicePPO.memory`): the rollout keeps each world's memory at its start, and since a
+minibatch holds whole worlds, the update unrolls each world's steps from it, the memory zeroed
+after every done, so it sees exactly the probabilities the rollout saw.
 """
 
 from __future__ import annotations
