@@ -36,7 +36,7 @@ def parse_member(text: str) -> Member:
     except ValueError:
         member = ()
     if not member or min(member) < 1:
-        raise ValueError(f"--member takes hidden widths such as 64,16, got {text!r}")
+        raise ValueError(f"a member is its hidden widths, such as 64,16; got {text!r}")
     return member
 
 
@@ -59,16 +59,19 @@ class MemberObservation(gym.ObservationWrapper):
         return {**observation, ARCHITECTURE_KEY: self._encoded.copy()}
 
 
-def member_wrapper(config: Any, member: Sequence[int] | None) -> Callable[[gym.Env], gym.Env]:
-    """How a run's CPU env is wrapped to play its policy: with the member to act with for an
-    architecture run (``member``, default its largest), as it is otherwise.
+def member_wrapper(
+    config: Any, member: Sequence[int] | None
+) -> tuple[Callable[[gym.Env], gym.Env], Member | None]:
+    """``(wrap, member)``: how a run's CPU env is wrapped to play its policy, with the member to
+    act with for an architecture run (``member``, default its largest), as it is otherwise
+    (member ``None``).
 
     :raises ValueError: for a member outside the run's space, or a member given to another run.
     """
     if config.policy != "architecture":
         if member is not None:
             raise ValueError(f"--member is for --policy architecture runs, not {config.policy}")
-        return lambda env: env
+        return (lambda env: env), None
     space = space_of(config.hyperparams.get("policy_kwargs") or {})
     chosen = space.check(member if member is not None else space.largest)
-    return lambda env: MemberObservation(env, space, chosen)
+    return (lambda env: MemberObservation(env, space, chosen)), chosen

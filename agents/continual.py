@@ -109,6 +109,8 @@ class SequenceConfig:
             )
         values["tasks"] = _tasks(values["tasks"], env_id)
         config = cls(**values)
+        if config.policy == "architecture":  # its members are drawn by a wrapper of their own
+            raise ValueError("continual learning does not take --policy architecture")
         for key in ("steps_per_task", "probes", "eval_episodes"):
             value = getattr(config, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

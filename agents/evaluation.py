@@ -169,7 +169,7 @@ def evaluate_run(
             f"{run_dir} trained on history observations, which only its batched env makes; "
             f"evaluate it there: python scripts/evaluate_adaptation.py {run_dir}"
         )
-    wrap = member_wrapper(config, member)
+    wrap, played = member_wrapper(config, member)
     module = load_adaptation(run_dir) if context_source == "inferred" else None
     env_id = envs.cpu_twin(config.env)  # a batched env is evaluated on its CPU twin
     env_kwargs = envs.twin_kwargs(config.env, config.env_kwargs)
@@ -252,8 +252,9 @@ def evaluate_run(
         "episodes": rows,
     }
     stem = "eval" if context_source == "true" else f"eval_{context_source}"
+    if played is not None:  # an architecture run: the member that played
+        result["member"] = list(played)
     if member is not None:
-        result["member"] = list(member)
         stem += "_member_" + "-".join(map(str, member))
     (out / f"{stem}.json").write_text(json.dumps(result, indent=2))
     _write_csv(out / f"{stem}.csv", rows)

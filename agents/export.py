@@ -85,7 +85,7 @@ def export_run(
             raise ValueError(f"{env_id} has no context features to pin; drop --context")
         context = envs.context_space(env_id).validate(dict(context))
         options = {"context": context}
-    wrap = member_wrapper(config, member)
+    wrap, _ = member_wrapper(config, member)
     env, vec, obs_filter = _env_and_statistics(model, config, run_dir, model_path, wrap)
 
     policy = model.policy

@@ -49,8 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         "(default: the largest; scripts/search_architecture.py picks one)",
     )
     args = p.parse_args(argv)
-    if args.inferred and args.context:
-        p.error("--inferred exports the policy for unknown contexts; drop --context")
+    if args.inferred and (args.context or args.member):
+        p.error("--inferred exports the policy for unknown contexts; drop --context and --member")
     try:
         if args.inferred:
             summary = export_inferred(args.run, args.out_dir, args.format)

@@ -21,7 +21,10 @@ from pathlib import Path
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-from agents.architecture import parse_member  # noqa: E402
+import torch  # noqa: E402
+
+import envs  # noqa: E402
+from agents.architecture import parse_member, space_of  # noqa: E402
 from agents.architecture_search import choose, evaluate_members, frontier  # noqa: E402
 from agents.evaluation import parse_context  # noqa: E402
 from agents.export import export_run  # noqa: E402
@@ -48,22 +51,25 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.worlds < 1:
             raise ValueError(f"--worlds must be a positive integer, got {args.worlds}")
+        try:
+            torch.device(args.device)
+        except RuntimeError:
+            raise ValueError(f"unknown --device {args.device!r}; e.g. cpu or cuda") from None
+        config = load_run(args.run)[1]
+        splits = args.splits or list(envs.splits_of(config.env))
+        if args.split not in splits:
+            raise ValueError(f"--split {args.split!r} is not among the splits {splits}")
+        context = parse_context(args.context)  # checked before the long evaluation
         members = None
         if args.members == ["all"]:
-            from agents.architecture import space_of
-
-            config = load_run(args.run)[1]
             members = space_of(config.hyperparams.get("policy_kwargs") or {}).members()
         elif args.members:
             members = [parse_member(m) for m in args.members]
-        rows = evaluate_members(args.run, members, args.splits, args.worlds, args.device)
-        if args.split not in rows[0]:
-            raise ValueError(f"--split {args.split!r} was not evaluated (splits: {args.splits})")
+        rows = evaluate_members(args.run, members, splits, args.worlds, args.device)
         chosen = choose(rows, args.split, args.within, args.max_params)
         exported = None
         if args.export:
-            exported = export_run(args.run, parse_context(args.context),
-                                  member=chosen["member"])["files"]  # fmt: skip
+            exported = export_run(args.run, context, member=chosen["member"])["files"]
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -76,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     if exported:
         print(f"exported: {', '.join(exported)}")
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"members": rows, "chosen": chosen}, indent=2))
     if args.plot:
         plot(rows, front, args.split, Path(args.plot))

@@ -106,6 +106,7 @@ def test_an_interrupted_sequence_continues_where_it_stopped(tmp_path, monkeypatc
         ({"steps_per_task": 0}, "steps_per_task must be a positive integer"),
         ({"beta": -1}, "beta must be a number >= 0"),
         ({"hyperparams": {"env_kwargs": {"train_ranges": {}}}}, "leave it out"),
+        ({"policy": "architecture"}, "does not take --policy architecture"),
     ],
 )
 def test_a_bad_config_names_the_problem(change, match):
