@@ -22,7 +22,7 @@ from stable_baselines3.common.vec_env import VecEnv
 
 import envs
 from agents.algos import algo_class
-from agents.run_folder import CHECKPOINTS, write_text
+from agents.run_folder import CHECKPOINTS, BestModel, write_text
 
 #: what ``--freeze`` can hold fixed when fine-tuning (:mod:`agents.init_from`)
 FREEZE = ("none", "generator", "trunk")
@@ -288,5 +288,8 @@ def load_run(run: str | Path) -> tuple[Any, RunConfig, Path, Path]:
 
 def statistics_dir(run_dir: Path, model_path: Path) -> Path:
     """Where a model file's observation statistics are: a checkpoint's own ``vecnormalize.pkl``
-    when it has one, else the run's."""
-    return model_path.parent if (model_path.parent / "vecnormalize.pkl").is_file() else run_dir
+    when it has one (``best/`` for ``best_model.zip``), else the run's."""
+    own = model_path.parent
+    if model_path.name == "best_model.zip":
+        own = model_path.parent / BestModel.STATISTICS
+    return own if (own / "vecnormalize.pkl").is_file() else run_dir

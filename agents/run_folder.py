@@ -321,6 +321,9 @@ class BestModel:
     over (and overwriting a better model with its first evaluation)."""
 
     FILE = "best_model.json"
+    #: the folder holding the best model's own ``vecnormalize.pkl`` (a run's final statistics
+    #: can be far from those the best model was trained with, on a new task above all)
+    STATISTICS = "best"
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = Path(run_dir)
@@ -331,11 +334,21 @@ class BestModel:
         except (OSError, ValueError, KeyError, TypeError):
             pass  # a run saved before the score was kept: the next evaluation sets it
 
-    def offer(self, score: float, timesteps: int, save: Callable[[Path], object]) -> bool:
-        """Save with ``save(path)`` when ``score`` ties or beats the best; returns whether it
-        did."""
+    def offer(
+        self,
+        score: float,
+        timesteps: int,
+        save: Callable[[Path], object],
+        save_statistics: Callable[[Path], object] | None = None,
+    ) -> bool:
+        """Save with ``save(path)`` when ``score`` ties or beats the best, and its observation
+        statistics with ``save_statistics(path)`` (into ``best/vecnormalize.pkl``) when the run
+        normalises; returns whether it did."""
         if not score >= self.score:
             return False
+        if save_statistics is not None:
+            (self.run_dir / self.STATISTICS).mkdir(exist_ok=True)
+            atomic_save(self.run_dir / self.STATISTICS / "vecnormalize.pkl", save_statistics)
         atomic_save(self.run_dir / "best_model.zip", save)
         record = {"return": float(score), "timesteps": int(timesteps)}
         write_text(self.run_dir / self.FILE, json.dumps(record))

@@ -61,7 +61,9 @@ class SplitEvalCallback(BaseCallback):
             )
             self.logger.record(f"eval/{split}_return", mean)
             if split == "train":
-                self.best.offer(mean, self.model.num_timesteps, self.model.save)
+                vec = self.model.get_vec_normalize_env()  # the best model's own statistics
+                stats = (lambda tmp, vec=vec: vec.save(str(tmp))) if vec is not None else None
+                self.best.offer(mean, self.model.num_timesteps, self.model.save, stats)
         self._log_generated_weights()
         self.logger.dump(self.num_timesteps)
         return True

@@ -95,6 +95,14 @@ def build(
     )
 
 
+def _statistics_writer(algo: BatchedTrainer, cpu_env: gym.Env):
+    """What writes the trainer's observation statistics as a ``vecnormalize.pkl`` (for the best
+    model's own); ``None`` for a trainer that does not normalise."""
+    if not getattr(algo, "obs_norm", None):
+        return None
+    return lambda tmp: algo.vecnormalize(cpu_env).save(str(tmp))
+
+
 def _start_from(algo: BatchedTrainer, init: InitFrom) -> None:
     """``--init-from``: the source policy (and its observation statistics) in ``algo``."""
     source, stats = load_source(init)
@@ -183,7 +191,8 @@ def _train(args: TrainArgs, rank: int, device: str) -> Path:
                     logger.record(f"eval/{split}_{key}", value)
                 if split == "train":
                     algo.sync_model()
-                    best.offer(result["return"], algo.num_timesteps, algo.model.save)
+                    stats = _statistics_writer(algo, cpu_env)
+                    best.offer(result["return"], algo.num_timesteps, algo.model.save, stats)
             logger.dump(algo.num_timesteps)
         if every["save"] > 0 and algo.num_timesteps - last["save"] >= every["save"]:
             last["save"] = algo.num_timesteps

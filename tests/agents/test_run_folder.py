@@ -232,3 +232,30 @@ def ppo_like_run(tmp_path):
             "--eval-freq", "0", "--save-freq", "0", "--no-progress", "-f", str(run)]  # fmt: skip
     assert train_agent.main(args) == 0
     return run
+
+
+@pytest.mark.parametrize(
+    ("env", "extra"),
+    [
+        ("hyperrl/ContextualPendulum-v0", ["n_steps:32", "batch_size:64", "normalize:true"]),
+        ("hyperrl/TorchPendulum-v0", ["n_steps:8", "n_minibatches:2"]),
+    ],
+    ids=["sb3", "batched"],
+)
+def test_the_best_model_keeps_the_statistics_it_was_trained_with(tmp_path, env, extra):
+    """A run's final ``vecnormalize.pkl`` can be far from what the best model saw (a fine-tuned
+    run drifts to its new task): ``best_model.zip`` is evaluated with its own."""
+    from agents.run_config import load_run, statistics_dir
+    from agents.safe_pickle import load_vecnormalize
+    from agents.train import TrainArgs, train
+
+    run_dir = tmp_path / "run"
+    train(TrainArgs(algo="ppo", env=env, hyperparams=extra, timesteps=512, n_envs=8,
+                    eval_freq=64, eval_episodes=1, save_freq=0, progress_bar=False,
+                    tensorboard=False, run_dir=str(run_dir)))  # fmt: skip
+    _, _, _, model_path = load_run(run_dir)
+    assert model_path.name == "best_model.zip"
+    assert statistics_dir(run_dir, model_path) == run_dir / "best"
+    best = load_vecnormalize(run_dir / "best" / "vecnormalize.pkl").obs_rms["observation"]
+    final = load_vecnormalize(run_dir / "vecnormalize.pkl").obs_rms["observation"]
+    assert 0 < best.count <= final.count

@@ -400,6 +400,9 @@ def test_best_model_on_a_tie_is_the_later_one(tmp_path, monkeypatch):
             saved.append(self.num_timesteps)
             path.write_text(str(self.num_timesteps))
 
+        def get_vec_normalize_env(self):  # no normalisation: no statistics of its own
+            return None
+
     callback = train_module.SplitEvalCallback({"train": None}, 1, 1, tmp_path)
     callback.model = Model()
     monkeypatch.setattr(callback, "_log_generated_weights", lambda: None)
