@@ -10,7 +10,8 @@ contexts come::
 A context is in the *train* split when every feature lies in its train interval outside its hole,
 in *interpolation* when all lie in the train interval and at least one in its hole, and in
 *extrapolation* when at least one lies outside the train interval (within bounds). Training
-samplers therefore never draw a held-out context.
+samplers therefore never draw a held-out context, unless the train split is moved to a new task
+on purpose (:meth:`ContextSpace.with_train_ranges`, for fine-tuning and continual learning).
 """
 
 from __future__ import annotations
