@@ -124,9 +124,7 @@ class RunPolicy:
         for key, (mean, std) in self.norm.items():
             obs[key] = ((obs[key].float() - mean) / std).clamp(-self.clip, self.clip)
         if isinstance(self.policy, RecurrentActorCriticPolicy):
-            if self.memory is None:
-                self.memory = self.policy.initial_memory(next(iter(obs.values())).shape[0])
-            actions, _, _, self.memory = self.policy.step(obs, self.memory, deterministic)
+            actions, self.memory = self.policy.act(obs, self.memory, deterministic)
             return actions
         actions = self.policy._predict(obs, deterministic=deterministic)
         if getattr(self.policy, "squash_output", False):

@@ -46,16 +46,20 @@ def evaluate_members(
     head = model.policy.action_net.head
     kwargs = config.env_kwargs if config.env in envs.BATCHED_ENVS else {}
     twin = envs.batched_twin(config.env)
+    # one env per split for every member: each evaluation resets it with the same seed
+    by_split = {
+        split: envs.make_batched(twin, worlds, split, device, seed, **kwargs)
+        for split in splits or envs.splits_of(config.env)
+    }
     rows = []
     for member in members:
         row: dict[str, Any] = {
             "member": list(member),
             "params": space.num_params(member, head.in_dim, head.out_dim),
         }
-        for split in splits or envs.splits_of(config.env):
-            env = envs.make_batched(twin, worlds, split, device, seed, **kwargs)
-            env = ArchitectureSampling(env, space, member)
-            row[split] = evaluate_batched(policy, env, seed=seed)["return"]
+        for split, env in by_split.items():
+            played = ArchitectureSampling(env, space, member)
+            row[split] = evaluate_batched(policy, played, seed=seed)["return"]
         rows.append(row)
     return rows
 

@@ -105,8 +105,3 @@ def for_policy(
     if policy != "architecture":
         return env
     return ArchitectureSampling(env, space_of(policy_kwargs), member, seed)
-
-
-def largest_member(policy_kwargs: dict[str, Any]) -> tuple[int, ...]:
-    """The widest, deepest member of the space ``policy_kwargs`` give (see :func:`for_policy`)."""
-    return space_of(policy_kwargs).largest

@@ -237,11 +237,7 @@ class DevicePPO(BatchedTrainer):
         obs = self._normalize(obs, update=False)
         if self.memory is None:
             return self.policy._predict(obs, deterministic)
-        if self._acting_memory is None:
-            self._acting_memory = self.policy.initial_memory(next(iter(obs.values())).shape[0])
-        actions, _, _, self._acting_memory = self.policy.step(
-            obs, self._acting_memory, deterministic
-        )
+        actions, self._acting_memory = self.policy.act(obs, self._acting_memory, deterministic)
         return actions
 
     def start_episodes(self) -> None:

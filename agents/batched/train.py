@@ -21,7 +21,8 @@ from stable_baselines3.common.logger import configure
 
 import envs
 from agents.algos import policy_for
-from agents.batched.architecture import for_policy, largest_member
+from agents.architecture import space_of
+from agents.batched.architecture import for_policy
 from agents.batched.distributed import distributed_session, same_on_every_rank
 from agents.batched.evaluation import evaluate_batched
 from agents.batched.ppo import DevicePPO
@@ -143,7 +144,7 @@ def _train(args: TrainArgs, rank: int, device: str) -> Path:
         run_dir = same_on_every_rank(args.new_run_folder() if rank == 0 else Path())
     algo = build(run.env, run.hyperparams, run.n_envs, run.policy, device, run.seed, run.algo)
     policy_kwargs = run.hyperparams.get("policy_kwargs") or {}
-    member = largest_member(policy_kwargs) if run.policy == "architecture" else None
+    member = space_of(policy_kwargs).largest if run.policy == "architecture" else None
     eval_envs = (
         {  # an architecture run is evaluated on its largest member
             split: for_policy(

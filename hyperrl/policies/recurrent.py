@@ -119,6 +119,10 @@ class RecurrentActorCriticPolicy(ActorCriticPolicy):
     def _clip(self, actions: torch.Tensor) -> torch.Tensor:
         return torch.maximum(torch.minimum(actions.flatten(1), self.action_high), self.action_low)
 
+    def _advance(self, obs: PyTorchObs, memory: Memory) -> torch.Tensor:
+        """``(N, memory_size)``: the GRU state after ``obs``, from ``memory``."""
+        return self.gru(torch.cat([self._observed(obs), memory.action], dim=-1), memory.hidden)
+
     def _observed(self, obs: PyTorchObs) -> torch.Tensor:
         """``(N, obs_dim)``: the observation keys, without the context."""
         return self.extract_features(obs)[:, : self.features_extractor.obs_dim]
@@ -131,7 +135,7 @@ class RecurrentActorCriticPolicy(ActorCriticPolicy):
         """One step of ``N`` worlds: ``(actions (N, act_dim), values (N, 1), log_prob (N,),
         memory after the step)``. The actions are sampled (not clipped); the memory keeps them
         clipped, as the env applies them."""
-        hidden = self.gru(torch.cat([self._observed(obs), memory.action], dim=-1), memory.hidden)
+        hidden = self._advance(obs, memory)
         latent_pi, latent_vf = self.mlp_extractor(hidden)
         distribution = self._get_action_dist_from_latent(latent_pi)
         actions = distribution.get_actions(deterministic=deterministic)
@@ -141,8 +145,17 @@ class RecurrentActorCriticPolicy(ActorCriticPolicy):
 
     def step_values(self, obs: PyTorchObs, memory: Memory) -> torch.Tensor:
         """``(N, 1)`` values of observations that follow ``memory`` (bootstrapping)."""
-        hidden = self.gru(torch.cat([self._observed(obs), memory.action], dim=-1), memory.hidden)
-        return self.value_net(self.mlp_extractor.forward_critic(hidden))
+        return self.value_net(self.mlp_extractor.forward_critic(self._advance(obs, memory)))
+
+    def act(
+        self, obs: PyTorchObs, memory: Memory | None, deterministic: bool = True
+    ) -> tuple[torch.Tensor, Memory]:
+        """``(actions, memory after)`` for worlds acting from ``memory`` (``None``: at the start
+        of their episodes), what an evaluator keeps from one call to the next."""
+        if memory is None:
+            memory = self.initial_memory(next(iter(obs.values())).shape[0])
+        actions, _, _, memory = self.step(obs, memory, deterministic)
+        return actions, memory
 
     def forward(self, *args: Any, **kwargs: Any):
         raise TypeError(
