@@ -32,12 +32,14 @@ POLICIES = {
     "mlp": None,
     #: a GRU memory and no context (the baseline for unknown contexts; batched PPO only)
     "recurrent": "recurrent",
-    #: one generator for a family of actor sizes (architecture generation; batched PPO only)
+    #: one generator for a family of actor sizes (architecture generation; PPO only)
     "architecture": "architecture",
 }
 
 #: --policy names that train on the batched PPO only (SB3's PPO cannot drive them)
-BATCHED_ONLY = ("recurrent", "architecture")
+BATCHED_ONLY = ("recurrent",)
+#: --policy names for PPO only (the batched PPO, or SB3's)
+PPO_ONLY = ("recurrent", "architecture")
 
 _HYPER_CLASSES = {
     PPO: HyperActorCriticPolicy,
@@ -91,7 +93,7 @@ def policy_for(
     space = env.observation_space
     if POLICIES[policy] is None:
         return ("MultiInputPolicy" if isinstance(space, gym.spaces.Dict) else "MlpPolicy"), {}
-    if algo not in _HYPER_CLASSES or (policy in BATCHED_ONLY and algo is not PPO):
+    if algo not in _HYPER_CLASSES or (policy in PPO_ONLY and algo is not PPO):
         raise ValueError(f"--policy {policy} is not available for {algo.__name__}")
     keys = default_context_keys(space)
     if policy == "recurrent":  # it reads everything but the context (a goal included)

@@ -1,7 +1,8 @@
 """What a run of ``--policy architecture`` (one generator for a family of actor sizes,
 :mod:`hyperrl.architecture`) needs outside the policy: its space from the run's
 ``policy_kwargs``, and gymnasium envs whose observation carries the member to act with
-(:class:`MemberObservation`, for evaluating one member on the CPU twin). Training draws members
+(:class:`MemberObservation`, for evaluating one member on the CPU twin; :class:`MemberSampling`,
+a member drawn per episode, for training through SB3's PPO). The batched trainers draw members
 per world in :mod:`agents.batched.architecture`; :mod:`agents.architecture_search` evaluates
 members and picks one."""
 
@@ -12,6 +13,7 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import torch
 
 from hyperrl.architecture import ArchitectureSpace, Member
 from hyperrl.policies.architecture import ARCHITECTURE_KEY
@@ -40,6 +42,20 @@ def parse_member(text: str) -> Member:
     return member
 
 
+def _with_member_space(env: gym.Env, space: ArchitectureSpace) -> gym.spaces.Dict:
+    """``env``'s Dict observation space with the member key added (widths, 0 past the depth)."""
+    spaces = dict(getattr(env.observation_space, "spaces", {}))
+    if not spaces:
+        raise ValueError(
+            f"architecture generation needs a Dict observation; {env.spec.id if env.spec else env} "
+            f"has {type(env.observation_space).__name__}"
+        )
+    if ARCHITECTURE_KEY in spaces:
+        raise ValueError(f"the env already has an {ARCHITECTURE_KEY!r} key")
+    box = gym.spaces.Box(0.0, float(space.max_width), (space.max_depth,), np.float32)
+    return gym.spaces.Dict({**spaces, ARCHITECTURE_KEY: box})
+
+
 class MemberObservation(gym.ObservationWrapper):
     """A gymnasium env whose observations carry one member of ``space`` under
     :data:`~hyperrl.policies.architecture.ARCHITECTURE_KEY` (what the policy acts with).
@@ -49,14 +65,55 @@ class MemberObservation(gym.ObservationWrapper):
     def __init__(self, env: gym.Env, space: ArchitectureSpace, member: Sequence[int]) -> None:
         super().__init__(env)
         self.member = space.check(member)
-        encoded = space.encode([self.member])[0].numpy().astype(np.float32)
-        self._encoded = encoded
-        box = gym.spaces.Box(0.0, float(space.max_width), encoded.shape, np.float32)
-        self.observation_space = gym.spaces.Dict({**env.observation_space.spaces,
-                                                  ARCHITECTURE_KEY: box})  # fmt: skip
+        self._encoded = space.encode([self.member])[0].numpy().astype(np.float32)
+        self.observation_space = _with_member_space(env, space)
 
     def observation(self, observation: dict[str, Any]) -> dict[str, Any]:
         return {**observation, ARCHITECTURE_KEY: self._encoded.copy()}
+
+
+class MemberSampling(gym.Wrapper):
+    """A gymnasium env that acts with a member of ``space`` drawn afresh at every reset (evenly
+    over depths and widths, :meth:`~hyperrl.architecture.ArchitectureSpace.sample`), carried in
+    its observations under :data:`~hyperrl.policies.architecture.ARCHITECTURE_KEY`: how SB3's PPO
+    trains every member of one generator. ``reset(seed=...)`` seeds the draws too."""
+
+    def __init__(self, env: gym.Env, space: ArchitectureSpace) -> None:
+        super().__init__(env)
+        self.space = space
+        self.observation_space = _with_member_space(env, space)
+        self._generator = torch.Generator().manual_seed(0)
+        self._encoded = np.zeros(space.max_depth, np.float32)
+
+    @property
+    def member(self) -> Member:
+        """The widths of the member acting in the current episode."""
+        return tuple(int(w) for w in self._encoded if w > 0)
+
+    def reset(self, **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        if kwargs.get("seed") is not None:
+            self._generator.manual_seed(int(kwargs["seed"]))
+        self._encoded = self.space.sample(1, self._generator)[0].numpy().astype(np.float32)
+        obs, info = self.env.reset(**kwargs)
+        return self._observation(obs), info
+
+    def step(self, action: Any) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        return self._observation(obs), reward, terminated, truncated, info
+
+    def _observation(self, observation: dict[str, Any]) -> dict[str, Any]:
+        return {**observation, ARCHITECTURE_KEY: self._encoded.copy()}
+
+
+def training_wrapper(
+    policy: str, policy_kwargs: dict[str, Any] | None
+) -> Callable[[gym.Env], gym.Env] | None:
+    """How ``--policy policy`` wraps its SB3 training envs: :class:`MemberSampling` over the
+    space of ``policy_kwargs`` for ``architecture``, nothing (``None``) otherwise."""
+    if policy != "architecture":
+        return None
+    space = space_of(policy_kwargs or {})
+    return lambda env: MemberSampling(env, space)
 
 
 def member_wrapper(

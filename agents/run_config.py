@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -252,14 +253,19 @@ def spaces_of(holder: Any) -> tuple[object, object]:
 
 
 def make_envs(
-    env_id: str, n_envs: int, seed: int, env_kwargs: dict[str, Any], split: str | None = None
+    env_id: str,
+    n_envs: int,
+    seed: int,
+    env_kwargs: dict[str, Any],
+    split: str | None = None,
+    wrapper: Callable[[gym.Env], gym.Env] | None = None,
 ) -> VecEnv:
     """``n_envs`` copies of ``env_id`` made with ``env_kwargs`` (and ``split``, for an env that
-    has context splits), seeded from ``seed``."""
+    has context splits), each in ``wrapper`` when given, seeded from ``seed``."""
     kwargs = dict(env_kwargs)
     if split is not None and len(envs.splits_of(env_id)) > 1:
         kwargs["split"] = split
-    return make_vec_env(env_id, n_envs=n_envs, seed=seed, env_kwargs=kwargs)
+    return make_vec_env(env_id, n_envs=n_envs, seed=seed, env_kwargs=kwargs, wrapper_class=wrapper)
 
 
 def load_run(run: str | Path) -> tuple[Any, RunConfig, Path, Path]:

@@ -22,6 +22,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecNormalize, sync_envs_nor
 
 import envs
 from agents.algos import BATCHED_ONLY, GOAL_KEYS, algo_class, policy_for
+from agents.architecture import member_wrapper, training_wrapper
 from agents.config import parse_overrides, resolve
 from agents.init_from import InitFrom, apply_freeze, check_normalisation, initialise, load_source
 from agents.run_config import RunConfig, TrainArgs, load_model, make_envs, read_run_config
@@ -35,6 +36,7 @@ from agents.run_folder import (
 )
 from agents.safe_pickle import load_vecnormalize
 from hyperrl.policies import norm_obs_keys
+from hyperrl.policies.architecture import ARCHITECTURE_KEY
 from hyperrl.policies.diagnostics import generated_weight_stats
 
 
@@ -107,6 +109,11 @@ def _start_from(model: BaseAlgorithm, init: InitFrom) -> None:
         venv.obs_rms = copy.deepcopy(stats.obs_rms)
 
 
+def _sampling(run: RunConfig):
+    """The training envs' wrapper: a member drawn per episode for an architecture run."""
+    return training_wrapper(run.policy, run.hyperparams.get("policy_kwargs"))
+
+
 def _build(
     args: TrainArgs,
     run: RunConfig,
@@ -120,7 +127,7 @@ def _build(
     config = dict(run.hyperparams)
     config.pop("env_kwargs", None)
     normalize = config.pop("normalize", False)
-    venv = make_envs(args.env, run.n_envs, args.seed, run.env_kwargs, split="train")
+    venv = make_envs(args.env, run.n_envs, args.seed, run.env_kwargs, "train", _sampling(run))
     space = venv.observation_space
     if "replay_buffer_class" in algo_defaults and not (
         isinstance(space, gym.spaces.Dict) and set(space.spaces) >= GOAL_KEYS
@@ -130,7 +137,7 @@ def _build(
             f"has no {sorted(GOAL_KEYS)}); use a Fetch env such as "
             "hyperrl/ContextualFetchReach-v0, or --algo sac"
         )
-    if run.policy in BATCHED_ONLY:  # a memory, or a member per world: SB3's PPO has neither
+    if run.policy in BATCHED_ONLY:  # a memory: SB3's PPO has none
         try:
             where = f"--env {envs.batched_twin(args.env)}"
         except ValueError:
@@ -141,11 +148,12 @@ def _build(
     if normalize:
         # every key but what the policy conditions on (a goal too): identical contexts must stay
         # identical, or every step gets its own generated head
-        keys = (
-            norm_obs_keys(venv.observation_space, policy_kwargs.get("context_keys", ("context",)))
-            if isinstance(venv.observation_space, gym.spaces.Dict)
-            else None
-        )
+        # (an architecture run's member too)
+        keys = None
+        if isinstance(space, gym.spaces.Dict):
+            raw = list(policy_kwargs.get("context_keys", ("context",)))
+            raw += [ARCHITECTURE_KEY] if ARCHITECTURE_KEY in space.spaces else []
+            keys = norm_obs_keys(space, raw)
         venv = VecNormalize(venv, norm_obs_keys=keys)
     device = args.device
     if device == "auto" and not issubclass(algo, OffPolicyAlgorithm):
@@ -181,8 +189,9 @@ def _callbacks(
         )
     if args.eval_freq > 0:
         eval_envs = {}
+        largest_member, _ = member_wrapper(run, None)  # an architecture run's largest member
         for split in envs.splits_of(run.env):
-            env = make_envs(run.env, 1, run.seed + 1000, run.env_kwargs, split=split)
+            env = make_envs(run.env, 1, run.seed + 1000, run.env_kwargs, split, largest_member)
             if isinstance(model.get_env(), VecNormalize):
                 env = VecNormalize(
                     env,
@@ -260,7 +269,7 @@ def _resume(args: TrainArgs) -> Path:
     run = read_run_config(run_dir)
     algo, _ = algo_class(run.algo)
     source = prepare_resume(run_dir)
-    venv = make_envs(run.env, run.n_envs, run.seed, run.env_kwargs, split="train")
+    venv = make_envs(run.env, run.n_envs, run.seed, run.env_kwargs, "train", _sampling(run))
     if (source / "vecnormalize.pkl").is_file():
         vec = load_vecnormalize(source / "vecnormalize.pkl")
         vec.set_venv(venv)

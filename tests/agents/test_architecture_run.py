@@ -8,19 +8,25 @@ import json
 import sys
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
 
+from agents import sb3_train
+from agents.architecture import MemberSampling
 from agents.architecture_search import choose, frontier
 from agents.batched.architecture import ArchitectureSampling
 from agents.batched.evaluation import evaluate_batched
 from agents.batched.ppo import DevicePPO, DevicePPOConfig
+from agents.run_config import load_run
+from agents.safe_pickle import load_vecnormalize
 from agents.train import TrainArgs, train
 from envs.classic.batched import TorchPendulum
 from hyperrl.architecture import ArchitectureSpace
 from hyperrl.policies.architecture import ARCHITECTURE_KEY, ArchitectureActorCriticPolicy
 
+learn_sb3 = sb3_train._learn
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 import evaluate  # noqa: E402
 import search_architecture  # noqa: E402
@@ -110,10 +116,6 @@ def test_train_and_evaluate_a_member_from_the_command_line(tmp_path, capsys):
     assert "is not in this space" in capsys.readouterr().err
     assert evaluate.main([str(run_dir), "-n", "1", "--member", "a,b"]) == 2
     assert "a member is its hidden widths" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="batched PPO only; use --env hyperrl/TorchPendulum-v0"):
-        train(TrainArgs(algo="ppo", env="hyperrl/ContextualPendulum-v0", policy="architecture",
-                        timesteps=64, run_dir=str(tmp_path / "sb3"), progress_bar=False,
-                        tensorboard=False))  # fmt: skip
     played = json.loads((run_dir / "eval.json").read_text())
     assert played["member"] == [16, 16] and np.isfinite(played["summary"]["train"]["mean_return"])
     out = tmp_path / "search.json"
@@ -129,6 +131,65 @@ def test_train_and_evaluate_a_member_from_the_command_line(tmp_path, capsys):
     assert "no member has <= 3 parameters" in capsys.readouterr().err
     assert search_architecture.main([str(run_dir), "--split", "nope"]) == 2  # before evaluating
     assert "--split 'nope' is not among the splits" in capsys.readouterr().err
+
+
+def test_a_member_is_drawn_per_episode_on_gymnasium_envs():
+    env = MemberSampling(gym.make("hyperrl/ContextualPendulum-v0", max_episode_steps=5), SPACE)
+    assert env.observation_space[ARCHITECTURE_KEY].shape == (2,)
+    obs, _ = env.reset(seed=3)
+    drawn = [env.member]
+    assert obs[ARCHITECTURE_KEY].tolist() == SPACE.encode([env.member])[0].tolist()
+    for _ in range(40):
+        obs, _, terminated, truncated, _ = env.step(env.action_space.sample())
+        assert obs[ARCHITECTURE_KEY].tolist() == SPACE.encode([drawn[-1]])[0].tolist()
+        if terminated or truncated:
+            env.reset()
+            drawn.append(env.member)
+    assert len(drawn) == 9 and len(set(drawn)) > 3 and set(drawn) <= set(SPACE.members())
+    env.reset(seed=3)
+    assert env.member == drawn[0]  # the seed fixes the draws
+    with pytest.raises(ValueError, match="needs a Dict observation"):
+        MemberSampling(gym.make("Pendulum-v1"), SPACE)
+
+
+def test_sb3_ppo_trains_members_of_every_size(tmp_path, monkeypatch):
+    run_dir = tmp_path / "sb3"
+    trained = []
+
+    def learn(args, run, model, *rest, **kwargs):
+        trained.append(model)
+        return learn_sb3(args, run, model, *rest, **kwargs)
+
+    monkeypatch.setattr(sb3_train, "_learn", learn)
+    train(TrainArgs(
+        algo="ppo", env="hyperrl/ContextualPendulum-v0", policy="architecture",
+        hyperparams=["n_steps:64", "batch_size:64", "n_epochs:1", "normalize:true",
+                     "policy_kwargs:{widths: [4, 16], max_depth: 2}",
+                     "env_kwargs:{max_episode_steps: 16}"],
+        timesteps=512, n_envs=2, eval_freq=256, eval_episodes=1, save_freq=0,
+        progress_bar=False, tensorboard=False, run_dir=str(run_dir),
+    ))  # fmt: skip
+    model = trained[0]
+    space = ArchitectureSpace(widths=(4, 16), max_depth=2)
+    assert model.policy.space == space
+    vec = load_vecnormalize(run_dir / "vecnormalize.pkl")
+    assert ARCHITECTURE_KEY not in vec.norm_obs_keys and "context" not in vec.norm_obs_keys
+    # the last rollout: members drawn per episode (16 steps), reaching the policy unnormalised
+    seen = model.rollout_buffer.observations[ARCHITECTURE_KEY].reshape(-1, 2)
+    members = {tuple(int(w) for w in row if w > 0) for row in seen}
+    assert len(members) > 3 and members <= set(space.members())
+    assert evaluate.main([str(run_dir), "-n", "1", "--splits", "train", "--member", "4"]) == 0
+    found = tmp_path / "search.json"  # the members are searched on the batched twin
+    args = [str(run_dir), "--worlds", "2", "--splits", "train", "--json", str(found)]
+    assert search_architecture.main(args) == 0
+    assert len(json.loads(found.read_text())["members"]) == 4
+    resumed = train(TrainArgs(resume=str(run_dir), timesteps=640, progress_bar=False,
+                              tensorboard=False))  # fmt: skip
+    assert load_run(resumed / "model.zip")[0].num_timesteps == 640
+    with pytest.raises(ValueError, match="--policy architecture is not available for SAC"):
+        train(TrainArgs(algo="sac", env="hyperrl/ContextualPendulum-v0", policy="architecture",
+                        timesteps=64, run_dir=str(tmp_path / "sac"), progress_bar=False,
+                        tensorboard=False))  # fmt: skip
 
 
 def test_the_frontier_and_the_choice_on_made_up_members():
