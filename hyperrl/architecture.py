@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from hyperrl.functional import from_groups, grouping, to_groups, unique_rows
-from hyperrl.generators import Generator, make_generator
+from hyperrl.generators import Generator, OutputCache, make_generator
 from hyperrl.target import LayerParams, TargetSpec
 
 Member = tuple[int, ...]
@@ -181,6 +181,18 @@ class ArchitectureHead(nn.Module):
             **(generator_kwargs or {}),
         )
         self.activation = activation()
+        #: reuse the heads generated for the last batch's (context, member) rows outside autograd
+        #: (rollouts; :class:`~hyperrl.generators.OutputCache`); for heads their optimizer updates
+        self.reuse_heads = False
+        self._cache = OutputCache()
+
+    def train(self, mode: bool = True) -> ArchitectureHead:
+        self._cache.clear()
+        return super().train(mode)
+
+    def _apply(self, *args, **kwargs) -> ArchitectureHead:  # .to(), .double(): new tensors
+        self._cache.clear()
+        return super()._apply(*args, **kwargs)
 
     def generate(self, context: torch.Tensor, encoded: torch.Tensor) -> list[LayerParams]:
         """Per-layer ``(W (N, out, in), b (N, out))`` of the largest chain for ``N`` rows of
@@ -216,11 +228,20 @@ class ArchitectureHead(nn.Module):
         if context is None:
             context = x.new_zeros(x.shape[0], 0)
         key = torch.cat([context, encoded.to(context)], dim=-1)
-        unique, group = unique_rows(key)
-        c = self.context_dim
-        members = unique[:, c:].long()
-        layers = self.generate(unique[:, :c], members)
-        layout = grouping(group, len(unique))
+        reuse = self.reuse_heads and not torch.is_grad_enabled()
+        if not reuse or (hit := self._cache.get(self.generator, key)) is None:
+            unique, group = unique_rows(key)
+            c = self.context_dim
+            members = unique[:, c:].long()
+            hit = (
+                members,
+                self.generate(unique[:, :c], members),
+                group,
+                grouping(group, len(unique)),
+            )
+            if reuse:
+                self._cache.put(self.generator, key, hit)
+        members, layers, group, layout = hit
         if layout.layout is None:  # too uneven to pad: one head per sample
             layers = [(w[group], b[group]) for w, b in layers]
             members, layout = members[group], None

@@ -33,7 +33,13 @@ from hyperrl.functional import (
     mlp_shared,
     unique_rows,
 )
-from hyperrl.generators import ContextEmbedding, Generator, LowRankGenerator, make_generator
+from hyperrl.generators import (
+    ContextEmbedding,
+    Generator,
+    LowRankGenerator,
+    OutputCache,
+    make_generator,
+)
 from hyperrl.init import check_gains, init_linear
 from hyperrl.target import TargetSpec
 
@@ -210,8 +216,7 @@ class HyperHead(ConditionedHead):
         self.dedup = dedup
         self.reuse_heads = False
         self.given_groups: Grouping | None = None
-        self._cache: tuple[torch.Tensor, tuple, Grouping, Any] | None = None
-        self._cache_params: list[torch.Tensor] | None = None
+        self._cache = OutputCache()
         self.generator: Generator = make_generator(
             generator,
             gen_dim,
@@ -312,39 +317,26 @@ class HyperHead(ConditionedHead):
         and the parameters stay.
 
         Only with ``reuse_heads`` on (the policies turn it on for networks updated by their
-        optimizer: a rollout then passes the same contexts at every step until a world resets),
-        outside autograd. A hit costs one comparison of the whole batch, where deduplicating and
-        laying out cost sorts and, on a GPU, four host syncs. A parameter's ``_version`` counts its
-        in-place updates (optimizer steps, ``load_state_dict``); writes through ``.data`` --
-        SB3's polyak update of target networks -- do not count, which is why target networks
-        never reuse heads.
+        optimizer; :class:`~hyperrl.generators.OutputCache` says why not for target networks),
+        outside autograd. A hit skips deduplicating and laying out: sorts and, on a GPU, four
+        host syncs.
         """
         reuse = self.reuse_heads and not torch.is_grad_enabled()
-        if reuse:
-            if self._cache_params is None:
-                self._cache_params = list(self.generator.parameters())
-            key = tuple(p._version for p in self._cache_params)
-            cache = self._cache
-            if (
-                cache is not None
-                and cache[1] == key
-                and cache[0].shape == context.shape
-                and cache[0].device == context.device
-                and torch.equal(cache[0], context)
-            ):
-                return cache[3], cache[2]
+        if reuse and (hit := self._cache.get(self.generator, context)) is not None:
+            return hit
         unique, group = unique_rows(context)
         heads = self._heads(unique, self._factored(len(unique), len(context)))
         groups = grouping(group, len(unique))
-        self._cache = (context.clone(), key, groups, heads) if reuse else None
+        if reuse:
+            self._cache.put(self.generator, context, (heads, groups))
         return heads, groups
 
     def train(self, mode: bool = True) -> HyperHead:
-        self._cache = None
+        self._cache.clear()
         return super().train(mode)
 
     def _apply(self, *args: Any, **kwargs: Any) -> HyperHead:  # .to(), .double(): new tensors
-        self._cache, self._cache_params = None, None
+        self._cache.clear()
         return super()._apply(*args, **kwargs)
 
     def generate(self, context: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:

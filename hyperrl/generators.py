@@ -112,6 +112,47 @@ class ContextEmbedding(nn.Sequential):
         reader.weight[:, self.norm_width :] = 0.0
 
 
+class OutputCache:
+    """What was computed from ``module``'s parameters for the last batch of inputs, kept to be
+    reused, outside autograd, while the inputs and the parameters stay the same: a rollout passes
+    the same contexts at every step until a world resets, so its heads need generating once.
+
+    A hit costs one comparison of the whole input. A parameter's ``_version`` counts its in-place
+    updates (optimizer steps, ``load_state_dict``); writes through ``.data`` -- SB3's polyak
+    update of target networks -- do not count, so a target network must never use a cache.
+    :meth:`clear` it when the parameters are replaced (``.to()``, ``.double()``).
+    """
+
+    def __init__(self) -> None:
+        self._params: list[torch.Tensor] | None = None
+        self._entry: tuple[torch.Tensor, tuple[int, ...], object] | None = None
+
+    def _versions(self, module: nn.Module) -> tuple[int, ...]:
+        if self._params is None:
+            self._params = list(module.parameters())
+        return tuple(p._version for p in self._params)
+
+    def get(self, module: nn.Module, inputs: torch.Tensor) -> object | None:
+        """The value stored for ``inputs`` and ``module``'s current parameters, else ``None``."""
+        entry = self._entry
+        if (
+            entry is None
+            or entry[0].shape != inputs.shape
+            or entry[0].device != inputs.device
+            or entry[1] != self._versions(module)
+            or not torch.equal(entry[0], inputs)
+        ):
+            return None
+        return entry[2]
+
+    def put(self, module: nn.Module, inputs: torch.Tensor, value: object) -> None:
+        """Keep ``value`` as what ``inputs`` give with ``module``'s current parameters."""
+        self._entry = (inputs.clone(), self._versions(module), value)
+
+    def clear(self) -> None:
+        self._params, self._entry = None, None
+
+
 class Generator(nn.Module, ABC):
     """Base class: maps contexts to the flat parameters of ``target``.
 

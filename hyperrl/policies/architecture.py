@@ -157,6 +157,7 @@ class ArchitectureActorCriticPolicy(ActorCriticPolicy):
             layer_gains=gains,
             generator_kwargs=self.generator_kwargs,
         )
+        head.reuse_heads = True  # a rollout generates each world's head once per episode
         self.action_net = _Actor(columns, head)
         arch = self.net_arch if isinstance(self.net_arch, list) else self.net_arch.get("vf", [])
         self.value_net = _Critic(

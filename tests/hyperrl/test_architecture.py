@@ -115,3 +115,32 @@ def test_a_head_without_context_is_conditioned_on_the_architecture_alone():
     assert out.shape == (3, 2) and torch.isfinite(out).all()
     out.sum().backward()
     assert all(p.grad is not None for p in head.generator.parameters() if p.requires_grad)
+
+
+def test_a_rollout_reuses_the_heads_until_a_member_context_or_parameter_changes():
+    head = _head()
+    head.reuse_heads = True
+    calls = []
+    head.generator.register_forward_hook(lambda m, inp, out: calls.append(1))
+    x, ctx = torch.randn(6, 10), torch.randn(3, 2).repeat(2, 1)
+    members = SPACE.encode([(4,), (8, 16), (32, 32, 4)] * 2)
+    with torch.no_grad():
+        first = head(x, ctx, members)
+        x2 = torch.randn(6, 10)
+        reused = head(x2, ctx, members)
+        assert len(calls) == 1
+        head.reuse_heads = False
+        torch.testing.assert_close(reused, head(x2, ctx, members))  # the right heads were kept
+        head.reuse_heads = True
+        calls.clear()
+        other = members.clone()
+        other[0] = SPACE.encode([(16,)])[0]
+        head(x, ctx, other)  # one world drew a new member: regenerate
+        head(x, ctx + 1.0, other)  # new contexts: regenerate
+    assert len(calls) == 2
+    opt = torch.optim.SGD(head.parameters(), lr=0.1)
+    head(x, ctx, members).sum().backward()  # with autograd: always generates
+    opt.step()
+    with torch.no_grad():
+        assert not torch.allclose(head(x, ctx, members), first)  # parameters changed
+    assert len(calls) == 4
