@@ -29,6 +29,11 @@ from agents.run_folder import CHECKPOINTS, BestModel, write_text
 FREEZE = ("none", "generator", "trunk")
 
 
+#: the schedule flags of ``train_agent.py`` and their defaults; a run records its own in
+#: ``config.yml`` and ``--resume`` keeps it unless a flag is given again
+SCHEDULE = {"eval_freq": 10_000, "eval_episodes": 5, "save_freq": 50_000, "keep_checkpoints": 3}
+
+
 @dataclass
 class TrainArgs:
     """What ``train_agent.py`` passes in; ``None`` means "from the preset, else the default"."""
@@ -44,10 +49,12 @@ class TrainArgs:
     device: str = "auto"
     tensorboard: bool = True
     tensorboard_log: str | None = None
-    eval_freq: int = 10_000
-    eval_episodes: int = 5
-    save_freq: int = 50_000
-    keep_checkpoints: int = 3
+    #: the schedule (:data:`SCHEDULE`): ``None`` takes the run's own on ``--resume``, else the
+    #: default
+    eval_freq: int | None = None
+    eval_episodes: int | None = None
+    save_freq: int | None = None
+    keep_checkpoints: int | None = None
     run_dir: str | None = None
     resume: str | None = None
     init_from: str | None = None
@@ -64,10 +71,10 @@ class TrainArgs:
         checks = [
             ("-n/--timesteps", self.timesteps, 1, True),
             ("--n-envs", self.n_envs, 1, True),
-            ("--eval-episodes", self.eval_episodes, 1, False),
-            ("--eval-freq", self.eval_freq, 0, False),
-            ("--save-freq", self.save_freq, 0, False),
-            ("--keep-checkpoints", self.keep_checkpoints, 1, False),
+            ("--eval-episodes", self.eval_episodes, 1, True),
+            ("--eval-freq", self.eval_freq, 0, True),
+            ("--save-freq", self.save_freq, 0, True),
+            ("--keep-checkpoints", self.keep_checkpoints, 1, True),
             ("--seed", self.seed, 0, False),
         ]
         for flag, value, low, optional in checks:
@@ -85,6 +92,20 @@ class TrainArgs:
                 raise ValueError(
                     f"--device must be auto, cpu, cuda or cuda:<index>, got {self.device!r}"
                 ) from None
+
+    def with_schedule(self, recorded: dict[str, int] | None = None) -> TrainArgs:
+        """These args with every schedule flag not given taken from ``recorded`` (a resumed
+        run's own, from its ``config.yml``), else from :data:`SCHEDULE`."""
+        recorded = recorded or {}
+        filled = {
+            k: recorded.get(k, default) if getattr(self, k) is None else getattr(self, k)
+            for k, default in SCHEDULE.items()
+        }
+        return dataclasses.replace(self, **filled)
+
+    def schedule(self) -> dict[str, int]:
+        """The schedule flags, as a run's ``config.yml`` records them."""
+        return {k: getattr(self, k) for k in SCHEDULE}
 
     def init_spec(self) -> dict[str, Any] | None:
         """``--init-from`` and its options as the run config records them (``None`` without).
@@ -139,6 +160,9 @@ class RunConfig:
     trainer: str = "sb3"
     #: where the run started from (``--init-from``: run, freeze, reinit_critic), or ``None``
     init_from: dict[str, Any] | None = None
+    #: evaluation and checkpoint frequencies (:data:`SCHEDULE`; ``None`` in runs from before
+    #: they were recorded)
+    schedule: dict[str, int] | None = None
 
     @classmethod
     def resolved(
@@ -165,6 +189,7 @@ class RunConfig:
             hyperparams=config,
             trainer=trainer,
             init_from=args.init_spec(),
+            schedule=args.with_schedule().schedule(),
         )
 
     @property
@@ -187,6 +212,8 @@ class RunConfig:
         }
         if self.init_from is not None:
             saved["init_from"] = self.init_from
+        if self.schedule is not None:
+            saved["schedule"] = self.schedule
         write_text(run_dir / "config.yml", yaml.safe_dump(saved, sort_keys=False))
         if envs.cpu_twin(self.env) in envs.ENVS:  # task suites have no context space
             space = envs.context_space(self.env)

@@ -40,8 +40,10 @@ def train(args: TrainArgs) -> Path:
 
         return adapt_run(args)
     if args.resume:
-        trainer = read_run_config(Path(args.resume)).trainer
-        return train_on_device(args) if trainer == "device" else train_sb3(args)
+        run = read_run_config(Path(args.resume))
+        args = args.with_schedule(run.schedule)  # the run's own unless given again
+        return train_on_device(args) if run.trainer == "device" else train_sb3(args)
+    args = args.with_schedule()
     if args.batched:
         args = dataclasses.replace(args, env=envs.batched_twin(args.env))
     if args.env in envs.BATCHED_ENVS:

@@ -35,16 +35,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--no-tensorboard", dest="tensorboard", action="store_false")
     p.add_argument("--tensorboard-log", default=None, help="TensorBoard root (default: RUN/tb)")
-    p.add_argument("--eval-freq", type=int, default=10_000, help="env steps; 0 disables")
-    p.add_argument("--eval-episodes", type=int, default=5)
-    p.add_argument("--save-freq", type=int, default=50_000, help="env steps; 0 disables")
+    p.add_argument(
+        "--eval-freq",
+        type=int,
+        help="env steps; 0 disables (default 10000; --resume keeps the run's own, as for "
+        "--eval-episodes, --save-freq and --keep-checkpoints)",
+    )
+    p.add_argument("--eval-episodes", type=int, help="default 5")
+    p.add_argument("--save-freq", type=int, help="env steps; 0 disables (default 50000)")
     p.add_argument(
         "--keep-checkpoints",
         type=int,
-        default=3,
         metavar="K",
-        help="checkpoints kept in RUN/checkpoints (the newest K; only the newest keeps its "
-        "replay buffer)",
+        help="checkpoints kept in RUN/checkpoints (the newest K, default 3; only the newest "
+        "keeps its replay buffer)",
     )
     p.add_argument("-f", "--run-dir", default=None, help="default: runs/<algo>/<env>_<n>")
     p.add_argument("--resume", default=None, metavar="RUN_DIR")

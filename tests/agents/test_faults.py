@@ -141,10 +141,9 @@ def test_a_checkpoint_into_a_full_or_read_only_folder_is_skipped_and_training_go
     kept = complete_checkpoints(run)
     blocked = run / "checkpoints" / "step_384"
     blocked.write_text("a file where the next checkpoint's folder goes")  # mkdir fails
+    resume = ["--resume", str(run), "-n", "512", "--save-freq", "128", "--no-progress"]
     with pytest.warns(UserWarning, match="checkpoint at 384 steps failed"):
-        code = train_agent.main(
-            ["--resume", str(run), "-n", "512", "--save-freq", "128", "--no-progress"]
-        )
+        code = train_agent.main([*resume, "--keep-checkpoints", "3"])  # none pruned away
     assert code == 0 and PPO.load(run / "model.zip", device="cpu").num_timesteps >= 512
     assert [s for s, _ in kept] == [s for s, _ in complete_checkpoints(run)][: len(kept)]
 

@@ -76,6 +76,22 @@ def test_resume_continues_the_step_count(ppo_run, tmp_path):
     assert model.num_timesteps >= 1536
 
 
+def test_resume_keeps_the_runs_own_schedule_unless_given_again(ppo_run, tmp_path):
+    import shutil
+
+    recorded = yaml.safe_load((ppo_run / "config.yml").read_text())["schedule"]
+    assert recorded == {"eval_freq": 512, "eval_episodes": 2, "save_freq": 512,
+                        "keep_checkpoints": 3}  # fmt: skip
+    kept, given = tmp_path / "kept", tmp_path / "given"
+    shutil.copytree(ppo_run, kept)
+    shutil.copytree(ppo_run, given)
+    common = dict(timesteps=1536, progress_bar=False, tensorboard=False)
+    train(TrainArgs(resume=str(kept), **common))  # checkpoints every 512 steps, as recorded
+    assert (kept / "checkpoints" / "step_1536").is_dir()
+    train(TrainArgs(resume=str(given), save_freq=0, **common))
+    assert not (given / "checkpoints" / "step_1536").exists()
+
+
 def test_off_policy_resume_keeps_the_replay_buffer(tmp_path):
     args = dict(
         algo="sac",
