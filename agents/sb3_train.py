@@ -9,6 +9,7 @@ env's context features and splits), ``model.zip``, ``best_model.zip``, ``vecnorm
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +110,7 @@ def _start_from(model: BaseAlgorithm, init: InitFrom) -> None:
         venv.obs_rms = copy.deepcopy(stats.obs_rms)
 
 
-def _sampling(run: RunConfig):
+def _sampling(run: RunConfig) -> Callable[[gym.Env], gym.Env] | None:
     """The training envs' wrapper: a member drawn per episode for an architecture run."""
     return training_wrapper(run.policy, run.hyperparams.get("policy_kwargs"))
 
@@ -146,9 +147,8 @@ def _build(
     policy, policy_kwargs = policy_for(algo, run.policy, venv, args.env)
     policy_kwargs |= config.pop("policy_kwargs", None) or {}
     if normalize:
-        # every key but what the policy conditions on (a goal too): identical contexts must stay
-        # identical, or every step gets its own generated head
-        # (an architecture run's member too)
+        # every key but what the policy conditions on (a goal too, and an architecture run's
+        # member): identical contexts must stay identical, or every step gets its own head
         keys = None
         if isinstance(space, gym.spaces.Dict):
             raw = list(policy_kwargs.get("context_keys", ("context",)))
