@@ -16,7 +16,7 @@ import torch
 import envs
 from agents.adaptation import RunPolicy
 from agents.batched.evaluation import evaluate_batched
-from agents.benchmark_report import run_curve
+from agents.benchmark_report import _pyplot, run_curve
 from agents.run_config import load_run, statistics_dir
 
 
@@ -142,3 +142,31 @@ def forgetting_markdown(sequences: dict[str, dict[str, Any]]) -> str:
             + f" | {mean:,.0f} [{low:,.0f}, {high:,.0f}] |"
         )
     return "\n".join(lines)
+
+
+def plot_fine_tuning(
+    variants: dict[str, Sequence[Path]], path: Path, tag: str = "eval/train_return"
+) -> Path:
+    """Each variant's ``tag`` against env steps: the mean over its runs (seeds) on their common
+    steps, with the range between the lowest and the highest run shaded."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, runs in variants.items():
+        curves = [c for c in (run_curve(Path(r), tag) for r in runs) if c is not None]
+        if not curves:
+            continue
+        steps = curves[0][0]
+        for curve in curves[1:]:
+            steps = np.intersect1d(steps, curve[0])
+        values = np.array([np.interp(steps, c[0], c[1]) for c in curves])
+        (line,) = ax.plot(steps / 1e6, values.mean(0), label=f"{name} ({len(curves)} seeds)")
+        ax.fill_between(steps / 1e6, values.min(0), values.max(0), alpha=0.15,
+                        color=line.get_color())  # fmt: skip
+    ax.set_xlabel("env steps (M)")
+    ax.set_ylabel("return on the task (deterministic)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -3,7 +3,8 @@
     python scripts/report_continual.py forgetting \\
         "regulariser=runs/continual/hcvel_reg_s*" "plain=runs/continual/hcvel_plain_s*"
     python scripts/report_continual.py finetune --scratch "runs/finetune/scratch_seed*" \\
-        "everything=runs/finetune/all_seed*" "frozen generator=runs/finetune/frozen_gen_seed*"
+        "everything=runs/finetune/all_seed*" "frozen generator=runs/finetune/frozen_gen_seed*" \\
+        --plot docs/results/finetune_halfcheetahvel.png
 
 ``forgetting`` reads finished ``train_continual.py`` runs (``results.json``); ``finetune``
 evaluates each run's final model on 64 worlds of its task and reads its evaluation curve. A
@@ -18,7 +19,12 @@ import sys
 from glob import glob
 from pathlib import Path
 
-from agents.continual_report import fine_tune_table, forgetting_markdown, read_sequences
+from agents.continual_report import (
+    fine_tune_table,
+    forgetting_markdown,
+    plot_fine_tuning,
+    read_sequences,
+)
 
 
 def _variants(items: list[str]) -> dict[str, list[Path]]:
@@ -27,7 +33,7 @@ def _variants(items: list[str]) -> dict[str, list[Path]]:
         name, sep, pattern = item.partition("=")
         if not sep or not name:
             raise ValueError(f"a variant is NAME=GLOB, got {item!r}")
-        runs = sorted(Path(p) for p in glob(pattern))
+        runs = sorted(Path(p) for p in glob(pattern) if Path(p).is_dir())
         if not runs:
             raise ValueError(f"{name}: no run folder matches {pattern!r}")
         out[name] = runs
@@ -43,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--scratch", required=True, metavar="GLOB", help="the runs from scratch")
     t.add_argument("variants", nargs="+", metavar="NAME=GLOB")
     t.add_argument("--fraction", type=float, default=1 / 3, help="of scratch's steps (1/3)")
+    t.add_argument("--plot", type=Path, metavar="PNG", help="the curves, mean over seeds")
     args = p.parse_args(argv)
     try:
         variants = _variants(args.variants)
@@ -51,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             scratch = _variants([f"scratch={args.scratch}"])["scratch"]
             print(fine_tune_table(scratch, variants, args.fraction)[0])
+            if args.plot:
+                print(f"plot: {plot_fine_tuning({'scratch': scratch, **variants}, args.plot)}")
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 from torch.utils.tensorboard import SummaryWriter
 
-from agents.continual_report import forgetting_markdown, mean_ci, read_sequences, steps_to
+from agents.continual_report import (
+    forgetting_markdown,
+    mean_ci,
+    plot_fine_tuning,
+    read_sequences,
+    steps_to,
+)
 
 
 def _results(folder, retention, tasks=("a", "b", "c")):
@@ -50,3 +56,6 @@ def test_steps_to_a_return(tmp_path):
     assert steps_to(tmp_path, -500.0) == 400
     assert steps_to(tmp_path, -400.0) is None
     assert steps_to(tmp_path, -400.0, tag="eval/nothing") is None
+    png = plot_fine_tuning({"a": [tmp_path, tmp_path], "empty": [tmp_path / "none"]},
+                           tmp_path / "curves.png")  # fmt: skip
+    assert png.stat().st_size > 1000
