@@ -152,7 +152,7 @@ def test_a_member_is_drawn_per_episode_on_gymnasium_envs():
         MemberSampling(gym.make("Pendulum-v1"), SPACE)
 
 
-def test_sb3_ppo_trains_members_of_every_size(tmp_path, monkeypatch):
+def test_sb3_ppo_trains_with_a_member_drawn_per_episode(tmp_path, monkeypatch):
     run_dir = tmp_path / "sb3"
     trained = []
 

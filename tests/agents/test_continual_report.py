@@ -47,7 +47,7 @@ def test_retention_over_seeds(tmp_path):
         read_sequences([tmp_path / "missing"])
 
 
-def test_steps_to_a_return(tmp_path):
+def test_steps_to_a_return_and_the_mean_curves(tmp_path):
     writer = SummaryWriter(str(tmp_path / "tb" / "run_1"))
     for step, value in [(100, -900.0), (200, -600.0), (300, -700.0), (400, -500.0)]:
         writer.add_scalar("eval/train_return", value, step)
