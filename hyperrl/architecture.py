@@ -229,6 +229,8 @@ class ArchitectureHead(nn.Module):
             context = x.new_zeros(x.shape[0], 0)
         key = torch.cat([context, encoded.to(context)], dim=-1)
         reuse = self.reuse_heads and not torch.is_grad_enabled()
+        if not reuse:  # an update may follow, and a fused optimizer's step leaves no trace
+            self._cache.clear()
         if not reuse or (hit := self._cache.get(self.generator, key)) is None:
             unique, group = unique_rows(key)
             c = self.context_dim

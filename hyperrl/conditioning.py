@@ -322,7 +322,9 @@ class HyperHead(ConditionedHead):
         host syncs.
         """
         reuse = self.reuse_heads and not torch.is_grad_enabled()
-        if reuse and (hit := self._cache.get(self.generator, context)) is not None:
+        if not reuse:  # an update may follow, and a fused optimizer's step leaves no trace
+            self._cache.clear()
+        elif (hit := self._cache.get(self.generator, context)) is not None:
             return hit
         unique, group = unique_rows(context)
         heads = self._heads(unique, self._factored(len(unique), len(context)))

@@ -117,10 +117,12 @@ class OutputCache:
     reused, outside autograd, while the inputs and the parameters stay the same: a rollout passes
     the same contexts at every step until a world resets, so its heads need generating once.
 
-    A hit costs one comparison of the whole input. A parameter's ``_version`` counts its in-place
-    updates (optimizer steps, ``load_state_dict``); writes through ``.data`` -- SB3's polyak
-    update of target networks -- do not count, so a target network must never use a cache.
-    :meth:`clear` it when the parameters are replaced (``.to()``, ``.double()``).
+    A hit costs one comparison of the whole input. A parameter's ``_version`` counts most of its
+    in-place updates (plain and foreach optimizer steps, ``load_state_dict``), but not writes
+    through ``.data`` -- SB3's polyak update of target networks, so a target network must never
+    use a cache -- and not a fused optimizer's step. So the owner :meth:`clear` s it on every
+    call with autograd (every update starts with one) and when the parameters are replaced
+    (``.to()``, ``.double()``).
     """
 
     def __init__(self) -> None:
