@@ -228,21 +228,14 @@ class ArchitectureHead(nn.Module):
         if context is None:
             context = x.new_zeros(x.shape[0], 0)
         key = torch.cat([context, encoded.to(context)], dim=-1)
-        reuse = self.reuse_heads and not torch.is_grad_enabled()
-        if not reuse:  # an update may follow, and a fused optimizer's step leaves no trace
-            self._cache.clear()
-        if not reuse or (hit := self._cache.get(self.generator, key)) is None:
+
+        def generate():
             unique, group = unique_rows(key)
-            c = self.context_dim
-            members = unique[:, c:].long()
-            hit = (
-                members,
-                self.generate(unique[:, :c], members),
-                group,
-                grouping(group, len(unique)),
-            )
-            if reuse:
-                self._cache.put(self.generator, key, hit)
+            members = unique[:, self.context_dim :].long()
+            layers = self.generate(unique[:, : self.context_dim], members)
+            return members, layers, group, grouping(group, len(unique))
+
+        hit = self._cache.cached(self.generator, key, generate, self.reuse_heads)
         members, layers, group, layout = hit
         if layout.layout is None:  # too uneven to pad: one head per sample
             layers = [(w[group], b[group]) for w, b in layers]

@@ -321,17 +321,13 @@ class HyperHead(ConditionedHead):
         outside autograd. A hit skips deduplicating and laying out: sorts and, on a GPU, four
         host syncs.
         """
-        reuse = self.reuse_heads and not torch.is_grad_enabled()
-        if not reuse:  # an update may follow, and a fused optimizer's step leaves no trace
-            self._cache.clear()
-        elif (hit := self._cache.get(self.generator, context)) is not None:
-            return hit
-        unique, group = unique_rows(context)
-        heads = self._heads(unique, self._factored(len(unique), len(context)))
-        groups = grouping(group, len(unique))
-        if reuse:
-            self._cache.put(self.generator, context, (heads, groups))
-        return heads, groups
+
+        def generate() -> tuple[list[tuple[torch.Tensor, ...]], Grouping]:
+            unique, group = unique_rows(context)
+            heads = self._heads(unique, self._factored(len(unique), len(context)))
+            return heads, grouping(group, len(unique))
+
+        return self._cache.cached(self.generator, context, generate, self.reuse_heads)
 
     def train(self, mode: bool = True) -> HyperHead:
         self._cache.clear()

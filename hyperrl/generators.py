@@ -154,6 +154,19 @@ class OutputCache:
     def clear(self) -> None:
         self._params, self._entry = None, None
 
+    def cached(self, module: nn.Module, inputs: torch.Tensor, compute, enabled: bool = True):
+        """``compute()``, or what it gave for these ``inputs`` and parameters before: kept only
+        when ``enabled`` and outside autograd; any other call clears the cache (an update may
+        follow it)."""
+        if not enabled or torch.is_grad_enabled():
+            self.clear()
+            return compute()
+        hit = self.get(module, inputs)
+        if hit is None:
+            hit = compute()
+            self.put(module, inputs, hit)
+        return hit
+
 
 class Generator(nn.Module, ABC):
     """Base class: maps contexts to the flat parameters of ``target``.
