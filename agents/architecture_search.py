@@ -1,6 +1,8 @@
 """Choosing a member of an architecture run (``scripts/search_architecture.py``): each member
 evaluated on the run's batched twin, the return-against-parameters frontier, and the member to
-deploy (the smallest within a fraction of the best, or the best under a parameter budget)."""
+deploy (the smallest within a fraction of the best, or the best under a parameter budget);
+separately trained plain policies evaluated the same way, to compare each member with a policy of
+its size trained alone."""
 
 from __future__ import annotations
 
@@ -17,6 +19,17 @@ from agents.batched.architecture import ArchitectureSampling
 from agents.batched.evaluation import evaluate_batched
 from agents.run_config import load_run, statistics_dir
 from hyperrl.architecture import ArchitectureSpace, Member
+
+
+def _twins(config: Any, splits: Sequence[str] | None, worlds: int, device: str, seed: int):
+    """One batched env per split of ``config``'s env (its batched twin), seeded alike, so every
+    policy evaluated on them meets the same contexts and initial states."""
+    kwargs = config.env_kwargs if config.env in envs.BATCHED_ENVS else {}
+    twin = envs.batched_twin(config.env)
+    return {
+        split: envs.make_batched(twin, worlds, split, device, seed, **kwargs)
+        for split in splits or envs.splits_of(config.env)
+    }
 
 
 def uniform_members(space: ArchitectureSpace) -> list[Member]:
@@ -44,13 +57,8 @@ def evaluate_members(
     members = [space.check(m) for m in (members or uniform_members(space))]
     policy = RunPolicy(model, statistics_dir(run_dir, model_path), torch.device(device))
     head = model.policy.action_net.head
-    kwargs = config.env_kwargs if config.env in envs.BATCHED_ENVS else {}
-    twin = envs.batched_twin(config.env)
     # one env per split for every member: each evaluation resets it with the same seed
-    by_split = {
-        split: envs.make_batched(twin, worlds, split, device, seed, **kwargs)
-        for split in splits or envs.splits_of(config.env)
-    }
+    by_split = _twins(config, splits, worlds, device, seed)
     rows = []
     for member in members:
         row: dict[str, Any] = {
@@ -62,6 +70,80 @@ def evaluate_members(
             row[split] = evaluate_batched(policy, played, seed=seed)["return"]
         rows.append(row)
     return rows
+
+
+def actor_widths(model: Any) -> Member:
+    """The hidden widths of a plain SB3 actor-critic's actor (``net_arch``'s ``pi``)."""
+    linears = [m for m in model.policy.mlp_extractor.policy_net if isinstance(m, torch.nn.Linear)]
+    return tuple(m.out_features for m in linears)
+
+
+def evaluate_baselines(
+    runs: Sequence[str | Path],
+    splits: Sequence[str] | None = None,
+    worlds: int = 32,
+    device: str = "cpu",
+    seed: int = 1000,
+) -> list[dict[str, Any]]:
+    """Separately trained plain runs (any ``--policy`` with an MLP actor, e.g. ``mlp`` with
+    ``net_arch: {pi: [32, 32]}``) on their batched twins exactly as :func:`evaluate_members`
+    plays members: ``[{"run", "member" (the actor's hidden widths), "params" (the actor's
+    parameters, its context inputs included), <split>: return}, ...]``.
+
+    :raises ValueError: for an architecture run, or a policy without a plain MLP actor."""
+    rows = []
+    for run in runs:
+        model, config, run_dir, model_path = load_run(run)
+        extractor = getattr(model.policy, "mlp_extractor", None)
+        if config.policy == "architecture" or not isinstance(
+            getattr(extractor, "policy_net", None), torch.nn.Sequential
+        ):
+            raise ValueError(
+                f"{run_dir} (--policy {config.policy}) has no plain MLP actor to compare with; "
+                "give runs of --policy mlp, none or concat"
+            )
+        policy = RunPolicy(model, statistics_dir(run_dir, model_path), torch.device(device))
+        actor = [model.policy.mlp_extractor.policy_net, model.policy.action_net]
+        row: dict[str, Any] = {
+            "run": str(run_dir),
+            "member": list(actor_widths(model)),
+            "params": sum(p.numel() for m in actor for p in m.parameters()),
+        }
+        for split, env in _twins(config, splits, worlds, device, seed).items():
+            row[split] = evaluate_batched(policy, env, seed=seed)["return"]
+        rows.append(row)
+    return rows
+
+
+def compare(
+    members: Sequence[dict[str, Any]],
+    baselines: Sequence[dict[str, Any]],
+    split: str = "train",
+    within: float = 0.1,
+) -> list[dict[str, Any]]:
+    """Each baseline next to the member of its widths: ``[{"member", "member_params",
+    "member_return", "baseline_params", "baseline_return", "ratio", "within"}, ...]``;
+    ``within`` is True when the member scores at least ``baseline - within * |baseline|``.
+    Baselines whose widths are no evaluated member are left out."""
+    by_member = {tuple(r["member"]): r for r in members}
+    out = []
+    for base in baselines:
+        row = by_member.get(tuple(base["member"]))
+        if row is None:
+            continue
+        mine, theirs = row[split], base[split]
+        out.append(
+            {
+                "member": list(base["member"]),
+                "member_params": row["params"],
+                "member_return": mine,
+                "baseline_params": base["params"],
+                "baseline_return": theirs,
+                "ratio": mine / theirs if theirs else float("nan"),
+                "within": mine >= theirs - within * abs(theirs),
+            }
+        )
+    return out
 
 
 def frontier(rows: Sequence[dict[str, Any]], split: str = "train") -> list[dict[str, Any]]:

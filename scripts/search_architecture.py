@@ -7,8 +7,10 @@ deterministic episode per world and split, every member on the same contexts. Pr
 and the return-against-parameters frontier (``--plot PNG`` draws it), picks the smallest member
 within ``--within`` of the best member's return on ``--split`` (or the best with at most
 ``--max-params`` parameters), and with ``--export`` writes it as a plain network
-(``RUN/export/actor_member_<widths>.*``, as ``export_policy.py --member`` does). ``--json``
-keeps every number.
+(``RUN/export/actor_member_<widths>.*``, as ``export_policy.py --member`` does).
+``--baselines RUN...`` plays separately trained plain runs (e.g. ``--policy mlp`` with
+``net_arch: {pi: [32, 32]}``) on the same contexts and sets each beside the member of its
+widths. ``--json`` keeps every number.
 """
 
 from __future__ import annotations
@@ -25,7 +27,14 @@ import torch  # noqa: E402
 
 import envs  # noqa: E402
 from agents.architecture import parse_member, space_of  # noqa: E402
-from agents.architecture_search import choose, evaluate_members, frontier  # noqa: E402
+from agents.architecture_search import (  # noqa: E402
+    choose,
+    compare,
+    evaluate_baselines,
+    evaluate_members,
+    frontier,
+    uniform_members,
+)
 from agents.evaluation import parse_context  # noqa: E402
 from agents.export import export_run  # noqa: E402
 from agents.run_config import load_run  # noqa: E402
@@ -44,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--export", action="store_true", help="export the chosen member")
     p.add_argument("--context", nargs="*", default=[], metavar="NAME=VALUE",
                    help="the context to export for (default: nominal)")  # fmt: skip
+    p.add_argument("--baselines", nargs="*", default=[], metavar="RUN",
+                   help="plain runs to set beside the members of their widths")  # fmt: skip
     p.add_argument("--plot", default=None, metavar="PNG")
     p.add_argument("--json", default=None)
     p.add_argument("--device", default="cpu")
@@ -60,11 +71,22 @@ def main(argv: list[str] | None = None) -> int:
         if args.split not in splits:
             raise ValueError(f"--split {args.split!r} is not among the splits {splits}")
         context = parse_context(args.context)  # checked before the long evaluation
-        members = None
+        members, baselines = None, []
         if args.members == ["all"]:
             members = space_of(config.hyperparams.get("policy_kwargs") or {}).members()
         elif args.members:
             members = [parse_member(m) for m in args.members]
+        if args.baselines:  # their widths join the members evaluated
+            baselines = evaluate_baselines(args.baselines, splits, args.worlds, args.device)
+            space = space_of(config.hyperparams.get("policy_kwargs") or {})
+            members = list(members or uniform_members(space))
+            for base in baselines:
+                try:
+                    widths = space.check(base["member"])
+                except ValueError as err:
+                    raise ValueError(f"baseline {base['run']}: {err}") from None
+                if widths not in members:
+                    members.append(widths)
         rows = evaluate_members(args.run, members, splits, args.worlds, args.device)
         chosen = choose(rows, args.split, args.within, args.max_params)
         exported = None
@@ -81,9 +103,13 @@ def main(argv: list[str] | None = None) -> int:
           f"parameters, return {chosen[args.split]:.1f}")  # fmt: skip
     if exported:
         print(f"exported: {', '.join(exported)}")
+    compared = compare(rows, baselines, args.split, args.within)
+    if compared:
+        print(comparison_table(compared, args.within))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"members": rows, "chosen": chosen}, indent=2))
+        out = {"members": rows, "chosen": chosen, "baselines": baselines, "compared": compared}
+        Path(args.json).write_text(json.dumps(out, indent=2))
     if args.plot:
         plot(rows, front, args.split, Path(args.plot))
     return 0
@@ -98,6 +124,21 @@ def table(rows: list[dict], front: list[dict]) -> str:
         cells = " | ".join(f"{r[s]:.1f}" for s in splits)
         mark = "*" if tuple(r["member"]) in on_front else ""
         lines.append(f"| {'-'.join(map(str, r['member']))} | {r['params']:,} | {cells} | {mark} |")
+    return "\n".join(lines)
+
+
+def comparison_table(compared: list[dict], within: float) -> str:
+    lines = [
+        "| member | parameters | return | trained alone: parameters | return | ratio | "
+        f"within {within:.0%} |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | :---: |",
+    ]
+    for c in compared:
+        lines.append(
+            f"| {'-'.join(map(str, c['member']))} | {c['member_params']:,} | "
+            f"{c['member_return']:.1f} | {c['baseline_params']:,} | {c['baseline_return']:.1f} | "
+            f"{c['ratio']:.2f} | {'yes' if c['within'] else 'no'} |"
+        )
     return "\n".join(lines)
 
 

@@ -15,7 +15,7 @@ import torch
 
 from agents import sb3_train
 from agents.architecture import MemberSampling
-from agents.architecture_search import choose, frontier
+from agents.architecture_search import choose, compare, frontier
 from agents.batched.architecture import ArchitectureSampling
 from agents.batched.evaluation import evaluate_batched
 from agents.batched.ppo import DevicePPO, DevicePPOConfig
@@ -131,6 +131,32 @@ def test_train_and_evaluate_a_member_from_the_command_line(tmp_path, capsys):
     assert "no member has <= 3 parameters" in capsys.readouterr().err
     assert search_architecture.main([str(run_dir), "--split", "nope"]) == 2  # before evaluating
     assert "--split 'nope' is not among the splits" in capsys.readouterr().err
+    # a plain policy of a member's size, trained alone, played on the same contexts
+    plain = {}
+    for widths in ([16, 4], [8]):
+        plain[widths[0]] = tmp_path / f"plain_{widths[0]}"
+        train(TrainArgs(
+            algo="ppo", env="hyperrl/TorchPendulum-v0", policy="mlp",
+            hyperparams=["n_steps:16", "n_minibatches:2",
+                         f"policy_kwargs:{{net_arch: {{pi: {widths}, vf: [8]}}}}"],
+            timesteps=128, n_envs=8, eval_freq=0, save_freq=0, progress_bar=False,
+            tensorboard=False, run_dir=str(plain[widths[0]]),
+        ))  # fmt: skip
+    args = [str(run_dir), "--worlds", "2", "--splits", "train", "--json", str(out)]
+    assert search_architecture.main([*args, "--baselines", str(plain[16])]) == 0
+    found = json.loads(out.read_text())
+    assert [r["member"] for r in found["members"]][-1] == [16, 4]  # added to the members
+    (compared,) = found["compared"]
+    member = next(r for r in found["members"] if r["member"] == [16, 4])
+    assert compared["member_return"] == member["train"]
+    assert compared["baseline_return"] == found["baselines"][0]["train"]
+    # its actor: 3 observations + 3 context features -> 16 -> 4 -> 1 action
+    assert compared["baseline_params"] == 6 * 16 + 16 + 16 * 4 + 4 + 4 * 1 + 1
+    assert "| 16-4 |" in capsys.readouterr().out
+    assert search_architecture.main([*args, "--baselines", str(plain[8])]) == 2
+    assert "is not in this space" in capsys.readouterr().err
+    assert search_architecture.main([*args, "--baselines", str(run_dir)]) == 2
+    assert "has no plain MLP actor" in capsys.readouterr().err
 
 
 def test_a_member_is_drawn_per_episode_on_gymnasium_envs():
@@ -208,6 +234,13 @@ def test_the_frontier_and_the_choice_on_made_up_members():
     losses = [dict(r, train=-r["train"] - 100) for r in rows]  # negative returns: -150 ... -200
     assert choose(losses, within=0.1)["member"] == [4]  # best -150; -165 is within 10 %
     assert choose(losses, within=0.01)["member"] == [4]
+    alone = [{"member": [8], "params": 30, "train": 95.0}, {"member": [32], "params": 90,
+             "train": 125.0}, {"member": [64], "params": 200, "train": 1.0}]  # fmt: skip
+    matched = compare(rows, alone, within=0.1)  # [64] is no member: left out
+    assert [(c["member"], c["within"]) for c in matched] == [([8], True), ([32], False)]
+    assert matched[1]["ratio"] == pytest.approx(0.8) and matched[0]["baseline_params"] == 30
+    losing = compare(losses, [{"member": [4], "params": 9, "train": -140.0}], within=0.1)
+    assert losing[0]["within"]  # -150 >= -140 - 14
     assert choose([dict(r, train=-200.0 + i) for i, r in enumerate(rows)], within=0.0)[
         "member"
     ] == [32]
