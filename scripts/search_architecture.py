@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         out = {"members": rows, "chosen": chosen, "baselines": baselines, "compared": compared}
         Path(args.json).write_text(json.dumps(out, indent=2))
     if args.plot:
-        plot(rows, front, args.split, Path(args.plot))
+        plot(rows, front, args.split, Path(args.plot), baselines)
     return 0
 
 
@@ -142,7 +143,9 @@ def comparison_table(compared: list[dict], within: float) -> str:
     return "\n".join(lines)
 
 
-def plot(rows: list[dict], front: list[dict], split: str, path: Path) -> None:
+def plot(
+    rows: list[dict], front: list[dict], split: str, path: Path, baselines: Sequence[dict] = ()
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -153,6 +156,14 @@ def plot(rows: list[dict], front: list[dict], split: str, path: Path) -> None:
                label="members")  # fmt: skip
     ax.plot([r["params"] for r in front], [r[split] for r in front], "o-", color="C3",
             label="frontier")  # fmt: skip
+    for r in front:
+        ax.annotate("-".join(map(str, r["member"])), (r["params"], r[split]),
+                    textcoords="offset points", xytext=(4, 4), fontsize=8, color="C3")  # fmt: skip
+    for i, base in enumerate(baselines):
+        ax.scatter([base["params"]], [base[split]], marker="x", s=50, color="k",
+                   label="trained alone" if i == 0 else None)  # fmt: skip
+        ax.annotate("-".join(map(str, base["member"])), (base["params"], base[split]),
+                    textcoords="offset points", xytext=(4, -10), fontsize=8)  # fmt: skip
     ax.set_xscale("log")
     ax.set_xlabel("actor parameters")
     ax.set_ylabel(f"return ({split})")

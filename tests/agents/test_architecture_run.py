@@ -143,7 +143,9 @@ def test_train_and_evaluate_a_member_from_the_command_line(tmp_path, capsys):
             tensorboard=False, run_dir=str(plain[widths[0]]),
         ))  # fmt: skip
     args = [str(run_dir), "--worlds", "2", "--splits", "train", "--json", str(out)]
-    assert search_architecture.main([*args, "--baselines", str(plain[16])]) == 0
+    png = tmp_path / "frontier.png"
+    assert search_architecture.main([*args, "--baselines", str(plain[16]), "--plot", str(png)]) == 0
+    assert png.stat().st_size > 0
     found = json.loads(out.read_text())
     assert [r["member"] for r in found["members"]][-1] == [16, 4]  # added to the members
     (compared,) = found["compared"]
