@@ -15,7 +15,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from hyperrl.architecture import ArchitectureSpace, Member
+from hyperrl.architecture import ArchitectureSpace, Member, check_sandwich
 from hyperrl.policies.architecture import ARCHITECTURE_KEY
 
 
@@ -27,6 +27,14 @@ def space_of(policy_kwargs: dict[str, Any]) -> ArchitectureSpace:
     if "widths" in given:
         given["widths"] = tuple(given["widths"])
     return ArchitectureSpace(**given)
+
+
+def sandwich_of(policy_kwargs: dict[str, Any]) -> float:
+    """The share of a run's member draws that are its largest or smallest member
+    (``policy_kwargs``' ``sandwich``, default 0).
+
+    :raises ValueError: outside ``[0, 1]``."""
+    return check_sandwich(policy_kwargs.get("sandwich", 0.0))
 
 
 def parse_member(text: str) -> Member:
@@ -76,11 +84,12 @@ class MemberSampling(gym.Wrapper):
     """A gymnasium env that acts with a member of ``space`` drawn afresh at every reset (evenly
     over depths and widths, :meth:`~hyperrl.architecture.ArchitectureSpace.sample`), carried in
     its observations under :data:`~hyperrl.policies.architecture.ARCHITECTURE_KEY`: how SB3's PPO
-    trains every member of one generator. ``reset(seed=...)`` seeds the draws too."""
+    trains every member of one generator; ``sandwich`` of the draws are the largest or the
+    smallest member. ``reset(seed=...)`` seeds the draws too."""
 
-    def __init__(self, env: gym.Env, space: ArchitectureSpace) -> None:
+    def __init__(self, env: gym.Env, space: ArchitectureSpace, sandwich: float = 0.0) -> None:
         super().__init__(env)
-        self.space = space
+        self.space, self.sandwich = space, check_sandwich(sandwich)
         self.observation_space = _with_member_space(env, space)
         self._generator = torch.Generator().manual_seed(0)
         self._encoded = np.zeros(space.max_depth, np.float32)
@@ -93,7 +102,8 @@ class MemberSampling(gym.Wrapper):
     def reset(self, **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         if kwargs.get("seed") is not None:
             self._generator.manual_seed(int(kwargs["seed"]))
-        self._encoded = self.space.sample(1, self._generator)[0].numpy().astype(np.float32)
+        drawn = self.space.sample(1, self._generator, self.sandwich)[0]
+        self._encoded = drawn.numpy().astype(np.float32)
         obs, info = self.env.reset(**kwargs)
         return self._observation(obs), info
 
@@ -112,8 +122,8 @@ def training_wrapper(
     space of ``policy_kwargs`` for ``architecture``, nothing (``None``) otherwise."""
     if policy != "architecture":
         return None
-    space = space_of(policy_kwargs or {})
-    return lambda env: MemberSampling(env, space)
+    space, sandwich = space_of(policy_kwargs or {}), sandwich_of(policy_kwargs or {})
+    return lambda env: MemberSampling(env, space, sandwich)
 
 
 def member_wrapper(

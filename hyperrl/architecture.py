@@ -111,13 +111,32 @@ class ArchitectureSpace:
             out[i, : len(member)] = torch.tensor(member)
         return out
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    @property
+    def smallest(self) -> Member:
+        """The narrowest, shallowest member."""
+        return (self.widths[0],) * self.min_depth
+
+    def sample(
+        self, n: int, generator: torch.Generator | None = None, sandwich: float = 0.0
+    ) -> torch.Tensor:
         """``(n, max_depth)`` encoded members: depth uniform, then each width uniform (so every
-        depth and every width is drawn as often, whatever its parameter count)."""
+        depth and every width is drawn as often, whatever its parameter count). With
+        ``sandwich`` (the sandwich rule of slimmable networks, Yu & Huang 2019) a share
+        ``sandwich / 2`` of the draws is the largest member and as many the smallest: in a large
+        space any one member, the largest included, is otherwise drawn a fraction of a percent
+        of the time.
+
+        :raises ValueError: for ``sandwich`` outside ``[0, 1]``."""
+        check_sandwich(sandwich)
         depth = torch.randint(self.min_depth, self.max_depth + 1, (n, 1), generator=generator)
         pick = torch.randint(len(self.widths), (n, self.max_depth), generator=generator)
         widths = torch.tensor(self.widths)[pick]
-        return widths * (torch.arange(self.max_depth) < depth)
+        drawn = widths * (torch.arange(self.max_depth) < depth)
+        if sandwich > 0:
+            u = torch.rand(n, generator=generator)
+            drawn[u < sandwich / 2] = self.encode([self.largest])[0]
+            drawn[(u >= sandwich / 2) & (u < sandwich)] = self.encode([self.smallest])[0]
+        return drawn
 
     def describe(self, encoded: torch.Tensor) -> torch.Tensor:
         """``(n, max_depth) -> (n, 2 * max_depth)`` floats in ``[-1, 1]``: per layer, +1/-1 for
@@ -134,6 +153,18 @@ class ArchitectureSpace:
         """Weights and biases of the plain MLP ``in_dim -> member... -> out_dim``."""
         sizes = (in_dim, *self.check(member), out_dim)
         return sum(a * b + b for a, b in itertools.pairwise(sizes))
+
+
+def check_sandwich(sandwich: float) -> float:
+    """:raises ValueError: unless ``0 <= sandwich <= 1`` (the share of draws that are the
+    largest or the smallest member)."""
+    if (
+        isinstance(sandwich, bool)
+        or not isinstance(sandwich, int | float)
+        or not (0 <= sandwich <= 1)
+    ):
+        raise ValueError(f"sandwich is the share of draws in [0, 1], got {sandwich!r}")
+    return float(sandwich)
 
 
 class ArchitectureHead(nn.Module):

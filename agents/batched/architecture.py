@@ -12,9 +12,9 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from agents.architecture import space_of
+from agents.architecture import sandwich_of, space_of
 from envs.batched import BatchedContextualEnv, Obs
-from hyperrl.architecture import ArchitectureSpace
+from hyperrl.architecture import ArchitectureSpace, check_sandwich
 from hyperrl.policies.architecture import ARCHITECTURE_KEY
 
 
@@ -28,6 +28,7 @@ class ArchitectureSampling:
     :param space: the members.
     :param member: one member for every world and episode (``None``: drawn).
     :param seed: seeds the draws.
+    :param sandwich: the share of draws that are the largest or the smallest member.
     """
 
     supports_state = False
@@ -38,11 +39,12 @@ class ArchitectureSampling:
         space: ArchitectureSpace,
         member: Sequence[int] | None = None,
         seed: int | None = None,
+        sandwich: float = 0.0,
     ) -> None:
         spaces = dict(env.observation_space.spaces)
         if ARCHITECTURE_KEY in spaces:
             raise ValueError(f"the env already has an {ARCHITECTURE_KEY!r} key")
-        self.env, self.space = env, space
+        self.env, self.space, self.sandwich = env, space, check_sandwich(sandwich)
         self.member = None if member is None else space.encode([member])[0].to(env.device)
         box = gym.spaces.Box(0.0, float(space.max_width), (space.max_depth,), np.float32)
         self.observation_space = gym.spaces.Dict({**spaces, ARCHITECTURE_KEY: box})
@@ -56,7 +58,7 @@ class ArchitectureSampling:
     def _draw(self, n: int) -> torch.Tensor:
         if self.member is not None:
             return self.member.expand(n, -1).clone()
-        return self.space.sample(n, self.generator).to(self.env.device)
+        return self.space.sample(n, self.generator, self.sandwich).to(self.env.device)
 
     def _with_members(self, obs: Obs, members: torch.Tensor) -> Obs:
         return {**obs, ARCHITECTURE_KEY: members.float()}
@@ -100,8 +102,9 @@ def for_policy(
     member: Sequence[int] | None = None,
 ):
     """``env`` as ``--policy policy`` trains on it: wrapped in :class:`ArchitectureSampling`
-    (the space from ``policy_kwargs``: ``widths``, ``max_depth``, ``min_depth``) for
-    ``architecture``, as it is otherwise."""
+    (the space from ``policy_kwargs``: ``widths``, ``max_depth``, ``min_depth``; and its
+    ``sandwich``) for ``architecture``, as it is otherwise."""
     if policy != "architecture":
         return env
-    return ArchitectureSampling(env, space_of(policy_kwargs), member, seed)
+    space, sandwich = space_of(policy_kwargs), sandwich_of(policy_kwargs)
+    return ArchitectureSampling(env, space, member, seed, sandwich)

@@ -22,7 +22,7 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.type_aliases import Schedule
 from torch import nn
 
-from hyperrl.architecture import ArchitectureHead, ArchitectureSpace
+from hyperrl.architecture import ArchitectureHead, ArchitectureSpace, check_sandwich
 from hyperrl.init import init_linear
 from hyperrl.policies.actor_critic import _PassThrough
 from hyperrl.policies.extractors import ContextFeaturesExtractor, check_context_keys
@@ -93,6 +93,9 @@ class ArchitectureActorCriticPolicy(ActorCriticPolicy):
     :param max_depth: the most hidden layers; ``min_depth`` the fewest.
     :param context_keys: keys holding the context the weights are also generated from.
     :param generator: the generator kind (``"chunked"``); ``generator_kwargs`` its keywords.
+    :param sandwich: the share of training draws that are the largest or the smallest member
+        (:meth:`~hyperrl.architecture.ArchitectureSpace.sample`; the trainers' member sampling
+        reads it, the policy keeps it with its space).
 
     ``net_arch`` (default ``[64, 64]``) is the critic's MLP.
     """
@@ -109,6 +112,7 @@ class ArchitectureActorCriticPolicy(ActorCriticPolicy):
         context_keys: Sequence[str] = ("context",),
         generator: str = "chunked",
         generator_kwargs: dict | None = None,
+        sandwich: float = 0.0,
         **kwargs: Any,
     ) -> None:
         if not isinstance(action_space, gym.spaces.Box):
@@ -120,6 +124,7 @@ class ArchitectureActorCriticPolicy(ActorCriticPolicy):
                 "--policy architecture, whose trainer draws a member per world"
             )
         self.space = ArchitectureSpace(tuple(widths), int(max_depth), int(min_depth))
+        self.sandwich = check_sandwich(sandwich)
         if observation_space[ARCHITECTURE_KEY].shape != (self.space.max_depth,):
             raise ValueError(
                 f"the observation's {ARCHITECTURE_KEY!r} key has shape "
@@ -178,6 +183,7 @@ class ArchitectureActorCriticPolicy(ActorCriticPolicy):
             "context_keys": self.context_keys[:-1],
             "generator": self.generator_kind,
             "generator_kwargs": self.generator_kwargs,
+            "sandwich": self.sandwich,
         }
 
     def member_actor(

@@ -16,7 +16,7 @@ import torch
 from agents import sb3_train
 from agents.architecture import MemberSampling
 from agents.architecture_search import choose, compare, frontier
-from agents.batched.architecture import ArchitectureSampling
+from agents.batched.architecture import ArchitectureSampling, for_policy
 from agents.batched.evaluation import evaluate_batched
 from agents.batched.ppo import DevicePPO, DevicePPOConfig
 from agents.run_config import load_run
@@ -56,6 +56,12 @@ def test_each_world_draws_a_member_per_episode():
     assert finished > 20 and redrawn > finished // 2
     pinned = ArchitectureSampling(TorchPendulum(8, seed=0), SPACE, member=(16, 4))
     assert pinned.reset(seed=0)[ARCHITECTURE_KEY].tolist() == [[16.0, 4.0]] * 8
+    kwargs = {"widths": [4, 16, 32], "max_depth": 2, "sandwich": 1.0}  # as a run gives them
+    extremes = for_policy(TorchPendulum(64, seed=0), "architecture", kwargs, seed=0)
+    assert {tuple(m) for m in extremes.reset(seed=0)[ARCHITECTURE_KEY].tolist()} == {
+        (4.0, 0.0),
+        (32.0, 32.0),
+    }
 
 
 def test_the_policy_acts_for_any_member_as_its_plain_network():
@@ -105,7 +111,7 @@ def test_train_and_evaluate_a_member_from_the_command_line(tmp_path, capsys):
     train(TrainArgs(
         algo="ppo", env="hyperrl/TorchPendulum-v0", policy="architecture",
         hyperparams=["n_steps:16", "n_minibatches:2",
-                     "policy_kwargs:{widths: [4, 16], max_depth: 2}"],
+                     "policy_kwargs:{widths: [4, 16], max_depth: 2, sandwich: 0.25}"],
         timesteps=256, n_envs=8, eval_freq=128, eval_episodes=2, save_freq=0,
         progress_bar=False, tensorboard=False, run_dir=str(run_dir),
     ))  # fmt: skip
@@ -176,6 +182,8 @@ def test_a_member_is_drawn_per_episode_on_gymnasium_envs():
     assert len(drawn) == 9 and len(set(drawn)) > 3 and set(drawn) <= set(SPACE.members())
     env.reset(seed=3)
     assert env.member == drawn[0]  # the seed fixes the draws
+    pinned = MemberSampling(gym.make("hyperrl/ContextualPendulum-v0"), SPACE, sandwich=1.0)
+    assert {(pinned.reset(seed=s), pinned.member)[1] for s in range(20)} == {(4,), (32, 32)}
     with pytest.raises(ValueError, match="needs a Dict observation"):
         MemberSampling(gym.make("Pendulum-v1"), SPACE)
 

@@ -36,6 +36,15 @@ def test_the_space_lists_samples_and_describes_its_members():
     first = drawn[:, 0]
     for w in SPACE.widths:
         assert (first == w).float().mean() == pytest.approx(1 / 4, abs=0.03)
+    # the sandwich rule: a quarter of the draws pinned to each extreme, the other half uniform
+    drawn = SPACE.sample(8000, torch.Generator().manual_seed(0), sandwich=0.5)
+    share = {m: (drawn == SPACE.encode([m])[0]).all(1).float().mean() for m in [(32,) * 3, (4,)]}
+    assert share[(32,) * 3] == pytest.approx(0.25 + 0.5 / 192, abs=0.02)  # 1/3 * (1/4)^3
+    assert share[(4,)] == pytest.approx(0.25 + 0.5 / 12, abs=0.01)  # 1/3 * 1/4
+    assert SPACE.smallest == (4,) and len(SPACE.sample(50, sandwich=1.0).unique(dim=0)) == 2
+    for bad in (-0.1, 1.5, True, "half"):
+        with pytest.raises(ValueError, match="sandwich is the share of draws"):
+            SPACE.sample(4, sandwich=bad)
     described = SPACE.describe(SPACE.encode([(4,), (32, 8, 16)]))
     # flags, then log2 widths from 4 (-1) to 32 (+1)
     expected = [[1, -1, -1, -1, 0, 0], [1, 1, 1, 1, -1 / 3, 1 / 3]]
