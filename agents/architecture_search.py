@@ -85,7 +85,7 @@ def evaluate_baselines(
     device: str = "cpu",
     seed: int = 1000,
 ) -> list[dict[str, Any]]:
-    """Separately trained plain runs (any ``--policy`` with an MLP actor, e.g. ``mlp`` with
+    """Separately trained plain runs (an SB3 MLP actor, e.g. ``--policy mlp`` with
     ``net_arch: {pi: [32, 32]}``) on their batched twins exactly as :func:`evaluate_members`
     plays members: ``[{"run", "member" (the actor's hidden widths), "params" (the actor's
     parameters, its context inputs included), <split>: return}, ...]``.
@@ -100,7 +100,7 @@ def evaluate_baselines(
         ):
             raise ValueError(
                 f"{run_dir} (--policy {config.policy}) has no plain MLP actor to compare with; "
-                "give runs of --policy mlp, none or concat"
+                "give plain runs, such as --policy mlp with net_arch {pi: [32, 32]}"
             )
         policy = RunPolicy(model, statistics_dir(run_dir, model_path), torch.device(device))
         actor = [model.policy.mlp_extractor.policy_net, model.policy.action_net]
