@@ -182,6 +182,10 @@ class ArchitectureHead(nn.Module):
     :param layer_gains: standard-init gain per layer of the largest chain (hidden layers, then
         the output layer); ``None``: ``nn.Linear``'s default.
     :param generator_kwargs: passed to the generator (``hidden``, ``chunk_size``...).
+    :param member_offsets: add a learned offset per member to its generated parameters (zero
+        at init, so the init is unchanged): members then need not share their common blocks
+        through the generator alone, at ``len(space.members())`` times the largest chain's
+        parameter count (for a small space).
     """
 
     def __init__(
@@ -195,6 +199,7 @@ class ArchitectureHead(nn.Module):
         init: str = "bias",
         layer_gains: Sequence[float] | None = None,
         generator_kwargs: dict | None = None,
+        member_offsets: bool = False,
     ) -> None:
         super().__init__()
         self.space, self.context_dim = space, context_dim
@@ -212,6 +217,11 @@ class ArchitectureHead(nn.Module):
             **(generator_kwargs or {}),
         )
         self.activation = activation()
+        self.offsets: nn.Parameter | None = None
+        if member_offsets:
+            members = space.members()
+            self.register_buffer("member_table", space.encode(members), persistent=False)
+            self.offsets = nn.Parameter(torch.zeros(len(members), self.target.num_params))
         #: reuse the heads generated for the last batch's (context, member) rows outside autograd
         #: (rollouts; :class:`~hyperrl.generators.OutputCache`); for heads their optimizer updates
         self.reuse_heads = False
@@ -230,7 +240,12 @@ class ArchitectureHead(nn.Module):
         ``context (N, C)`` and members ``encoded (N, max_depth)``, masked to each member's blocks
         and fan-in corrected (the output layer reads the member's last hidden layer)."""
         given = torch.cat([context, self.space.describe(encoded).to(context)], dim=-1)
-        layers = self.target.unflatten(self.generator(given))
+        flat = self.generator(given)
+        if self.offsets is not None:  # each row's member: its index in the space's list
+            width = encoded.to(self.member_table.device)
+            index = (width[:, None, :] == self.member_table[None]).all(-1).float().argmax(1)
+            flat = flat + self.offsets[index]
+        layers = self.target.unflatten(flat)
         widest, depth = self.space.max_width, self.space.max_depth
         width = encoded.to(context.device)
         last = width.gather(1, ((width > 0).sum(1, keepdim=True) - 1).clamp(min=0))  # (N, 1)
@@ -266,7 +281,7 @@ class ArchitectureHead(nn.Module):
             layers = self.generate(unique[:, : self.context_dim], members)
             return members, layers, group, grouping(group, len(unique))
 
-        hit = self._cache.cached(self.generator, key, generate, self.reuse_heads)
+        hit = self._cache.cached(self, key, generate, self.reuse_heads)
         members, layers, group, layout = hit
         if layout.layout is None:  # too uneven to pad: one head per sample
             layers = [(w[group], b[group]) for w, b in layers]

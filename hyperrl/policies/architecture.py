@@ -93,6 +93,8 @@ class ArchitectureActorCriticPolicy(ActorCriticPolicy):
     :param max_depth: the most hidden layers; ``min_depth`` the fewest.
     :param context_keys: keys holding the context the weights are also generated from.
     :param generator: the generator kind (``"chunked"``); ``generator_kwargs`` its keywords.
+    :param member_offsets: a learned offset per member on its generated parameters
+        (:class:`~hyperrl.architecture.ArchitectureHead`).
     :param sandwich: the share of training draws that are the largest or the smallest member
         (:meth:`~hyperrl.architecture.ArchitectureSpace.sample`; the trainers' member sampling
         reads it, the policy keeps it with its space).
@@ -112,6 +114,7 @@ class ArchitectureActorCriticPolicy(ActorCriticPolicy):
         context_keys: Sequence[str] = ("context",),
         generator: str = "chunked",
         generator_kwargs: dict | None = None,
+        member_offsets: bool = False,
         sandwich: float = 0.0,
         **kwargs: Any,
     ) -> None:
@@ -125,6 +128,9 @@ class ArchitectureActorCriticPolicy(ActorCriticPolicy):
             )
         self.space = ArchitectureSpace(tuple(widths), int(max_depth), int(min_depth))
         self.sandwich = check_sandwich(sandwich)
+        if not isinstance(member_offsets, bool):
+            raise ValueError(f"member_offsets is true or false, got {member_offsets!r}")
+        self.member_offsets = member_offsets
         if observation_space[ARCHITECTURE_KEY].shape != (self.space.max_depth,):
             raise ValueError(
                 f"the observation's {ARCHITECTURE_KEY!r} key has shape "
@@ -161,6 +167,7 @@ class ArchitectureActorCriticPolicy(ActorCriticPolicy):
             self.generator_kind,
             layer_gains=gains,
             generator_kwargs=self.generator_kwargs,
+            member_offsets=self.member_offsets,
         )
         head.reuse_heads = True  # a rollout generates each world's head once per episode
         self.action_net = _Actor(columns, head)
@@ -183,6 +190,7 @@ class ArchitectureActorCriticPolicy(ActorCriticPolicy):
             "context_keys": self.context_keys[:-1],
             "generator": self.generator_kind,
             "generator_kwargs": self.generator_kwargs,
+            "member_offsets": self.member_offsets,
             "sandwich": self.sandwich,
         }
 

@@ -200,14 +200,14 @@ def test_sb3_ppo_trains_with_a_member_drawn_per_episode(tmp_path, monkeypatch):
     train(TrainArgs(
         algo="ppo", env="hyperrl/ContextualPendulum-v0", policy="architecture",
         hyperparams=["n_steps:64", "batch_size:64", "n_epochs:1", "normalize:true",
-                     "policy_kwargs:{widths: [4, 16], max_depth: 2}",
+                     "policy_kwargs:{widths: [4, 16], max_depth: 2, member_offsets: true}",
                      "env_kwargs:{max_episode_steps: 16}"],
         timesteps=512, n_envs=2, eval_freq=256, eval_episodes=1, save_freq=0,
         progress_bar=False, tensorboard=False, run_dir=str(run_dir),
     ))  # fmt: skip
     model = trained[0]
     space = ArchitectureSpace(widths=(4, 16), max_depth=2)
-    assert model.policy.space == space
+    assert model.policy.space == space and model.policy.action_net.head.offsets.shape[0] == 6
     vec = load_vecnormalize(run_dir / "vecnormalize.pkl")
     assert ARCHITECTURE_KEY not in vec.norm_obs_keys and "context" not in vec.norm_obs_keys
     # the last rollout: members drawn per episode (16 steps), reaching the policy unnormalised

@@ -156,3 +156,24 @@ def test_a_rollout_reuses_the_heads_until_a_member_context_or_parameter_changes(
     with torch.no_grad():
         assert not torch.allclose(head(x, ctx, members), before)  # parameters changed
     assert len(calls) == 5 and torch.equal(before, first)
+
+
+def test_member_offsets_start_at_zero_and_move_each_members_own_head():
+    head, shared = _head(3, member_offsets=True), _head(3)  # the same generator, offsets or not
+    x, ctx = torch.randn(8, 10), torch.rand(1, 2).expand(8, 2)
+    members = SPACE.encode([(8, 16)] * 4 + [(4,)] * 4)
+    torch.testing.assert_close(head(x, ctx, members), shared(x, ctx, members))  # init unchanged
+    head(x[:4], ctx[:4], members[:4]).square().sum().backward()
+    row = SPACE.members().index((8, 16))
+    grad = head.offsets.grad
+    assert grad[row].abs().sum() > 0 and grad[torch.arange(len(grad)) != row].abs().sum() == 0
+    assert head.target.unflatten(grad[row : row + 1])[0][0][0, 8:, :].abs().sum() == 0  # masked
+    head.reuse_heads = True
+    with torch.no_grad():
+        before = head(x, ctx, members)
+        head.offsets[row] += 0.5 * torch.randn(head.offsets.shape[1])  # only (8, 16) moves
+        after = head(x, ctx, members)  # an in-place change to the offsets: regenerated
+        assert not torch.allclose(after[:4], before[:4])
+        torch.testing.assert_close(after[4:], before[4:])
+        plain = _plain(head.member_layers(ctx[0], (8, 16)), x[:1])  # exported with its offset
+        torch.testing.assert_close(plain[0], after[0], atol=1e-5, rtol=1e-5)
