@@ -32,6 +32,14 @@ def _twins(config: Any, splits: Sequence[str] | None, worlds: int, device: str, 
     }
 
 
+def _same_env(a: str, b: str) -> bool:
+    """Whether two env ids are one env (a gymnasium id and its batched twin are)."""
+    try:
+        return envs.batched_twin(a) == envs.batched_twin(b)
+    except ValueError:  # one of them has no twin
+        return a == b
+
+
 def uniform_members(space: ArchitectureSpace) -> list[Member]:
     """One member per depth and width, every layer that wide: a cross-section of the space."""
     return [(w,) * d for d in range(space.min_depth, space.max_depth + 1) for w in space.widths]
@@ -84,16 +92,23 @@ def evaluate_baselines(
     worlds: int = 32,
     device: str = "cpu",
     seed: int = 1000,
+    env: str | None = None,
 ) -> list[dict[str, Any]]:
     """Separately trained plain runs (an SB3 MLP actor, e.g. ``--policy mlp`` with
     ``net_arch: {pi: [32, 32]}``) on their batched twins exactly as :func:`evaluate_members`
-    plays members: ``[{"run", "member" (the actor's hidden widths), "params" (the actor's
-    parameters, its context inputs included), <split>: return}, ...]``.
+    plays members: ``[{"run", "env", "member" (the actor's hidden widths), "params" (the
+    actor's parameters, its context inputs included), <split>: return}, ...]``.
 
-    :raises ValueError: for an architecture run, or a policy without a plain MLP actor."""
+    :param env: the env every run must have been trained on (the same batched twin), if given.
+    :raises ValueError: for an architecture run, a policy without a plain MLP actor, or a run of
+        another env."""
     rows = []
     for run in runs:
         model, config, run_dir, model_path = load_run(run)
+        if env is not None and not _same_env(config.env, env):
+            raise ValueError(
+                f"{run_dir} trained on {config.env}, not {env}: compare runs of the same env"
+            )
         extractor = getattr(model.policy, "mlp_extractor", None)
         if config.policy == "architecture" or not isinstance(
             getattr(extractor, "policy_net", None), torch.nn.Sequential
@@ -106,6 +121,7 @@ def evaluate_baselines(
         actor = [model.policy.mlp_extractor.policy_net, model.policy.action_net]
         row: dict[str, Any] = {
             "run": str(run_dir),
+            "env": config.env,
             "member": list(actor_widths(model)),
             "params": sum(p.numel() for m in actor for p in m.parameters()),
         }

@@ -78,7 +78,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.members:
             members = [parse_member(m) for m in args.members]
         if args.baselines:  # their widths join the members evaluated
-            baselines = evaluate_baselines(args.baselines, splits, args.worlds, args.device)
+            baselines = evaluate_baselines(
+                args.baselines, splits, args.worlds, args.device, env=config.env
+            )
             space = space_of(config.hyperparams.get("policy_kwargs") or {})
             members = list(members or uniform_members(space))
             for base in baselines:

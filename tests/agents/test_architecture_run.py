@@ -165,6 +165,14 @@ def test_train_and_evaluate_a_member_from_the_command_line(tmp_path, capsys):
     assert "is not in this space" in capsys.readouterr().err
     assert search_architecture.main([*args, "--baselines", str(run_dir)]) == 2
     assert "has no plain MLP actor" in capsys.readouterr().err
+    other = tmp_path / "cartpole"  # a plain run of another env
+    train(TrainArgs(algo="ppo", env="hyperrl/ContextualCartPole-v0", policy="mlp",
+                    hyperparams=["n_steps:32"], timesteps=32, eval_freq=0, save_freq=0,
+                    progress_bar=False, tensorboard=False, run_dir=str(other)))  # fmt: skip
+    assert search_architecture.main([*args, "--baselines", str(other)]) == 2
+    assert "trained on hyperrl/ContextualCartPole-v0, not hyperrl/TorchPendulum-v0" in (
+        capsys.readouterr().err
+    )
 
 
 def test_a_member_is_drawn_per_episode_on_gymnasium_envs():
