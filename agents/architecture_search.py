@@ -118,15 +118,15 @@ def evaluate_baselines(
                 "give plain runs, such as --policy mlp with net_arch {pi: [32, 32]}"
             )
         policy = RunPolicy(model, statistics_dir(run_dir, model_path), torch.device(device))
-        actor = [model.policy.mlp_extractor.policy_net, model.policy.action_net]
+        actor = [extractor.policy_net, model.policy.action_net]
         row: dict[str, Any] = {
             "run": str(run_dir),
             "env": config.env,
             "member": list(actor_widths(model)),
             "params": sum(p.numel() for m in actor for p in m.parameters()),
         }
-        for split, env in _twins(config, splits, worlds, device, seed).items():
-            row[split] = evaluate_batched(policy, env, seed=seed)["return"]
+        for split, twin in _twins(config, splits, worlds, device, seed).items():
+            row[split] = evaluate_batched(policy, twin, seed=seed)["return"]
         rows.append(row)
     return rows
 

@@ -165,6 +165,8 @@ def test_train_and_evaluate_a_member_from_the_command_line(tmp_path, capsys):
     assert "is not in this space" in capsys.readouterr().err
     assert search_architecture.main([*args, "--baselines", str(run_dir)]) == 2
     assert "has no plain MLP actor" in capsys.readouterr().err
+    assert search_architecture.main([*args, "--baselines", str(plain[16]), str(plain[16])]) == 0
+    assert len(json.loads(out.read_text())["compared"]) == 2  # every baseline checked and played
     other = tmp_path / "cartpole"  # a plain run of another env
     train(TrainArgs(algo="ppo", env="hyperrl/ContextualCartPole-v0", policy="mlp",
                     hyperparams=["n_steps:32"], timesteps=32, eval_freq=0, save_freq=0,
