@@ -6,11 +6,13 @@ observations, rewards and auto-resets), of a rollout with the hyper policy
 same hyper policy on the CPU twin (``--sb3-envs`` subprocess envs) as the reference. Prints a
 Markdown table with ratios to SB3 (``--out`` also writes it) and where a training iteration's
 time goes: physics (``train / physics``), the policy and copies of the rollout (``train /
-rollout - train / physics``) and the update (``1 - train / rollout``). ``--conditionings hyper
-lowrank_hyper`` adds a row per kind of head. The ratio is of throughput under each path's own
-settings, not of equal work per sample: the device path updates 5 epochs of minibatches of whole
-worlds (about 16k samples, or ``--minibatches`` per rollout), SB3 its defaults (10 epochs of 64
-samples).
+rollout - train / physics``) and the update (``1 - train / rollout``), and the seconds one
+rollout's update takes alone (``update (s)``, on a stored rollout). ``--conditionings hyper
+lowrank_hyper`` adds a row per kind of head, ``--compile both`` a row per head with the compiled
+minibatch step (``compile: true``; compiled in two untimed warm-up iterations). The ratio is of
+throughput under each path's own settings, not of equal work per sample: the device path updates
+5 epochs of minibatches of whole worlds (about 16k samples, or ``--minibatches`` per rollout),
+SB3 its defaults (10 epochs of 64 samples).
 
 On a GPU the env is MuJoCo Warp's (``hyperrl/WarpHalfCheetah-v0``); on the CPU, MuJoCo's own
 threads (``hyperrl/BatchedHalfCheetah-v0``, :mod:`envs.locomotion.native`):
@@ -66,9 +68,11 @@ def device_rates(
     tf32: bool = True,
     minibatches: int | None = None,
     settle: int = 0,
+    compile_modes: Sequence[bool] = (False,),
 ) -> dict[str, dict[str, float]]:
-    """Per kind of head: ``physics`` (measured once, the same env for every head), ``rollout``
-    and ``train`` env-steps/s."""
+    """Per kind of head (``"hyper"``, or ``"hyper +compile"`` for a compiled update):
+    ``physics`` (measured once, the same env for every head), ``rollout``, ``train`` and
+    ``update`` (one rollout's update alone) env-steps/s."""
     env = envs.make_batched(env_id, n, "train", device, seed=0)
     dev = env.device
     env.reset()
@@ -86,11 +90,16 @@ def device_rates(
     # minibatches of about 16,384 samples (or as asked), made of whole worlds
     wanted = minibatches or max(1, n * steps // 16384)
     n_minibatches = max(k for k in range(1, wanted + 1) if n % k == 0)
-    cfg = DevicePPOConfig(n_steps=steps, n_minibatches=n_minibatches, n_epochs=5, tf32=tf32)
     out = {}
-    for conditioning in conditionings:
+    for conditioning, compiled in ((c, m) for c in conditionings for m in compile_modes):
+        cfg = DevicePPOConfig(
+            n_steps=steps, n_minibatches=n_minibatches, n_epochs=5, tf32=tf32, compile=compiled
+        )
         policy_kwargs = {"conditioning": conditioning, "context_keys": ("context",)}
         algo = DevicePPO(env, HyperActorCriticPolicy, policy_kwargs, cfg)
+        if compiled:  # compiles for the first shapes, then with dynamic sizes
+            for _ in range(2):
+                algo.update(algo.collect())
 
         def rollout(algo: DevicePPO = algo) -> int:
             algo.collect()
@@ -100,10 +109,17 @@ def device_rates(
             algo.update(algo.collect())
             return steps * n
 
-        out[conditioning] = {
+        stored = algo.collect()
+
+        def update(algo: DevicePPO = algo, stored: dict = stored) -> int:
+            algo.update(stored)  # the same rollout, again and again
+            return steps * n
+
+        out[conditioning + (" +compile" if compiled else "")] = {
             "physics": physics_rate,
             "rollout": rate(rollout, dev, repeats),
             "train": rate(train, dev, repeats),
+            "update": rate(update, dev, repeats),
         }
     return out
 
@@ -172,6 +188,12 @@ def main(argv: list[str] | None = None) -> int:
         "robot falling onto the floor, are cheaper than running: on the CPU backend, HalfCheetah "
         "at 512 worlds steps ~40k/s right after a reset, ~26k/s after 200 steps)",
     )
+    p.add_argument(
+        "--compile",
+        choices=["off", "on", "both"],
+        default="off",
+        help="the device trainer's minibatch step eager (off), compiled (on) or a row of each",
+    )
     p.add_argument("--sb3-envs", type=int, default=16, help="0: no SB3 reference")
     p.add_argument("--sb3-steps", type=int, default=8192)
     p.add_argument("--out", default=None, help="also write the table here")
@@ -194,8 +216,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.steps} steps{tf32}; {sb3}",
         "",
         "| worlds | heads | physics steps/s | rollout steps/s | train steps/s | time: physics / "
-        "policy / update | train × SB3 |",
-        "| ---: | --- | ---: | ---: | ---: | :---: | ---: |",
+        "policy / update | update (s) | train × SB3 |",
+        "| ---: | --- | ---: | ---: | ---: | :---: | ---: | ---: |",
     ]
     for n in args.envs:
         rates = device_rates(
@@ -208,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
             args.tf32,
             args.minibatches,
             args.settle,
+            {"off": (False,), "on": (True,), "both": (False, True)}[args.compile],
         )
         for conditioning, r in rates.items():
             # shares of a training iteration's time (seconds per step are 1 / rate)
@@ -217,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
             ratio = f"{r['train'] / reference:.1f}" if reference else "—"
             lines.append(
                 f"| {n:,} | {conditioning} | {r['physics']:,.0f} | {r['rollout']:,.0f} | "
-                f"{r['train']:,.0f} | {physics:.0%} / {policy:.0%} / {update:.0%} | {ratio} |"
+                f"{r['train']:,.0f} | {physics:.0%} / {policy:.0%} / {update:.0%} | "
+                f"{args.steps * n / r['update']:.3f} | {ratio} |"
             )
             print(lines[-1], flush=True)
     table = "\n".join(lines)

@@ -36,9 +36,11 @@ keep() { cp "$work/$1" "$out/$1" 2>/dev/null; }  # a part's result, in OUT as so
   warp.__version__, torch.cuda.get_device_name())"; } > "$out/env.txt" 2>&1
 
 # reserved after the benchmark: hypernet 2 x 40, training >= 50, parity 120, Fetch 40, packing 10
+# hyper heads with the eager and the compiled update (issue 20; lowrank_hyper's rows are in
+# docs/BENCHMARKS.md from an earlier run)
 log "throughput (HalfCheetah; the first world count also compiles its kernels)"
 timeout "$(cap 200 300)" "$py" scripts/bench_gpu.py --envs 1024 4096 16384 \
-  --conditionings hyper lowrank_hyper --out "$work/bench_gpu.md" > "$work/bench_gpu.txt" 2>&1
+  --conditionings hyper --compile both --out "$work/bench_gpu.md" > "$work/bench_gpu.txt" 2>&1
 log "bench rc=$?"
 keep bench_gpu.md || keep bench_gpu.txt  # the rows are printed as they come if it ran out of time
 

@@ -6,7 +6,8 @@ env's device (a GPU with MuJoCo Warp, or the CPU with MuJoCo threads).
 - :mod:`~agents.batched.ppo`, :mod:`~agents.batched.sac`: the algorithms (rollout and update);
 - :mod:`~agents.batched.storage` (GAE, minibatch layout), :mod:`~agents.batched.replay` (replay
   buffers, HER), :mod:`~agents.batched.normalization` (running statistics),
-  :mod:`~agents.batched.distributed` (``torchrun`` data parallelism);
+  :mod:`~agents.batched.distributed` (``torchrun`` data parallelism),
+  :mod:`~agents.batched.compiled` (``torch.compile``'d training steps);
 - :mod:`~agents.batched.evaluation`: evaluation during training;
 - :mod:`~agents.batched.train`: the run folder around them (``train_agent.py`` on a batched env).
 """

@@ -35,6 +35,7 @@ import gymnasium as gym
 import torch
 from stable_baselines3 import PPO
 
+from agents.batched.compiled import CompiledStep
 from agents.batched.distributed import descend, start_in_step
 from agents.batched.normalization import RunningNorm
 from agents.batched.storage import env_major, gae
@@ -42,7 +43,7 @@ from agents.batched.trainer import BatchedTrainer, TrainerConfig
 from agents.run_folder import atomic_save
 from envs.batched import BatchedContextualEnv, Obs
 from hyperrl import HyperActorCriticPolicy, HyperHead
-from hyperrl.functional import Runs, runs_grouping, split_runs
+from hyperrl.functional import Grouping, Runs, runs_grouping, split_runs
 from hyperrl.policies import contexts_grouped, norm_obs_keys
 from hyperrl.policies.recurrent import Memory, RecurrentActorCriticPolicy
 
@@ -75,6 +76,11 @@ class DevicePPOConfig(TrainerConfig):
     #: steps per rollout instead of all at once; these first, shortened episodes are left out of
     #: ``rollout/ep_rew_mean``
     stagger_episodes: bool = True
+    #: compile the minibatch's forward pass and loss (and so its backward) with
+    #: ``torch.compile`` (:class:`~agents.batched.compiled.CompiledStep`): the same update,
+    #: cheaper (``docs/BENCHMARKS.md``), after tens of seconds of compiling at the start; a
+    #: recurrent policy's minibatch stays eager
+    compile: bool = False
 
 
 class DevicePPO(BatchedTrainer):
@@ -145,6 +151,8 @@ class DevicePPO(BatchedTrainer):
         #: a loss added to every minibatch's (e.g. continual learning's output regulariser,
         #: :class:`hyperrl.continual.OutputRegulariser`), logged as ``train/regulariser``
         self.regulariser: Callable[[], torch.Tensor] | None = None
+        #: a feed-forward policy's minibatch losses, compiled with ``compile: true``
+        self._minibatch_step = CompiledStep(self._forward_losses, cfg.compile)
 
     # --- rollout ---------------------------------------------------------------------------
 
@@ -296,28 +304,51 @@ class DevicePPO(BatchedTrainer):
                     values, logp, entropy = policy.evaluate_sequences(
                         obs, mb["actions"], memory, env_major(starts, worlds)
                     )
+                    losses = self._losses(values, logp, entropy, mb)
                 else:
-                    with contexts_grouped(policy, groups):
-                        values, logp, entropy = policy.evaluate_actions(obs, mb["actions"])
-                adv = mb["advantages"]
-                if cfg.normalize_advantage and adv.numel() > 1:
-                    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-                ratio = torch.exp(logp - mb["logp"])
-                clipped = torch.clamp(ratio, 1 - cfg.clip_range, 1 + cfg.clip_range)
-                policy_loss = -torch.min(adv * ratio, adv * clipped).mean()
-                value_loss = torch.nn.functional.mse_loss(mb["returns"], values.flatten())
-                entropy_loss = -entropy.mean() if entropy is not None else -(-logp).mean()
-                loss = policy_loss + cfg.ent_coef * entropy_loss + cfg.vf_coef * value_loss
+                    losses = self._minibatch_step(obs, mb, groups)
+                loss = losses[0]
                 if self.regulariser is not None:
                     penalty = self.regulariser()
                     loss = loss + penalty
                     stats["regulariser"].append(penalty.detach())
                 descend(optimizer, loss, policy.parameters(), cfg.max_grad_norm)
-                stats["policy"].append(policy_loss.detach())
-                stats["value"].append(value_loss.detach())
-                stats["entropy"].append(-entropy_loss.detach())
-                stats["clip"].append(((ratio - 1).abs() > cfg.clip_range).float().mean().detach())
+                for k, v in zip(("policy", "value", "entropy", "clip"), losses[1:], strict=True):
+                    stats[k].append(v.detach())
         return {k: torch.stack(v).mean() for k, v in stats.items()}
+
+    def _forward_losses(
+        self, obs: Obs, mb: dict[str, torch.Tensor], groups: Grouping | None
+    ) -> tuple[torch.Tensor, ...]:
+        """A feed-forward policy's minibatch: :meth:`_losses` of ``evaluate_actions`` on
+        ``obs`` and ``mb`` (``(B, ...)`` tensors), the hyper heads told ``groups``. What
+        ``compile: true`` compiles (:attr:`_minibatch_step`)."""
+        with contexts_grouped(self.policy, groups):
+            values, logp, entropy = self.policy.evaluate_actions(obs, mb["actions"])
+        return self._losses(values, logp, entropy, mb)
+
+    def _losses(
+        self,
+        values: torch.Tensor,
+        logp: torch.Tensor,
+        entropy: torch.Tensor | None,
+        mb: dict[str, torch.Tensor],
+    ) -> tuple[torch.Tensor, ...]:
+        """PPO's clipped loss from the policy's ``values (B, 1)``, ``logp (B,)`` and ``entropy
+        (B,)`` on a minibatch ``mb``: ``(loss, policy loss, value loss, entropy, clip
+        fraction)``, scalars."""
+        cfg = self.config
+        adv = mb["advantages"]
+        if cfg.normalize_advantage and adv.numel() > 1:
+            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+        ratio = torch.exp(logp - mb["logp"])
+        clipped = torch.clamp(ratio, 1 - cfg.clip_range, 1 + cfg.clip_range)
+        policy_loss = -torch.min(adv * ratio, adv * clipped).mean()
+        value_loss = torch.nn.functional.mse_loss(mb["returns"], values.flatten())
+        entropy_loss = -entropy.mean() if entropy is not None else -(-logp).mean()
+        loss = policy_loss + cfg.ent_coef * entropy_loss + cfg.vf_coef * value_loss
+        clip_fraction = ((ratio - 1).abs() > cfg.clip_range).float().mean()
+        return loss, policy_loss, value_loss, -entropy_loss, clip_fraction
 
     # --- loop ------------------------------------------------------------------------------
 

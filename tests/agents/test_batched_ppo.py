@@ -520,3 +520,53 @@ def test_a_restored_trainer_goes_on_exactly_as_the_uninterrupted_one(env_id, tmp
     fresh.restore(tmp_path)
     fresh.learn(16 * 8 * 3)
     assert not all(torch.equal(a, b) for a, b in zip(params(straight), params(fresh), strict=True))
+
+
+def test_compiled_update_is_the_eager_update():
+    """``compile: true`` compiles the minibatch's forward pass and loss: over rollouts whose
+    minibatches hold different numbers of contexts (one, then two per world), the parameters
+    step as the eager trainer's do, and the compiled step stays in use (no fallback)."""
+
+    def run(compile: bool) -> tuple[DevicePPO, list[torch.Tensor]]:
+        algo = _trainer(num_envs=16, n_steps=8, stagger_episodes=False, compile=compile)
+        algo.env.max_episode_steps = 12  # rollout 2 resets every world mid-way: new contexts
+        torch.manual_seed(5)
+        for _ in range(3):
+            algo.update(algo.collect())
+        return algo, [p.detach().clone() for p in algo.policy.parameters()]
+
+    eager, want = run(False)
+    compiled, got = run(True)
+    assert compiled._minibatch_step.compiled and not eager._minibatch_step.compiled
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert not all(map(torch.equal, want, _trainer().policy.parameters()))  # they did step
+
+
+def test_a_step_the_compiler_cannot_compile_runs_eagerly_with_a_warning(monkeypatch):
+    from torch._dynamo.exc import TorchDynamoException
+
+    import agents.batched.compiled as compiled
+
+    def compiler(error: Exception):
+        def compile(fn):
+            def fail(*args, **kwargs):
+                raise error
+
+            return fail
+
+        return compile
+
+    no_gxx = TorchDynamoException("C++ compile error: g++ not found")
+    monkeypatch.setattr(compiled.torch, "compile", compiler(no_gxx))
+    step = compiled.CompiledStep(lambda x: x + 1, enabled=True)
+    with pytest.warns(RuntimeWarning, match="g\\+\\+ not found.*runs eagerly.*compile: false"):
+        assert step(1) == 2
+    assert not step.compiled
+    assert step(2) == 3  # eagerly from then on, without another warning
+    # an error of the step's own is raised as it is, and the compiled step is kept
+    monkeypatch.setattr(compiled.torch, "compile", compiler(TypeError("bad input")))
+    step = compiled.CompiledStep(lambda x: x + 1, enabled=True)
+    with pytest.raises(TypeError, match="bad input"):
+        step(1)
+    assert step.compiled
