@@ -1,10 +1,10 @@
 """Training steps compiled by ``torch.compile``, with the eager step as the fallback.
 
 A batched trainer's minibatch step is many small operations on a few thousand samples; compiled,
-PyTorch's Inductor fuses them and the step costs closer to what its arithmetic costs (measured in
-``docs/BENCHMARKS.md``). The compiler needs a C++ compiler on the CPU (``g++``, which
-``scripts/setup.sh`` installs on Debian); where it cannot run, :class:`CompiledStep` says so once
-and runs the step eagerly, so a run never fails for want of it.
+PyTorch's Inductor fuses the elementwise ones between the matmuls (what that saves is measured in
+``docs/BENCHMARKS.md``). On the CPU the compiler needs a C++ compiler (``g++``: ``apt-get install
+g++`` on Debian); where it cannot run, :class:`CompiledStep` says so once and runs the step
+eagerly, so a run never fails for want of it.
 """
 
 from __future__ import annotations

@@ -77,9 +77,10 @@ class DevicePPOConfig(TrainerConfig):
     #: ``rollout/ep_rew_mean``
     stagger_episodes: bool = True
     #: compile the minibatch's forward pass and loss (and so its backward) with
-    #: ``torch.compile`` (:class:`~agents.batched.compiled.CompiledStep`): the same update,
-    #: cheaper (``docs/BENCHMARKS.md``), after tens of seconds of compiling at the start; a
-    #: recurrent policy's minibatch stays eager
+    #: ``torch.compile`` (:class:`~agents.batched.compiled.CompiledStep`): the same update after
+    #: tens of seconds of compiling. Off by default: on the CPU the update takes 0.6-0.8x as
+    #: long but a run only a few percent less (``docs/BENCHMARKS.md``). A recurrent policy's
+    #: minibatch stays eager
     compile: bool = False
 
 
