@@ -372,8 +372,34 @@ def collect(root: Path) -> list[dict[str, Any]]:
     return records
 
 
+#: the variants every env of the aggregate must have run (the ladder the ratios are about)
+AGGREGATE_CORE = ("mlp_no_context", "sb3_multiinput", "concat", "film", "hyper")
+
+
+def aggregate_envs(
+    records: Sequence[dict[str, Any]],
+    core: Sequence[str] = AGGREGATE_CORE,
+    min_seeds: int = 3,
+) -> tuple[list[str], dict[str, str]]:
+    """The envs whose records have ``min_seeds`` or more seeds of every ``core`` variant (an env
+    part-way through its grid would otherwise shrink the aggregate to its few cells), and for
+    each env left out, why: ``{env: "hyper 1, concat 0, ... seeds"}``."""
+    included, left_out = [], {}
+    for env in sorted({r["env"] for r in records}):
+        seeds = {
+            v: len({r["seed"] for r in records if (r["env"], r["variant"]) == (env, v)})
+            for v in core
+        }
+        if min(seeds.values()) >= min_seeds:
+            included.append(env)
+        else:
+            left_out[env] = ", ".join(f"{v} {n}" for v, n in seeds.items()) + " seeds"
+    return included, left_out
+
+
 def aggregate(records: Sequence[dict[str, Any]], reps: int = 2000) -> dict[str, Any]:
-    """Per variant and split: IQM of per-env min-max normalised returns (seeds x envs) with a
+    """Per variant and split: IQM of per-env min-max normalised returns (seeds x envs: the first
+    ``n`` seeds of each env, ``n`` the fewest the variant has on any env) with a
     bootstrap 95 % interval (``rliable``), plus mean parameter count and training time."""
     from rliable import library as rly
     from rliable import metrics
@@ -392,12 +418,14 @@ def aggregate(records: Sequence[dict[str, Any]], reps: int = 2000) -> dict[str, 
         for variant in variants:
             per_env = []
             for env in envs:
-                vals = [
-                    (r["returns"][split] - bounds[env][0]) / bounds[env][1]
+                runs = sorted(
+                    (r["seed"], (r["returns"][split] - bounds[env][0]) / bounds[env][1])
                     for r in records
                     if r["env"] == env and r["variant"] == variant and split in r["returns"]
-                ]
-                per_env.append(sorted(vals))
+                )
+                per_env.append([value for _, value in runs])
+            # as many seeds from every env, the first ones (not the worst: trimming by value
+            # would bias a variant with more seeds somewhere)
             n = min(len(v) for v in per_env)
             if n:
                 scores[variant] = np.array([v[:n] for v in per_env]).T  # (seeds, envs)

@@ -23,10 +23,12 @@ from pathlib import Path
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 from agents.benchmark import (  # noqa: E402
+    AGGREGATE_CORE,
     SUITE_VARIANTS,
     SUITES,
     VARIANTS,
     aggregate,
+    aggregate_envs,
     collect,
     expand_grid,
     markdown,
@@ -76,6 +78,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-n", "--timesteps", type=int, default=None, help="override every budget")
     p.add_argument("--root", default="runs/benchmark")
     p.add_argument("--report", action="store_true", help="aggregate what has finished; run nothing")
+    p.add_argument(
+        "--aggregate-seeds",
+        type=int,
+        default=3,
+        metavar="N",
+        help="the aggregate takes the envs with N or more seeds of each core variant (the "
+        "per-env tables list every env)",
+    )
     args = p.parse_args(argv)
     if args.ray_address is None and args.ray_cpus_per_run is not None:
         p.error("--ray-cpus-per-run needs --ray-address")
@@ -97,7 +107,17 @@ def main(argv: list[str] | None = None) -> int:
         if not records:
             print(f"error: no finished runs under {root}", file=sys.stderr)
             return 2
-        summary = aggregate(records)
+        envs, left_out = aggregate_envs(records, min_seeds=args.aggregate_seeds)
+        why = "; ".join(f"{env}: {seeds}" for env, seeds in left_out.items())
+        if not envs:
+            print(
+                f"error: no env has {args.aggregate_seeds} seeds of each of "
+                f"{', '.join(AGGREGATE_CORE)} yet ({why}); lower --aggregate-seeds to aggregate "
+                "what there is",
+                file=sys.stderr,
+            )
+            return 2
+        summary = aggregate([r for r in records if r["env"] in envs])
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -105,8 +125,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{err}\nthe grid stopped; rerun the same command to go on", file=sys.stderr)
         return err.exit_code
     against = ("concat", "concat_large", "sb3_multiinput", "film", "hyper_direction_only")
+    scope = (
+        f"Aggregate over {', '.join(envs)}: the envs with {args.aggregate_seeds} or more seeds "
+        f"of each of {', '.join(AGGREGATE_CORE)}." + (f" Left out: {why}." if left_out else "")
+    )
     table = "\n\n".join(
         [
+            scope,
             markdown(summary),
             ratios_markdown(summary, "hyper", against),
             best_in_distribution_markdown(summary, "hyper"),

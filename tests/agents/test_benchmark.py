@@ -142,6 +142,23 @@ def test_aggregation_on_synthetic_results_with_known_answers():
     assert "| mid | 0.50 [0.50, 0.50] | 0.25 [0.25, 0.25] | 10 | 1 |" in markdown(summary)
 
 
+def test_aggregate_takes_the_first_seeds_of_every_env_and_leaves_partial_envs_out():
+    from agents.benchmark import AGGREGATE_CORE, aggregate_envs
+
+    records = [_record("a", v, seed, 1.0, 1.0) for v in AGGREGATE_CORE for seed in range(3)]
+    records += [_record("b", "hyper", 0, 1.0, 1.0), _record("b", "concat", 0, 1.0, 1.0)]
+    envs, left_out = aggregate_envs(records)
+    assert envs == ["a"]
+    assert left_out == {"b": "mlp_no_context 0, sb3_multiinput 0, concat 1, film 0, hyper 1 seeds"}
+    assert aggregate_envs(records, min_seeds=1)[0] == ["a"]  # b lacks three core variants
+    # "v" has one seed on env b and four on env a, the last its worst: the aggregate takes seed
+    # 0 of both (taking env a's lowest would make it 0.25)
+    records = [_record(e, "ref", s, float(s), float(s)) for e in ("a", "b") for s in (0, 1)]
+    records += [_record("a", "v", seed, 0.5, 0.5) for seed in range(3)]
+    records += [_record("a", "v", 3, 0.0, 0.0), _record("b", "v", 0, 0.5, 0.5)]
+    assert aggregate(records, reps=100)["splits"]["train"]["v"]["iqm"] == pytest.approx(0.5)
+
+
 def test_iqm_ignores_the_outer_quartiles():
     seeds = [0.0, 0.4, 0.5, 0.6, 1.0, 0.45, 0.55, 0.5]
     records = [_record("a", "v", i, s, s) for i, s in enumerate(seeds)]
