@@ -372,28 +372,36 @@ def collect(root: Path) -> list[dict[str, Any]]:
     return records
 
 
-#: the variants every env of the aggregate must have run (the ladder the ratios are about)
+#: the variants every env of the aggregate must have run, of those the records have at all
 AGGREGATE_CORE = ("mlp_no_context", "sb3_multiinput", "concat", "film", "hyper")
 
 
 def aggregate_envs(
-    records: Sequence[dict[str, Any]],
-    core: Sequence[str] = AGGREGATE_CORE,
-    min_seeds: int = 3,
+    records: Sequence[dict[str, Any]], min_seeds: int | None = None
 ) -> tuple[list[str], dict[str, str]]:
-    """The envs whose records have ``min_seeds`` or more seeds of every ``core`` variant (an env
-    part-way through its grid would otherwise shrink the aggregate to its few cells), and for
-    each env left out, why: ``{env: "hyper 1, concat 0, ... seeds"}``."""
-    included, left_out = [], {}
-    for env in sorted({r["env"] for r in records}):
-        seeds = {
+    """The envs to aggregate over: those with ``min_seeds`` or more seeds of each core variant
+    (:data:`AGGREGATE_CORE`, less those no record has), so that an env part-way through its
+    grid does not shrink the aggregate to its few cells. ``None``: 3, or the most seeds any env
+    has of each when none has 3. Returns the envs and, for each env left out, its seed counts
+    (``{env: "hyper 1, concat 0, ... seeds"}``)."""
+    present = {r["variant"] for r in records}
+    core = [v for v in AGGREGATE_CORE if v in present]
+    counts = {
+        env: {
             v: len({r["seed"] for r in records if (r["env"], r["variant"]) == (env, v)})
             for v in core
         }
-        if min(seeds.values()) >= min_seeds:
-            included.append(env)
-        else:
-            left_out[env] = ", ".join(f"{v} {n}" for v, n in seeds.items()) + " seeds"
+        for env in sorted({r["env"] for r in records})
+    }
+    if min_seeds is None:
+        min_seeds = min(3, max((min(c.values(), default=0) for c in counts.values()), default=0))
+    min_seeds = max(min_seeds, 1)
+    included = [env for env, c in counts.items() if min(c.values(), default=0) >= min_seeds]
+    left_out = {
+        env: ", ".join(f"{v} {n}" for v, n in c.items()) + " seeds"
+        for env, c in counts.items()
+        if env not in included
+    }
     return included, left_out
 
 

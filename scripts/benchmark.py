@@ -81,10 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--aggregate-seeds",
         type=int,
-        default=3,
+        default=None,
         metavar="N",
-        help="the aggregate takes the envs with N or more seeds of each core variant (the "
-        "per-env tables list every env)",
+        help="the aggregate takes the envs with N or more seeds of each of "
+        f"{', '.join(AGGREGATE_CORE)} that ran (default: 3, or the most any env has); the "
+        "per-env tables list every env",
     )
     args = p.parse_args(argv)
     if args.ray_address is None and args.ray_cpus_per_run is not None:
@@ -107,13 +108,12 @@ def main(argv: list[str] | None = None) -> int:
         if not records:
             print(f"error: no finished runs under {root}", file=sys.stderr)
             return 2
-        envs, left_out = aggregate_envs(records, min_seeds=args.aggregate_seeds)
+        envs, left_out = aggregate_envs(records, args.aggregate_seeds)
         why = "; ".join(f"{env}: {seeds}" for env, seeds in left_out.items())
         if not envs:
             print(
-                f"error: no env has {args.aggregate_seeds} seeds of each of "
-                f"{', '.join(AGGREGATE_CORE)} yet ({why}); lower --aggregate-seeds to aggregate "
-                "what there is",
+                f"error: no env has {args.aggregate_seeds} seeds of each core variant yet "
+                f"({why}); lower --aggregate-seeds to aggregate what there is",
                 file=sys.stderr,
             )
             return 2
@@ -125,9 +125,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{err}\nthe grid stopped; rerun the same command to go on", file=sys.stderr)
         return err.exit_code
     against = ("concat", "concat_large", "sb3_multiinput", "film", "hyper_direction_only")
-    scope = (
-        f"Aggregate over {', '.join(envs)}: the envs with {args.aggregate_seeds} or more seeds "
-        f"of each of {', '.join(AGGREGATE_CORE)}." + (f" Left out: {why}." if left_out else "")
+    scope = f"Aggregate over {', '.join(envs)}." + (
+        f" Left out, too few seeds of the core variants ({', '.join(AGGREGATE_CORE)}): {why}."
+        if left_out
+        else ""
     )
     table = "\n\n".join(
         [

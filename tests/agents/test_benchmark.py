@@ -151,6 +151,14 @@ def test_aggregate_takes_the_first_seeds_of_every_env_and_leaves_partial_envs_ou
     assert envs == ["a"]
     assert left_out == {"b": "mlp_no_context 0, sb3_multiinput 0, concat 1, film 0, hyper 1 seeds"}
     assert aggregate_envs(records, min_seeds=1)[0] == ["a"]  # b lacks three core variants
+    # a smoke run's single seed, a suite without sb3_multiinput: the default takes what there is
+    quick = [r for r in records if r["seed"] == 0 and r["variant"] != "sb3_multiinput"]
+    quick += [_record("b", v, 0, 1.0, 1.0) for v in ("mlp_no_context", "film")]
+    assert aggregate_envs(quick) == (["a", "b"], {})
+    assert aggregate_envs(quick, min_seeds=2) == (
+        [],
+        {e: "mlp_no_context 1, concat 1, film 1, hyper 1 seeds" for e in ("a", "b")},
+    )
     # "v" has one seed on env b and four on env a, the last its worst: the aggregate takes seed
     # 0 of both (taking env a's lowest would make it 0.25)
     records = [_record(e, "ref", s, float(s), float(s)) for e in ("a", "b") for s in (0, 1)]
