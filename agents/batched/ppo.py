@@ -78,7 +78,7 @@ class DevicePPOConfig(TrainerConfig):
     stagger_episodes: bool = True
     #: compile the minibatch's forward pass and loss (and so its backward) with
     #: ``torch.compile`` (:class:`~agents.batched.compiled.CompiledStep`): the same update after
-    #: tens of seconds of compiling. Off by default: on the CPU the update takes 0.6-0.8x as
+    #: tens of seconds of compiling. Off by default: on the CPU the update takes 0.6-0.9x as
     #: long but a run only a few percent less (``docs/BENCHMARKS.md``). A recurrent policy's
     #: minibatch stays eager
     compile: bool = False
