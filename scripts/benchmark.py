@@ -112,8 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         why = "; ".join(f"{env}: {seeds}" for env, seeds in left_out.items())
         if not envs:
             print(
-                f"error: no env has {args.aggregate_seeds} seeds of each core variant yet "
-                f"({why}); lower --aggregate-seeds to aggregate what there is",
+                f"error: no env has {args.aggregate_seeds or 'a'} seed(s) of each core variant "
+                f"yet ({why}); lower --aggregate-seeds, or run the missing cells",
                 file=sys.stderr,
             )
             return 2

@@ -28,16 +28,14 @@ class CompiledStep:
     The first calls compile (tens of seconds on a CPU: once for the first shapes and once more,
     with dynamic sizes, when a size such as a minibatch's number of distinct contexts changes).
     A compiler error falls back to ``fn`` for good, with a warning naming the cause and the
-    switch that skips compiling.
+    setting that skips compiling (``compile: false``).
 
     :param fn: the step; its inputs are tensors, ints and tuples of them.
     :param enabled: compile (``True``) or run ``fn`` eagerly.
-    :param switch: the setting that turns compiling off, named in the warning.
     """
 
-    def __init__(self, fn: Callable[..., Any], enabled: bool, switch: str = "compile") -> None:
+    def __init__(self, fn: Callable[..., Any], enabled: bool) -> None:
         self.fn = fn
-        self.switch = switch
         self._compiled: Callable[..., Any] | None = torch.compile(fn) if enabled else None
 
     @property
@@ -57,7 +55,7 @@ class CompiledStep:
             warnings.warn(
                 f"torch.compile could not compile the training step ({type(error).__name__}: "
                 f"{cause}); it runs eagerly from now on (same update, slower). On the CPU the "
-                f"compiler needs g++ (apt-get install g++); set {self.switch}: false to skip it.",
+                "compiler needs g++ (apt-get install g++); set compile: false to skip it.",
                 RuntimeWarning,
                 stacklevel=2,
             )
