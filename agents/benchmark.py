@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from agents.benchmark_archive import archived
 from agents.run_folder import stop_on_signals
 
 #: variant -> (--policy, extra --hyperparams): the conditioning ladder, one keyword apart.
@@ -224,9 +225,13 @@ def run_grid(
     runner: Callable[[Cell, Path], Path] = run_cell,
     ray_address: str | None = None,
     ray_cpus_per_run: float = 1,
+    archive: Path | None = None,
 ) -> list[Path]:
-    """Run every unfinished cell (no ``eval.json`` yet), ``jobs`` at a time in separate processes,
-    or as Ray tasks when ``ray_address`` is given.
+    """Run every unfinished cell (no ``eval.json`` yet, and not in ``archive``), ``jobs`` at a
+    time in separate processes, or as Ray tasks when ``ray_address`` is given.
+
+    :param archive: an archive of finished cells (:mod:`agents.benchmark_archive`), run here or on
+        another machine: the cells in it are not run again.
 
     :param ray_address: run one Ray task per unfinished cell and let Ray schedule them (``jobs``
         is then ignored): ``"local"`` starts a Ray instance on this machine, ``"auto"`` joins the
@@ -239,7 +244,11 @@ def run_grid(
         the task uses that many threads.
     :raises GridError: after every Ray task has ended, when any cell failed; it names them.
     """
-    todo = [c for c in cells if not (root / c.name / "eval.json").is_file()]
+    todo = [
+        c
+        for c in cells
+        if not (root / c.name / "eval.json").is_file() and not archived(archive, c.name)
+    ]
     if ray_address is not None:
         return _run_on_ray(todo, root, runner, ray_address, ray_cpus_per_run)
     if jobs <= 1:

@@ -1,4 +1,5 @@
-"""Figures and per-env tables of a benchmark root (see :mod:`agents.benchmark`).
+"""Figures and per-env tables of a benchmark root or archive (see :mod:`agents.benchmark`,
+:mod:`agents.benchmark_archive`).
 
 - :func:`per_env_markdown`: mean return +- standard error over seeds, per env, variant and split
   (raw returns, the numbers to compare against published ones);
@@ -228,7 +229,16 @@ def run_curve(
     return np.array(steps)[order], np.array(values)[order], minutes[order]
 
 
+#: a cell's training curve in an archive (:mod:`agents.benchmark_archive`), which has no TensorBoard
+#: logs: ``{"steps": [...], "values": [...], "minutes": [...]}``
+CURVE_FILE = "curve.json"
+
+
 def _curve(run_dir: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """A cell's training curve ``(steps, values)``: its TensorBoard logs', or its archived one."""
+    if (run_dir / CURVE_FILE).is_file():
+        found = json.loads((run_dir / CURVE_FILE).read_text())
+        return np.array(found["steps"]), np.array(found["values"])
     curve = run_curve(run_dir)
     return None if curve is None else curve[:2]
 

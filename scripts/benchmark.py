@@ -6,7 +6,10 @@
 
 Runs land in ``runs/benchmark/<suite>/``; the report (IQM with bootstrap 95% intervals of
 per-env normalised returns, per split) is printed and written next to them as ``results.md``
-and ``results.json``. Needs the ``bench`` extra for the statistics and for Ray. With
+and ``results.json``. What the report reads of each finished cell (its evaluations, sweeps and
+training curve: tens of kB) is copied into ``docs/results/cells/<suite>/``, which is committed:
+the report is made from there, so it can be made again on a clean clone, and the cells there are
+not run again (``--archive``). Needs the ``bench`` extra for the statistics and for Ray. With
 ``--ray-address`` every run is a Ray task scheduled by Ray; ``--root`` must then be on a filesystem
 that every node sees at the same path, and every node needs this project installed. (A cluster
 using Ray's token authentication wants ``RAY_AUTH_MODE=token`` and its token here, too.)
@@ -21,6 +24,7 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("MUJOCO_GL", "egl")
+REPO = Path(__file__).resolve().parents[1]
 
 from agents.benchmark import (  # noqa: E402
     AGGREGATE_CORE,
@@ -34,6 +38,7 @@ from agents.benchmark import (  # noqa: E402
     markdown,
     run_grid,
 )
+from agents.benchmark_archive import archive_cells  # noqa: E402
 from agents.benchmark_report import (  # noqa: E402
     best_in_distribution_markdown,
     per_env_markdown,
@@ -76,7 +81,16 @@ def main(argv: list[str] | None = None) -> int:
         help="CPUs Ray reserves for each run (default 1; fractions allowed)",
     )
     p.add_argument("-n", "--timesteps", type=int, default=None, help="override every budget")
-    p.add_argument("--root", default="runs/benchmark")
+    p.add_argument("--root", default=None, help="where the runs go (default: runs/benchmark)")
+    p.add_argument(
+        "--archive",
+        default=None,
+        metavar="DIR",
+        help="the committed copy of the finished cells, under DIR/<suite>: finished cells are "
+        "copied there after every run, the report reads it, and the cells in it are not run "
+        "again (default: docs/results/cells with the default --root, none with another; "
+        "'none': no archive)",
+    )
     p.add_argument("--report", action="store_true", help="aggregate what has finished; run nothing")
     p.add_argument(
         "--aggregate-seeds",
@@ -92,21 +106,29 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--ray-cpus-per-run needs --ray-address")
     if args.ray_address is not None and args.jobs != 1:
         p.error("--jobs is for local processes; on Ray use --ray-cpus-per-run")
-    root = Path(args.root) / args.suite
+    root = Path(args.root or "runs/benchmark") / args.suite
+    archive = _archive(args.archive, args.root is None, args.suite)
     try:
         if not args.report:
             cells = expand_grid(args.suite, args.seeds, args.variants, args.timesteps, args.envs)
             print(f"{len(cells)} runs under {root}")
-            run_grid(
-                cells,
-                root,
-                jobs=args.jobs,
-                ray_address=args.ray_address,
-                ray_cpus_per_run=1 if args.ray_cpus_per_run is None else args.ray_cpus_per_run,
-            )
-        records = collect(root)
+            try:
+                run_grid(
+                    cells,
+                    root,
+                    jobs=args.jobs,
+                    ray_address=args.ray_address,
+                    ray_cpus_per_run=1 if args.ray_cpus_per_run is None else args.ray_cpus_per_run,
+                    archive=archive,
+                )
+            finally:  # what finished before a stop is kept, too
+                _sync(root, archive)
+        else:
+            _sync(root, archive)
+        source = root if archive is None else archive
+        records = collect(source)
         if not records:
-            print(f"error: no finished runs under {root}", file=sys.stderr)
+            print(f"error: no finished runs under {source}", file=sys.stderr)
             return 2
         envs, left_out = aggregate_envs(records, args.aggregate_seeds)
         why = "; ".join(f"{env}: {seeds}" for env, seeds in left_out.items())
@@ -139,16 +161,31 @@ def main(argv: list[str] | None = None) -> int:
             per_env_markdown(records),
         ]
     )
+    root.mkdir(parents=True, exist_ok=True)
     (root / "results.md").write_text(table + "\n")
     (root / "results.json").write_text(json.dumps(summary | {"records": records}, indent=2))
     print(table)
     plot_iqm(summary, root / "iqm.png")
-    figures = [root / "iqm.png", *plot_return_vs_context(root, root)]
-    figures += plot_feature_sweeps(root, root)
-    curves = plot_learning_curves(root, root)
+    figures = [root / "iqm.png", *plot_return_vs_context(source, root)]
+    figures += plot_feature_sweeps(source, root)
+    curves = plot_learning_curves(source, root)
     figures += [curves] if curves else []
     print("figures: " + ", ".join(str(f) for f in figures))
     return 0
+
+
+def _archive(given: str | None, default_root: bool, suite: str) -> Path | None:
+    """``--archive``'s folder for ``suite``, or ``None`` for no archive."""
+    if given is None:
+        return REPO / "docs" / "results" / "cells" / suite if default_root else None
+    return None if given.lower() == "none" else Path(given) / suite
+
+
+def _sync(root: Path, archive: Path | None) -> None:
+    if archive is not None:
+        names = archive_cells(root, archive)
+        if names:
+            print(f"archived {len(names)} finished cell(s) in {archive}")
 
 
 if __name__ == "__main__":

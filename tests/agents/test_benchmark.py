@@ -95,19 +95,27 @@ def test_a_batched_cell_trains_on_the_device_trainer_and_evaluates_on_the_cpu_tw
     assert json.loads((run_dir / "meta.json").read_text())["params"] > 0
 
 
-def test_run_grid_skips_finished_cells(tmp_path):
+def test_run_grid_skips_finished_cells_and_those_in_the_archive(tmp_path):
     cells = expand_grid("quick", seeds=2, variants=["hyper", "concat"])
-    done = cells[:3]
-    for cell in done:
-        (tmp_path / cell.name).mkdir(parents=True)
-        (tmp_path / cell.name / "eval.json").write_text("{}")
+    root, archive = tmp_path / "runs", tmp_path / "archive"
+    for cell in cells[:3]:
+        (root / cell.name).mkdir(parents=True)
+        (root / cell.name / "eval.json").write_text("{}")
+    for cell in cells[3:5]:  # finished on another machine
+        (archive / cell.name).mkdir(parents=True)
+        (archive / cell.name / "meta.json").write_text("{}")
+    (archive / cells[5].name).mkdir(parents=True)  # an archive copy cut short: no meta.json
+    (archive / cells[5].name / "eval.json").write_text("{}")
     ran = []
 
     def fake(cell, root):
         ran.append(cell)
         return root / cell.name
 
-    run_grid(cells, tmp_path, runner=fake)
+    run_grid(cells, root, runner=fake, archive=archive)
+    assert ran == cells[5:]
+    ran.clear()
+    run_grid(cells, root, runner=fake)
     assert ran == cells[3:]
 
 
@@ -275,9 +283,10 @@ def test_cli_passes_ray_options(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(benchmark_script, "run_grid", lambda *a, **kw: calls.append(kw))
     argv = ["--seeds", "1", "--variants", "hyper", "--root", str(tmp_path)]
     assert benchmark_script.main([*argv, "--ray-address", "auto", "--ray-cpus-per-run", "2"]) == 2
-    assert calls[-1] == {"jobs": 1, "ray_address": "auto", "ray_cpus_per_run": 2.0}
+    expected = {"jobs": 1, "ray_address": "auto", "ray_cpus_per_run": 2.0, "archive": None}
+    assert calls[-1] == expected
     assert benchmark_script.main(argv) == 2  # nothing ran, nothing to report
-    assert calls[-1] == {"jobs": 1, "ray_address": None, "ray_cpus_per_run": 1}
+    assert calls[-1] == expected | {"ray_address": None, "ray_cpus_per_run": 1}
     for bad, message in [
         (["--ray-cpus-per-run", "2"], "--ray-cpus-per-run needs --ray-address"),
         (["--ray-address", "auto", "--jobs", "2"], "--jobs is for local processes"),
@@ -287,24 +296,15 @@ def test_cli_passes_ray_options(monkeypatch, tmp_path, capsys):
         assert message in capsys.readouterr().err
 
 
-def test_report_tables_and_figures_from_finished_cells(tmp_path):
+def _synthetic_cells(root: Path) -> None:
+    """Four finished Pendulum cells (hyper and concat, seeds 0-1) under ``root/x``, with an
+    evaluation, a gravity sweep and a TensorBoard training curve each."""
     from torch.utils.tensorboard import SummaryWriter
-
-    from agents.benchmark_report import (
-        _curve,
-        best_in_distribution_markdown,
-        per_env_markdown,
-        plot_feature_sweeps,
-        plot_iqm,
-        plot_learning_curves,
-        plot_return_vs_context,
-        ratios_markdown,
-    )
 
     env = "hyperrl/ContextualPendulum-v0"
     for variant, returns in (("hyper", [-200.0, -300.0]), ("concat", [-400.0, -600.0])):
         for seed, ret in enumerate(returns):
-            run = tmp_path / f"x/{variant}/seed{seed}"
+            run = root / f"x/{variant}/seed{seed}"
             (run / "tb" / "run_1").mkdir(parents=True)
             cell = {"env": env, "variant": variant, "seed": seed, "timesteps": 100}
             (run / "meta.json").write_text(
@@ -330,6 +330,21 @@ def test_report_tables_and_figures_from_finished_cells(tmp_path):
             with SummaryWriter(str(run / "tb" / "run_1")) as writer:
                 for step in (10, 50, 100):
                     writer.add_scalar("rollout/ep_rew_mean", ret * 100 / step, step)
+
+
+def test_report_tables_and_figures_from_finished_cells(tmp_path):
+    from agents.benchmark_report import (
+        _curve,
+        best_in_distribution_markdown,
+        per_env_markdown,
+        plot_feature_sweeps,
+        plot_iqm,
+        plot_learning_curves,
+        plot_return_vs_context,
+        ratios_markdown,
+    )
+
+    _synthetic_cells(tmp_path)
     records = collect(tmp_path)
     table = per_env_markdown(records)
     # mean and standard error (std with ddof=1 over sqrt(n)) over the two seeds
@@ -352,6 +367,47 @@ def test_report_tables_and_figures_from_finished_cells(tmp_path):
     assert sweeps[0].stat().st_size > 5_000
     steps, values = _curve(tmp_path / "x/hyper/seed1")
     assert steps.tolist() == [10, 50, 100] and values.tolist() == [-3000.0, -600.0, -300.0]
+
+
+def test_the_archive_keeps_what_the_report_reads_and_the_report_runs_on_it_alone(tmp_path):
+    from agents.benchmark_archive import archive_cell, archive_cells
+    from agents.benchmark_report import _curve, plot_feature_sweeps
+
+    root, archive = tmp_path / "runs" / "quick", tmp_path / "archive" / "quick"
+    _synthetic_cells(root)
+    (root / "x/film/seed0/tb").mkdir(parents=True)  # still training: no meta.json
+    eval_json = root / "x/hyper/seed0/eval.json"
+    found = json.loads(eval_json.read_text())
+    found["episodes"][0]["return"] = -200.123456789
+    eval_json.write_text(json.dumps(found | {"model": "/this/machine/model.zip"}))
+
+    names = archive_cells(root, archive)
+    assert names == [f"x/{v}/seed{s}" for v in ("concat", "hyper") for s in (0, 1)]
+    assert not (archive / "x" / "film").exists()
+    assert collect(archive) == collect(root)
+    assert not list(archive.rglob("events.out.tfevents.*"))
+    kept = json.loads((archive / "x/hyper/seed0/eval.json").read_text())
+    assert "model" not in kept and kept["episodes"][0]["return"] == -200.123
+    for name in names:
+        (steps, values), (steps_kept, values_kept) = _curve(root / name), _curve(archive / name)
+        assert steps_kept.tolist() == steps.tolist() and np.allclose(values_kept, values)
+    assert [f.name for f in plot_feature_sweeps(archive, tmp_path)] == [
+        "sweeps_ContextualPendulum-v0.png"
+    ]
+    assert archive_cells(root, archive) == []  # nothing changed, nothing copied
+    meta = root / "x/concat/seed1/meta.json"
+    meta.write_text(json.dumps(json.loads(meta.read_text()) | {"train_seconds": 2.5}))
+    assert archive_cells(root, archive) == ["x/concat/seed1"]
+    with pytest.raises(FileNotFoundError, match="no meta.json"):
+        archive_cell(root / "x/film/seed0", archive / "x/film/seed0")
+
+    # a clean clone: no runs, the report made from the archive alone
+    fresh = tmp_path / "clean"
+    argv = ["--report", "--root", str(fresh), "--archive", str(tmp_path / "archive")]
+    assert benchmark_script.main(argv) == 0
+    assert "| hyper | -250.0 ± 50.0 (2) |" in (fresh / "quick" / "results.md").read_text()
+    assert (fresh / "quick" / "learning_curves.png").is_file()
+    assert benchmark_script.main([*argv[:-1], "none"]) == 2  # no archive: nothing to report
 
 
 def _stops_or_marks(cell: Cell, root: Path) -> Path:
