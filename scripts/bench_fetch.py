@@ -4,10 +4,11 @@ For each task: env-steps/s of the gymnasium-robotics env (``hyperrl/ContextualFe
 random actions, resets included) and of its batched twin (:class:`envs.manipulation.native.
 NativeFetch`, physics with observations, rewards and auto-resets) at each number of worlds; then,
 with ``--her``, where a step of the on-device SAC with hindsight relabelling goes on FetchPush
-(``--her-envs`` worlds): one vector step of the actor against one update of ``--batch`` samples.
+(``--her-envs`` worlds): one vector step of the actor against one update of ``--batch`` samples,
+the update eager and compiled (``--compile``, the trainer's ``compile: true``).
 Prints Markdown tables (``--out`` also writes them)::
 
-    python scripts/bench_fetch.py --envs 64 256 --her
+    python scripts/bench_fetch.py --envs 64 256 --her --compile both
     python scripts/bench_fetch.py --tasks Push --envs 16 --steps 5   # a smoke run
 """
 
@@ -68,15 +69,17 @@ def batched_rate(env_id: str, worlds: int, steps: int) -> float:
     return rate
 
 
-def her_split(worlds: int, batch: int, repeats: int) -> tuple[float, float]:
-    """Seconds of one vector step of the actor and of one HER update on FetchPush."""
+def her_split(worlds: int, batch: int, repeats: int, compile: bool) -> tuple[float, float]:
+    """Seconds of one vector step of the actor and of one HER update on FetchPush (after the
+    first updates, which compile when ``compile``)."""
     config = {"batch_size": batch, "learning_starts": 0, "buffer_size": 100_000}
+    config["compile"] = compile
     algo = build("hyperrl/BatchedFetchPush-v0", config, worlds, "hyper", "cpu", 0, "her")
     algo.collect(8)
     start = time.perf_counter()
     algo.collect(repeats)
     step = (time.perf_counter() - start) / repeats
-    algo.update(1)
+    algo.update(3)
     start = time.perf_counter()
     algo.update(repeats)
     return step, (time.perf_counter() - start) / repeats
@@ -90,6 +93,12 @@ def main() -> None:
     p.add_argument("--her", action="store_true", help="also time the device SAC with HER")
     p.add_argument("--her-envs", type=int, default=64)
     p.add_argument("--batch", type=int, default=512)
+    p.add_argument(
+        "--compile",
+        choices=["off", "on", "both"],
+        default="off",
+        help="time the HER update eager, compiled, or both",
+    )
     p.add_argument("--out", default=None, help="also write the tables here")
     args = p.parse_args()
     header = " | ".join(f"batched, {n} worlds" for n in args.envs)
@@ -106,20 +115,23 @@ def main() -> None:
             cells.append(f"{rate:,.0f} ({rate / base:.1f}×)")
         lines.append(f"| {task} | {base:,.0f} | {' | '.join(cells)} |")
         print(lines[-1], flush=True)
-    if args.her:
-        step, update = her_split(args.her_envs, args.batch, max(4, args.steps // 5))
+    modes = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
+    for compile in modes if args.her else []:
+        step, update = her_split(args.her_envs, args.batch, max(4, args.steps // 5), compile)
+        how = "compiled" if compile else "eager"
         lines += [
             "",
-            f"| FetchPush, HER, {args.her_envs} worlds | seconds | env-steps/s |",
+            f"| FetchPush, HER, {args.her_envs} worlds, {how} | seconds | env-steps/s |",
             "| --- | ---: | ---: |",
             f"| one vector step (actor + physics) | {step:.3f} | {args.her_envs / step:,.0f} |",
-            f"| one update, batch {args.batch} | {update:.3f} | |",
+            f"| one update, batch {args.batch} | {update:.4f} | |",
         ]
         for k in (1, 4, 16):
             rate = args.her_envs / (step + k * update)
             lines.append(
                 f"| gradient_steps {k} per vector step | {step + k * update:.3f} | {rate:,.0f} |"
             )
+        print("\n".join(lines[-7:]), flush=True)
     table = "\n".join(lines)
     print(table)
     if args.out:

@@ -26,11 +26,13 @@ import torch
 import torch.nn.functional as F
 from stable_baselines3 import SAC
 
+from agents.batched.compiled import CompiledStep
 from agents.batched.distributed import descend, start_in_step
 from agents.batched.replay import DeviceReplay, HerReplay, ReplaySample
 from agents.batched.trainer import BatchedTrainer, TrainerConfig
 from envs.batched import BatchedContextualEnv, Obs
 from hyperrl import HyperSACPolicy
+from hyperrl.conditioning import HyperHead
 
 
 @dataclass
@@ -64,6 +66,12 @@ class DeviceSACConfig(TrainerConfig):
     target_update_interval: int = 1
     log_interval: int = 100
     n_sampled_goal: int = 0
+    #: compile the update's forward passes and losses (and so their backwards) with
+    #: ``torch.compile`` (:class:`~agents.batched.compiled.CompiledStep`): the same update after
+    #: a minute or so of compiling. Generated heads then generate once per replay sample (each
+    #: carries its own context, so deduplicating would find about as many heads, and its
+    #: data-dependent count would break the graph). Off by default (``docs/BENCHMARKS.md``)
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.ent_coef, str) and not self.ent_coef.startswith("auto"):
@@ -143,6 +151,14 @@ class DeviceSAC(BatchedTrainer):
         self.n_updates = 0
         self._rollout: dict[str, float] = {}  # the last finished episodes' statistics
         self._reset_stats()
+        #: the update's forward passes and losses, compiled with ``compile: true``
+        self._actor_forward = CompiledStep(self.actor.action_log_prob, cfg.compile)
+        self._critic_loss = CompiledStep(self._critic_loss_eager, cfg.compile)
+        self._actor_loss = CompiledStep(self._actor_loss_eager, cfg.compile)
+        if cfg.compile:
+            for head in self.policy.modules():
+                if isinstance(head, HyperHead):
+                    head.dedup = False
 
     def _replay(self, action_dim: int) -> DeviceReplay:
         env, cfg = self.env, self.config
@@ -225,7 +241,7 @@ class DeviceSAC(BatchedTrainer):
         ent_coef = self.ent_coef()
         out: dict[str, torch.Tensor] = {}
         if update_actor:
-            actions_pi, log_prob = self.actor.action_log_prob(batch.observations)
+            actions_pi, log_prob = self._actor_forward(batch.observations)
             log_prob = log_prob.reshape(-1, 1)
             if self.log_ent_coef is not None:
                 # alpha is pushed up while the entropy (-log_prob) is below target_entropy
@@ -233,19 +249,19 @@ class DeviceSAC(BatchedTrainer):
                 descend(self.model.ent_coef_optimizer, ent_loss, [self.log_ent_coef])
                 out["ent_coef_loss"] = ent_loss.detach()
 
-        with torch.no_grad():
-            next_actions, next_log_prob = self.actor.action_log_prob(batch.next_observations)
-            next_q = torch.cat(self.critic_target(batch.next_observations, next_actions), dim=1)
-            soft_v = next_q.min(dim=1, keepdim=True).values - ent_coef * next_log_prob.view(-1, 1)
-            target_q = batch.rewards + (1.0 - batch.dones) * cfg.gamma * soft_v
-        current_q = self.critic(batch.observations, batch.actions)
-        critic_loss = 0.5 * sum(F.mse_loss(q, target_q) for q in current_q)
+        critic_loss = self._critic_loss(
+            batch.observations,
+            batch.actions,
+            batch.next_observations,
+            batch.rewards,
+            batch.dones,
+            ent_coef,
+        )
         descend(self.critic.optimizer, critic_loss, self.critic_params)
         out["critic_loss"] = critic_loss.detach()
 
         if update_actor:
-            q_pi = torch.cat(self.critic(batch.observations, actions_pi), dim=1)
-            actor_loss = (ent_coef * log_prob - q_pi.min(dim=1, keepdim=True).values).mean()
+            actor_loss = self._actor_loss(batch.observations, actions_pi, log_prob, ent_coef)
             descend(self.actor.optimizer, actor_loss, self.actor.parameters())
             out["actor_loss"] = actor_loss.detach()
 
@@ -254,6 +270,34 @@ class DeviceSAC(BatchedTrainer):
         self.n_updates += 1
         self._accumulate(out, ent_coef)
         return out
+
+    def _critic_loss_eager(
+        self,
+        obs: Obs,
+        actions: torch.Tensor,
+        next_obs: Obs,
+        rewards: torch.Tensor,
+        dones: torch.Tensor,
+        ent_coef: torch.Tensor,
+    ) -> torch.Tensor:
+        """The critics' loss on a batch of ``B`` transitions (``actions (B, act_dim)``,
+        ``rewards``/``dones (B, 1)``): half the summed MSE of each critic against the clipped
+        double-Q target with the entropy bonus, the target computed without gradients."""
+        with torch.no_grad():
+            next_actions, next_log_prob = self.actor.action_log_prob(next_obs)
+            next_q = torch.cat(self.critic_target(next_obs, next_actions), dim=1)
+            soft_v = next_q.min(dim=1, keepdim=True).values - ent_coef * next_log_prob.view(-1, 1)
+            target_q = rewards + (1.0 - dones) * self.config.gamma * soft_v
+        current_q = self.critic(obs, actions)
+        return 0.5 * sum(F.mse_loss(q, target_q) for q in current_q)
+
+    def _actor_loss_eager(
+        self, obs: Obs, actions_pi: torch.Tensor, log_prob: torch.Tensor, ent_coef: torch.Tensor
+    ) -> torch.Tensor:
+        """The actor's loss for its sampled ``actions_pi (B, act_dim)`` and their ``log_prob
+        (B, 1)``, against the (updated) critics' smaller Q."""
+        q_pi = torch.cat(self.critic(obs, actions_pi), dim=1)
+        return (ent_coef * log_prob - q_pi.min(dim=1, keepdim=True).values).mean()
 
     @torch.no_grad()
     def polyak_update(self) -> None:

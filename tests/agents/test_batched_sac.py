@@ -20,6 +20,7 @@ from agents.batched.sac import DeviceSAC, DeviceSACConfig
 from agents.evaluation import evaluate_run
 from agents.train import TrainArgs, train
 from envs.classic.batched import TorchPendulum
+from hyperrl.conditioning import HyperHead
 
 HYPER = {"conditioning": "hyper", "context_keys": ("context",)}
 
@@ -159,6 +160,40 @@ def test_update_matches_sb3_sac_train_step_for_step(ent_coef):
         torch.testing.assert_close(algo.log_ent_coef, ref.log_ent_coef)
 
 
+def test_compiled_update_is_the_eager_update(monkeypatch):
+    """``compile: true`` compiles the actor's forward pass and both losses, and the generated
+    heads go per sample: three updates give the eager trainer's losses and parameters, with the
+    compiled steps in use (no fallback). Inductor draws its own random numbers unless told to
+    take eager's, which the comparison needs."""
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.setattr(inductor_config, "fallback_random", True)
+
+    def run(compile: bool) -> tuple[DeviceSAC, list[float]]:
+        algo = _trainer(learning_starts=0, batch_size=32, tau=0.1, compile=compile)
+        batch = _fixed_batch(algo)
+        algo.policy.set_training_mode(True)
+        losses = []
+        for i in range(3):
+            torch.manual_seed(i)
+            out = algo.train_step(batch)
+            losses += [float(out["critic_loss"]), float(out["actor_loss"])]
+        return algo, losses
+
+    eager, want = run(False)
+    compiled, got = run(True)
+    steps = ("_actor_forward", "_critic_loss", "_actor_loss")
+    assert all(getattr(compiled, s).compiled and not getattr(eager, s).compiled for s in steps)
+    heads = [m for m in compiled.policy.modules() if isinstance(m, HyperHead)]
+    assert heads and not any(h.dedup for h in heads)
+    assert got == pytest.approx(want, rel=1e-4)
+    fresh = _trainer().policy.state_dict()
+    ours, theirs = compiled.policy.state_dict(), eager.policy.state_dict()
+    for name, value in ours.items():
+        torch.testing.assert_close(value, theirs[name], rtol=1e-4, atol=1e-5, msg=name)
+    assert not all(torch.equal(theirs[k], fresh[k]) for k in fresh)  # they did step
+
+
 def test_target_critics_move_by_exactly_tau():
     algo = _trainer(learning_starts=0, batch_size=32, tau=0.25, target_update_interval=2)
     batch = _fixed_batch(algo)
@@ -223,6 +258,7 @@ def test_run_folder_loads_in_sb3_evaluates_on_the_cpu_twin_and_resumes(tmp_path)
             "gradient_steps:1",
             "log_interval:4",
             "policy_kwargs:{net_arch: [16, 16]}",
+            "compile:false",  # the preset compiles: a minute, for 21 updates
         ],
         eval_freq=64,
         save_freq=128,
