@@ -33,7 +33,9 @@ from agents.run_folder import stop_on_signals
 #: user tries first); the ``_direction_only`` variants read the context through the normalised
 #: embedding alone (``linear_context: false``, the path before the linear context term);
 #: ``concat_large`` is concatenation with about the hyper policy's parameter count (512-wide
-#: trunk and head: 552k against 618k on HalfCheetah), the capacity control.
+#: trunk and head: 552k against 618k on HalfCheetah), the capacity control; ``hyper_embed8``
+#: (an 8-wide generator embedding) and ``concat_256`` (256-wide trunk and head) are the pair at a
+#: smaller equal size (125k and 145k on HalfCheetah, beside ``lowrank_hyper``'s 131k).
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "mlp_no_context": ("none", []),
     "sb3_multiinput": ("mlp", []),
@@ -44,6 +46,8 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "hyper": ("hyper", []),
     "hyper_direction_only": ("hyper", ["policy_kwargs:{linear_context: false}"]),
     "chunked_hyper": ("hyper", ["policy_kwargs:{generator: chunked}"]),
+    "hyper_embed8": ("hyper", ["policy_kwargs:{generator_kwargs: {hidden: [8]}}"]),
+    "concat_256": ("concat", ["policy_kwargs:{net_arch: [256], head_arch: [256]}"]),
 }
 
 
