@@ -408,6 +408,10 @@ def test_the_archive_keeps_what_the_report_reads_and_the_report_runs_on_it_alone
     assert "| hyper | -250.0 ± 50.0 (2) |" in (fresh / "quick" / "results.md").read_text()
     assert (fresh / "quick" / "learning_curves.png").is_file()
     assert benchmark_script.main([*argv[:-1], "none"]) == 2  # no archive: nothing to report
+    # by default the archive is the committed one, unless the runs go elsewhere
+    repo_archive = Path(benchmark_script.__file__).resolve().parents[1] / "docs/results/cells/v2"
+    assert benchmark_script._archive(None, True, "v2") == repo_archive
+    assert benchmark_script._archive(None, False, "v2") is None
 
 
 def _stops_or_marks(cell: Cell, root: Path) -> Path:
