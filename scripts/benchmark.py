@@ -131,42 +131,42 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: no finished runs under {source}", file=sys.stderr)
             return 2
         envs, left_out = aggregate_envs(records, args.aggregate_seeds)
-        why = "; ".join(f"{env}: {seeds}" for env, seeds in left_out.items())
-        if not envs:
-            print(
-                f"error: no env has {args.aggregate_seeds or 'a'} seed(s) of each core variant "
-                f"yet ({why}); lower --aggregate-seeds, or run the missing cells",
-                file=sys.stderr,
-            )
-            return 2
-        summary = aggregate([r for r in records if r["env"] in envs])
+        summary = aggregate([r for r in records if r["env"] in envs]) if envs else None
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except TrainingInterruptedError as err:
         print(f"{err}\nthe grid stopped; rerun the same command to go on", file=sys.stderr)
         return err.exit_code
-    against = ("concat", "concat_large", "sb3_multiinput", "film", "hyper_direction_only")
-    scope = f"Aggregate over {', '.join(envs)}." + (
-        f" Left out, too few seeds of the core variants ({', '.join(AGGREGATE_CORE)}): {why}."
-        if left_out
-        else ""
-    )
-    table = "\n\n".join(
-        [
+    why = "; ".join(f"{env}: {seeds}" for env, seeds in left_out.items())
+    if summary is None:  # the cells that finished are still worth their tables
+        parts = [
+            f"No aggregate yet: no env has {args.aggregate_seeds or 'a'} seed(s) of each core "
+            f"variant ({why}); lower --aggregate-seeds, or run the missing cells."
+        ]
+    else:
+        against = ("concat", "concat_large", "sb3_multiinput", "film", "hyper_direction_only")
+        scope = f"Aggregate over {', '.join(envs)}." + (
+            f" Left out, too few seeds of the core variants ({', '.join(AGGREGATE_CORE)}): {why}."
+            if left_out
+            else ""
+        )
+        parts = [
             scope,
             markdown(summary),
             ratios_markdown(summary, "hyper", against),
             best_in_distribution_markdown(summary, "hyper"),
-            per_env_markdown(records),
         ]
-    )
+    table = "\n\n".join([*parts, per_env_markdown(records)])
     root.mkdir(parents=True, exist_ok=True)
     (root / "results.md").write_text(table + "\n")
-    (root / "results.json").write_text(json.dumps(summary | {"records": records}, indent=2))
+    (root / "results.json").write_text(json.dumps((summary or {}) | {"records": records}, indent=2))
     print(table)
-    plot_iqm(summary, root / "iqm.png")
-    figures = [root / "iqm.png", *plot_return_vs_context(source, root)]
+    figures = []
+    if summary is not None:
+        plot_iqm(summary, root / "iqm.png")
+        figures.append(root / "iqm.png")
+    figures += plot_return_vs_context(source, root)
     figures += plot_feature_sweeps(source, root)
     curves = plot_learning_curves(source, root)
     figures += [curves] if curves else []

@@ -407,6 +407,11 @@ def test_the_archive_keeps_what_the_report_reads_and_the_report_runs_on_it_alone
     assert benchmark_script.main(argv) == 0
     assert "| hyper | -250.0 ± 50.0 (2) |" in (fresh / "quick" / "results.md").read_text()
     assert (fresh / "quick" / "learning_curves.png").is_file()
+    # too few seeds to aggregate: the per-env tables all the same, and no error
+    assert benchmark_script.main([*argv, "--aggregate-seeds", "3"]) == 0
+    report = (fresh / "quick" / "results.md").read_text()
+    assert report.startswith("No aggregate yet: no env has 3 seed(s)")
+    assert "| hyper | -250.0 ± 50.0 (2) |" in report and "IQM" not in report
     assert benchmark_script.main([*argv[:-1], "none"]) == 2  # no archive: nothing to report
     # by default the archive is the committed one, unless the runs go elsewhere
     repo_archive = Path(benchmark_script.__file__).resolve().parents[1] / "docs/results/cells/v2"
