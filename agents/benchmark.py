@@ -234,9 +234,6 @@ def run_grid(
     """Run every unfinished cell (no ``eval.json`` yet, and not in ``archive``), ``jobs`` at a
     time in separate processes, or as Ray tasks when ``ray_address`` is given.
 
-    :param archive: an archive of finished cells (:mod:`agents.benchmark_archive`), run here or on
-        another machine: the cells in it are not run again.
-
     :param ray_address: run one Ray task per unfinished cell and let Ray schedule them (``jobs``
         is then ignored): ``"local"`` starts a Ray instance on this machine, ``"auto"`` joins the
         cluster this machine belongs to, ``"host:port"`` or ``"ray://host:port"`` joins that one.
@@ -246,6 +243,8 @@ def run_grid(
         otherwise the connection made here is shut down on return.
     :param ray_cpus_per_run: the CPUs Ray reserves for each cell (fractions allowed); torch in
         the task uses that many threads.
+    :param archive: an archive of finished cells (:mod:`agents.benchmark_archive`), run here or on
+        another machine: the cells in it are not run again.
     :raises GridError: after every Ray task has ended, when any cell failed; it names them.
     """
     todo = [

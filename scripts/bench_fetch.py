@@ -72,8 +72,7 @@ def batched_rate(env_id: str, worlds: int, steps: int) -> float:
 def her_split(worlds: int, batch: int, repeats: int, compile: bool) -> tuple[float, float]:
     """Seconds of one vector step of the actor and of one HER update on FetchPush (after the
     first updates, which compile when ``compile``)."""
-    config = {"batch_size": batch, "learning_starts": 0, "buffer_size": 100_000}
-    config["compile"] = compile
+    config = {"batch_size": batch, "learning_starts": 0, "buffer_size": 100_000, "compile": compile}
     algo = build("hyperrl/BatchedFetchPush-v0", config, worlds, "hyper", "cpu", 0, "her")
     algo.collect(8)
     start = time.perf_counter()
