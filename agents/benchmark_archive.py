@@ -41,13 +41,10 @@ def archive_cell(run_dir: Path, dest: Path, curve_points: int = 200) -> None:
     if not meta.is_file():
         raise FileNotFoundError(f"{run_dir} is not a finished benchmark cell: it has no meta.json")
     (dest / "meta.json").unlink(missing_ok=True)
-    result = json.loads((run_dir / "eval.json").read_text())
-    result.pop("model", None)
-    _write(dest / "eval.json", result)
-    for sweep in sorted((run_dir / "grid").glob("*/eval.json")):
-        found = json.loads(sweep.read_text())
-        found.pop("model", None)
-        _write(dest / "grid" / sweep.parent.name / "eval.json", found)
+    for evaluation in [run_dir / "eval.json", *sorted((run_dir / "grid").glob("*/eval.json"))]:
+        result = json.loads(evaluation.read_text())
+        result.pop("model", None)
+        _write(dest / evaluation.relative_to(run_dir), result)
     curve = run_curve(run_dir)
     if curve is not None:
         keep = np.unique(np.linspace(0, len(curve[0]) - 1, curve_points).round().astype(int))
