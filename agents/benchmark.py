@@ -36,6 +36,9 @@ from agents.run_folder import stop_on_signals
 #: trunk and head: 552k against 618k on HalfCheetah), the capacity control; ``hyper_embed8``
 #: (an 8-wide generator embedding) and ``concat_256`` (256-wide trunk and head) are the pair at a
 #: smaller equal size (125k and 145k on HalfCheetah, beside ``lowrank_hyper``'s 131k).
+#: Two generated designs at ``concat_256``'s width: ``lowrank_256`` is ``concat_256``'s shape with
+#: the head's weights ``W0 + u(z) v(z)^T`` (rank 1, 8-wide embedding; 172k), and ``hyper_out_224``
+#: a plain 224-224 trunk whose output layer alone is generated (16-wide embedding; 144k).
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "mlp_no_context": ("none", []),
     "sb3_multiinput": ("mlp", []),
@@ -48,6 +51,17 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "chunked_hyper": ("hyper", ["policy_kwargs:{generator: chunked}"]),
     "hyper_embed8": ("hyper", ["policy_kwargs:{generator_kwargs: {hidden: [8]}}"]),
     "concat_256": ("concat", ["policy_kwargs:{net_arch: [256], head_arch: [256]}"]),
+    "lowrank_256": (
+        "lowrank_hyper",
+        [
+            "policy_kwargs:{net_arch: [256], head_arch: [256], "
+            "generator_kwargs: {hidden: [8], rank: 1}}"
+        ],
+    ),
+    "hyper_out_224": (
+        "hyper",
+        ["policy_kwargs:{net_arch: [224, 224], head_arch: [], generator_kwargs: {hidden: [16]}}"],
+    ),
 }
 
 
