@@ -4,6 +4,8 @@
 - :func:`per_env_markdown`: mean return +- standard error over seeds, per env, variant and split
   (raw returns, the numbers to compare against published ones);
 - :func:`ratios_markdown`: one variant's IQM over others' (hyper / concat, hyper / FiLM);
+- :func:`equal_size_markdown`: per env, each generated variant against the plain one of about its
+  size (:data:`EQUAL_SIZE`): the difference of mean returns with a bootstrap 95 % interval;
 - :func:`plot_iqm`: the aggregate IQM with its 95 % interval per variant, a panel per split;
 - :func:`plot_return_vs_context`: per env, evaluation return against each context feature,
   binned over the feature's bounds, a line per variant (every episode of every seed);
@@ -26,20 +28,83 @@ import numpy as np
 
 
 def per_env_markdown(records: Sequence[dict[str, Any]]) -> str:
-    """A Markdown table per env: rows are variants, columns splits, ``mean ± s.e. (n)``."""
+    """A Markdown table per env: rows are variants, columns splits, ``mean ± s.e. (n)``, then
+    the variant's parameter count and mean training minutes."""
     out = []
     for env in sorted({r["env"] for r in records}):
         rows = [r for r in records if r["env"] == env]
         splits = list(dict.fromkeys(s for r in rows for s in r["returns"]))
-        out += [f"**{env}**", "", "| variant | " + " | ".join(splits) + " |"]
-        out.append("| --- |" + " ---: |" * len(splits))
+        out += [f"**{env}**", "", "| variant | " + " | ".join(splits) + " | params | train min |"]
+        out.append("| --- |" + " ---: |" * (len(splits) + 2))
         for variant in dict.fromkeys(r["variant"] for r in rows):
+            mine = [r for r in rows if r["variant"] == variant]
             cells = []
             for split in splits:
-                vals = np.array([r["returns"][split] for r in rows if r["variant"] == variant])
+                vals = np.array([r["returns"][split] for r in mine])
                 se = vals.std(ddof=1) / np.sqrt(len(vals)) if len(vals) > 1 else float("nan")
                 cells.append(f"{vals.mean():.1f} ± {se:.1f} ({len(vals)})")
+            params = np.mean([r["params"] for r in mine])
+            minutes = np.mean([r["train_seconds"] for r in mine]) / 60
+            cells += [f"{params:,.0f}", f"{minutes:.1f}"]
             out.append(f"| {variant} | " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+#: generated variant -> the concatenation of about its parameter count on HalfCheetah
+EQUAL_SIZE: dict[str, str] = {
+    "hyper": "concat_large",
+    "hyper_embed8": "concat_256",
+    "lowrank_hyper": "concat_256",
+    "lowrank_256": "concat_256",
+    "hyper_out_224": "concat_256",
+}
+
+
+def equal_size_markdown(
+    records: Sequence[dict[str, Any]],
+    pairs: dict[str, str] = EQUAL_SIZE,
+    reps: int = 2000,
+    seed: int = 0,
+) -> str:
+    """Per env, a row per pair ``(generated, plain)`` with 2 or more seeds of each:
+    ``mean(generated) - mean(plain)`` per split with a 95 % percentile-bootstrap interval (the
+    seeds of each variant resampled on their own), ``[ratio of means]`` where the plain mean is
+    positive, and both parameter counts. An interval that excludes 0 is a difference the seeds
+    resolve. Returns ``""`` when no env has a pair."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for env in sorted({r["env"] for r in records}):
+        rows = [r for r in records if r["env"] == env]
+        by_variant: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for r in rows:
+            by_variant[r["variant"]].append(r)
+        present = [
+            (gen, plain)
+            for gen, plain in pairs.items()
+            if len(by_variant[gen]) > 1 and len(by_variant[plain]) > 1
+        ]
+        if not present:
+            continue
+        splits = list(dict.fromkeys(s for r in rows for s in r["returns"]))
+        out += [f"**{env}**: generated − plain of about its size, mean return [95% CI]", ""]
+        out.append("| generated − plain | " + " | ".join(splits) + " | params |")
+        out.append("| --- |" + " ---: |" * (len(splits) + 1))
+        for gen, plain in present:
+            cells = []
+            for split in splits:
+                a = np.array([r["returns"][split] for r in by_variant[gen]])
+                b = np.array([r["returns"][split] for r in by_variant[plain]])
+                diffs = rng.choice(a, (reps, len(a))).mean(1) - rng.choice(b, (reps, len(b))).mean(
+                    1
+                )
+                low, high = np.percentile(diffs, [2.5, 97.5])
+                ratio = f" ({a.mean() / b.mean():.2f}×)" if b.mean() > 0 else ""
+                cells.append(f"{a.mean() - b.mean():+.0f} [{low:+.0f}, {high:+.0f}]{ratio}")
+            params = [int(np.mean([r["params"] for r in by_variant[v]])) for v in (gen, plain)]
+            out.append(
+                f"| {gen} − {plain} | " + " | ".join(cells) + f" | {params[0]:,} / {params[1]:,} |"
+            )
         out.append("")
     return "\n".join(out)
 

@@ -41,6 +41,7 @@ from agents.benchmark import (  # noqa: E402
 from agents.benchmark_archive import archive_cells  # noqa: E402
 from agents.benchmark_report import (  # noqa: E402
     best_in_distribution_markdown,
+    equal_size_markdown,
     per_env_markdown,
     plot_feature_sweeps,
     plot_iqm,
@@ -157,7 +158,9 @@ def main(argv: list[str] | None = None) -> int:
             ratios_markdown(summary, "hyper", against),
             best_in_distribution_markdown(summary, "hyper"),
         ]
-    table = "\n\n".join([*parts, per_env_markdown(records)])
+    pairs = equal_size_markdown(records)
+    tables = [per_env_markdown(records).rstrip(), *([pairs.rstrip()] if pairs else [])]
+    table = "\n\n".join([*parts, *tables])
     root.mkdir(parents=True, exist_ok=True)
     (root / "results.md").write_text(table + "\n")
     (root / "results.json").write_text(json.dumps((summary or {}) | {"records": records}, indent=2))

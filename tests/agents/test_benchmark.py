@@ -369,6 +369,42 @@ def test_report_tables_and_figures_from_finished_cells(tmp_path):
     assert steps.tolist() == [10, 50, 100] and values.tolist() == [-3000.0, -600.0, -300.0]
 
 
+def test_equal_size_pairs_with_bootstrap_intervals_and_parameter_columns():
+    from agents.benchmark_report import equal_size_markdown, per_env_markdown
+
+    records = []
+    for seed in range(3):
+        # env a: hyper_embed8 10 ahead of concat_256 on every seed; lowrank_256 as far either side
+        records += [
+            _record("a", "hyper_embed8", seed, 110.0, 55.0),
+            _record("a", "concat_256", seed, 100.0, 50.0),
+            _record("a", "lowrank_256", seed, 100.0 + 30.0 * (seed - 1), 50.0),
+            _record("b", "hyper_embed8", seed, -90.0, -40.0),
+            _record("b", "concat_256", seed, -100.0, -50.0),
+        ]
+    records.append(_record("a", "hyper", 0, 500.0, 500.0))  # one seed, no concat_large: no row
+    table = equal_size_markdown(records, reps=500)
+    lines = table.splitlines()
+    row = next(
+        line for line in lines if line.startswith("| hyper_embed8 − concat_256") and "×" in line
+    )
+    assert (
+        row
+        == "| hyper_embed8 − concat_256 | +10 [+10, +10] (1.10×) | +5 [+5, +5] (1.10×) | 10 / 10 |"
+    )
+    lowrank = next(line for line in lines if line.startswith("| lowrank_256"))
+    low, high = (float(x) for x in lowrank.split("[")[1].split("]")[0].split(","))
+    assert low < 0 < high  # a spread that does not resolve the difference
+    # env b's plain mean is negative: a difference, no ratio
+    assert "| hyper_embed8 − concat_256 | +10 [+10, +10] | +10 [+10, +10] | 10 / 10 |" in table
+    assert "hyper − concat_large" not in table
+    assert equal_size_markdown([r for r in records if r["variant"] != "concat_256"]) == ""
+    assert "| train | extrapolation | params | train min |" in per_env_markdown(records)
+    assert "| concat_256 | 100.0 ± 0.0 (3) | 50.0 ± 0.0 (3) | 10 | 0.0 |" in per_env_markdown(
+        records
+    )
+
+
 def test_the_archive_keeps_what_the_report_reads_and_the_report_runs_on_it_alone(tmp_path):
     from agents.benchmark_archive import archive_cell, archive_cells
     from agents.benchmark_report import _curve, plot_feature_sweeps
