@@ -39,6 +39,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 import envs  # noqa: E402
 from agents.batched.ppo import DevicePPO, DevicePPOConfig  # noqa: E402
+from agents.batched.trainer import distribution_checks  # noqa: E402
 from hyperrl import CONDITIONINGS, HyperActorCriticPolicy  # noqa: E402
 
 
@@ -69,10 +70,12 @@ def device_rates(
     minibatches: int | None = None,
     settle: int = 0,
     compile_modes: Sequence[bool] = (False,),
+    check_distributions: bool = False,
 ) -> dict[str, dict[str, float]]:
     """Per kind of head (``"hyper"``, or ``"hyper +compile"`` for a compiled update):
     ``physics`` (measured once, the same env for every head), ``rollout``, ``train`` and
-    ``update`` (one rollout's update alone) env-steps/s."""
+    ``update`` (one rollout's update alone) env-steps/s. The distributions check their arguments
+    iff ``check_distributions``, as in training (:func:`distribution_checks`)."""
     env = envs.make_batched(env_id, n, "train", device, seed=0)
     dev = env.device
     env.reset()
@@ -91,36 +94,37 @@ def device_rates(
     wanted = minibatches or max(1, n * steps // 16384)
     n_minibatches = max(k for k in range(1, wanted + 1) if n % k == 0)
     out = {}
-    for conditioning, compiled in ((c, m) for c in conditionings for m in compile_modes):
-        cfg = DevicePPOConfig(
-            n_steps=steps, n_minibatches=n_minibatches, n_epochs=5, tf32=tf32, compile=compiled
-        )
-        policy_kwargs = {"conditioning": conditioning, "context_keys": ("context",)}
-        algo = DevicePPO(env, HyperActorCriticPolicy, policy_kwargs, cfg)
-        if compiled:  # compiles for the first shapes, then with dynamic sizes
-            for _ in range(2):
+    with distribution_checks(check_distributions):  # as in training
+        for conditioning, compiled in ((c, m) for c in conditionings for m in compile_modes):
+            cfg = DevicePPOConfig(
+                n_steps=steps, n_minibatches=n_minibatches, n_epochs=5, tf32=tf32, compile=compiled
+            )
+            policy_kwargs = {"conditioning": conditioning, "context_keys": ("context",)}
+            algo = DevicePPO(env, HyperActorCriticPolicy, policy_kwargs, cfg)
+            if compiled:  # compiles for the first shapes, then with dynamic sizes
+                for _ in range(2):
+                    algo.update(algo.collect())
+
+            def rollout(algo: DevicePPO = algo) -> int:
+                algo.collect()
+                return steps * n
+
+            def train(algo: DevicePPO = algo) -> int:
                 algo.update(algo.collect())
+                return steps * n
 
-        def rollout(algo: DevicePPO = algo) -> int:
-            algo.collect()
-            return steps * n
+            stored = algo.collect()
 
-        def train(algo: DevicePPO = algo) -> int:
-            algo.update(algo.collect())
-            return steps * n
+            def update(algo: DevicePPO = algo, stored: dict = stored) -> int:
+                algo.update(stored)  # the same rollout, again and again
+                return steps * n
 
-        stored = algo.collect()
-
-        def update(algo: DevicePPO = algo, stored: dict = stored) -> int:
-            algo.update(stored)  # the same rollout, again and again
-            return steps * n
-
-        out[conditioning + (" +compile" if compiled else "")] = {
-            "physics": physics_rate,
-            "rollout": rate(rollout, dev, repeats),
-            "train": rate(train, dev, repeats),
-            "update": rate(update, dev, repeats),
-        }
+            out[conditioning + (" +compile" if compiled else "")] = {
+                "physics": physics_rate,
+                "rollout": rate(rollout, dev, repeats),
+                "train": rate(train, dev, repeats),
+                "update": rate(update, dev, repeats),
+            }
     return out
 
 
@@ -194,6 +198,13 @@ def main(argv: list[str] | None = None) -> int:
         default="off",
         help="the device trainer's minibatch step eager (off), compiled (on) or a row of each",
     )
+    p.add_argument(
+        "--check-distributions",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="torch's argument checks of the action distributions (a host sync each on CUDA; "
+        "the trainers' default: off)",
+    )
     p.add_argument("--sb3-envs", type=int, default=16, help="0: no SB3 reference")
     p.add_argument("--sb3-steps", type=int, default=8192)
     p.add_argument("--out", default=None, help="also write the table here")
@@ -231,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
             args.minibatches,
             args.settle,
             {"off": (False,), "on": (True,), "both": (False, True)}[args.compile],
+            args.check_distributions,
         )
         for conditioning, r in rates.items():
             # shares of a training iteration's time (seconds per step are 1 / rate)

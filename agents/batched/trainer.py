@@ -8,10 +8,11 @@ its rollout and update. :class:`TrainerConfig` parses a trainer's hyperparameter
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -21,6 +22,7 @@ import torch
 import torch.distributed as dist
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.logger import Logger
+from torch.distributions import Distribution
 
 from agents.batched.distributed import distributed
 from agents.run_folder import atomic_save
@@ -37,6 +39,9 @@ class TrainerConfig:
     trainer_name: ClassVar[str] = "trainer"
     #: on CUDA, run the networks' float32 matmuls on TF32 tensor cores (:func:`use_tf32`)
     tf32: bool = True
+    #: check the action distributions' arguments (torch's ``validate_args``) while training:
+    #: each check is a host sync on CUDA, so only when asked, to find where a NaN comes from
+    check_distributions: bool = False
 
     @classmethod
     def from_dict(cls: type[C], values: Mapping[str, Any]) -> C:
@@ -134,6 +139,19 @@ def use_tf32(device: torch.device, enabled: bool) -> None:
         torch.backends.cuda.matmul.allow_tf32 = enabled
 
 
+@contextlib.contextmanager
+def distribution_checks(enabled: bool) -> Iterator[None]:
+    """Within, torch distributions check their arguments by default iff ``enabled``
+    (``Distribution.set_default_validate_args``, process-wide); the caller's setting is restored
+    after."""
+    before = Distribution._validate_args
+    Distribution.set_default_validate_args(enabled)
+    try:
+        yield
+    finally:
+        Distribution.set_default_validate_args(before)
+
+
 def progress(total: int):
     """A tqdm bar counting env steps."""
     from tqdm.auto import tqdm
@@ -224,6 +242,16 @@ class BatchedTrainer(ABC):
             once per iteration (its host sync).
         :param callback: called after every iteration with the logged values; ``False`` stops.
         """
+        with distribution_checks(self.config.check_distributions):
+            return self._learn(total_timesteps, logger, callback, progress_bar)
+
+    def _learn(
+        self: T,
+        total_timesteps: int,
+        logger: Logger | None,
+        callback: Callable[[T, dict[str, float]], bool | None] | None,
+        progress_bar: bool,
+    ) -> T:
         target = self.num_timesteps + total_timesteps
         bar = progress(total_timesteps) if progress_bar else None
         start, start_steps = time.perf_counter(), self.num_timesteps

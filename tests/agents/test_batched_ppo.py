@@ -270,6 +270,22 @@ def test_trainer_rejects_minibatches_that_split_worlds():
         DevicePPOConfig.from_dict({"n_step": 3})
 
 
+@pytest.mark.parametrize("asked", [False, True])
+def test_distributions_check_their_arguments_only_when_asked(asked):
+    from torch.distributions import Distribution
+
+    before = Distribution._validate_args
+    algo = _trainer(check_distributions=asked)
+    with torch.no_grad():
+        algo.policy.log_std.fill_(float("nan"))
+    if asked:  # the first NaN is caught where it enters, by the check's host sync
+        with pytest.raises(ValueError, match="scale"):
+            algo.learn(64)
+    else:
+        algo.learn(64)
+    assert Distribution._validate_args is before
+
+
 def test_tf32_is_switched_for_cuda_trainers_only():
     matmul, before = torch.backends.cuda.matmul, torch.backends.cuda.matmul.allow_tf32
     try:
