@@ -69,8 +69,8 @@ def equal_size_markdown(
 ) -> str:
     """Per env, a row per pair ``(generated, plain)`` with 2 or more seeds of each:
     ``mean(generated) - mean(plain)`` per split with a 95 % percentile-bootstrap interval (the
-    seeds of each variant resampled on their own), ``[ratio of means]`` where the plain mean is
-    positive, and both parameter counts. An interval that excludes 0 is a difference the seeds
+    seeds of each variant resampled on their own), the ratio of means ``(1.05×)`` where the plain
+    mean is positive, and both parameter counts. An interval that excludes 0 is a difference the seeds
     resolve. Returns ``""`` when no env has a pair."""
     rng = np.random.default_rng(seed)
     out = []
@@ -95,9 +95,7 @@ def equal_size_markdown(
             for split in splits:
                 a = np.array([r["returns"][split] for r in by_variant[gen]])
                 b = np.array([r["returns"][split] for r in by_variant[plain]])
-                diffs = rng.choice(a, (reps, len(a))).mean(1) - rng.choice(b, (reps, len(b))).mean(
-                    1
-                )
+                diffs = _resampled_means(a, rng, reps) - _resampled_means(b, rng, reps)
                 low, high = np.percentile(diffs, [2.5, 97.5])
                 ratio = f" ({a.mean() / b.mean():.2f}×)" if b.mean() > 0 else ""
                 cells.append(f"{a.mean() - b.mean():+.0f} [{low:+.0f}, {high:+.0f}]{ratio}")
@@ -107,6 +105,11 @@ def equal_size_markdown(
             )
         out.append("")
     return "\n".join(out)
+
+
+def _resampled_means(values: np.ndarray, rng: np.random.Generator, reps: int) -> np.ndarray:
+    """``(reps,)`` means of ``values`` resampled with replacement (a bootstrap)."""
+    return rng.choice(values, (reps, len(values))).mean(1)
 
 
 def ratios_markdown(
