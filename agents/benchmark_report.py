@@ -70,8 +70,8 @@ def equal_size_markdown(
     """Per env, a row per pair ``(generated, plain)`` with 2 or more seeds of each:
     ``mean(generated) - mean(plain)`` per split with a 95 % percentile-bootstrap interval (the
     seeds of each variant resampled on their own), the ratio of means ``(1.05×)`` where the plain
-    mean is positive, and both parameter counts. An interval that excludes 0 is a difference the seeds
-    resolve. Returns ``""`` when no env has a pair."""
+    mean is positive, and both parameter counts. An interval that excludes 0 is a difference the
+    seeds resolve. Returns ``""`` when no env has a pair."""
     rng = np.random.default_rng(seed)
     out = []
     for env in sorted({r["env"] for r in records}):
