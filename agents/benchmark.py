@@ -39,6 +39,8 @@ from agents.run_folder import stop_on_signals
 #: Two generated designs at ``concat_256``'s width: ``lowrank_256`` is ``concat_256``'s shape with
 #: the head's weights ``W0 + u(z) v(z)^T`` (rank 1, 8-wide embedding; 172k), and ``hyper_out_224``
 #: a plain 224-224 trunk whose output layer alone is generated (16-wide embedding; 144k).
+#: ``hyper_out_64`` is that design at the default width (a plain 64-64 trunk, the size of
+#: ``concat``), the candidate for a cheaper default.
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "mlp_no_context": ("none", []),
     "sb3_multiinput": ("mlp", []),
@@ -61,6 +63,10 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "hyper_out_224": (
         "hyper",
         ["policy_kwargs:{net_arch: [224, 224], head_arch: [], generator_kwargs: {hidden: [16]}}"],
+    ),
+    "hyper_out_64": (
+        "hyper",
+        ["policy_kwargs:{net_arch: [64, 64], head_arch: [], generator_kwargs: {hidden: [16]}}"],
     ),
 }
 

@@ -58,6 +58,7 @@ EQUAL_SIZE: dict[str, str] = {
     "lowrank_hyper": "concat_256",
     "lowrank_256": "concat_256",
     "hyper_out_224": "concat_256",
+    "hyper_out_64": "concat",
 }
 
 
