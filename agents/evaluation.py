@@ -18,7 +18,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,7 @@ def _render_hint(err: Exception) -> ValueError:
 
 
 def _play(
-    model, env: gym.Env, seed: int, options: dict | None, obs_filter, record: bool, source=None
+    model, env: gym.Env, seed: int, options: dict | None, normalize, record: bool, source=None
 ):
     """One deterministic episode; ``source`` (a :class:`SingleEnvSource`) decides which
     context the policy reads (default: the observation's)."""
@@ -60,7 +60,7 @@ def _play(
             frames.append(caption(frame, _slug(context, sep="  ")))
         given = source.given(obs) if source is not None else obs
         action, memory = model.predict(
-            obs_filter(given), state=memory, episode_start=start, deterministic=True
+            normalize(given), state=memory, episode_start=start, deterministic=True
         )
         start = np.zeros(1, dtype=bool)
         next_obs, reward, terminated, truncated, info = env.step(action)
@@ -86,8 +86,9 @@ def caption(frame: np.ndarray, text: str) -> np.ndarray:
     return np.asarray(image)
 
 
-def _obs_filter(run_dir: Path):
-    """Observation normalisation of the run (identity when it used none)."""
+def obs_filter(run_dir: Path) -> Callable[[Any], Any]:
+    """The observation normalisation saved in ``run_dir`` (``vecnormalize.pkl``; the identity
+    when there is none): raw observation -> what the policy reads."""
     path = run_dir / "vecnormalize.pkl"
     if not path.is_file():
         return lambda obs: obs
@@ -177,7 +178,7 @@ def evaluate_run(
         env_kwargs["render_mode"] = "rgb_array"
     # a checkpoint's own statistics when it has them, else the run's
     stats_dir = statistics_dir(run_dir, model_path)
-    obs_filter = _obs_filter(stats_dir)
+    normalize = obs_filter(stats_dir)
     out = Path(out_dir) if out_dir else run_dir
     (out / "videos" if video else out).mkdir(parents=True, exist_ok=True)
 
@@ -224,7 +225,7 @@ def evaluate_run(
         key = split if pinned is None else _slug(pinned)
         record = video and key not in recorded and len(recorded) < max_videos
         row, frames = _play(
-            model, made[split], seed + i, options, obs_filter, record, sources.get(split)
+            model, made[split], seed + i, options, normalize, record, sources.get(split)
         )
         rows.append({"split": split, **row})
         if record:
