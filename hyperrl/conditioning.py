@@ -27,6 +27,7 @@ from torch import nn
 from hyperrl.functional import (
     Grouping,
     grouping,
+    mlp_contracted,
     mlp_grouped,
     mlp_low_rank,
     mlp_per_sample,
@@ -47,6 +48,9 @@ CONDITIONINGS = ("none", "concat", "film", "lowrank_hyper", "hyper")
 #: what a head's generator reads: the context, the head's own input, or both (the policies name
 #: the input "observation": :data:`hyperrl.policies.GENERATOR_INPUTS`)
 HEAD_GENERATOR_INPUTS = ("context", "input", "both")
+#: multiply-adds per batch below which a hyper head with several contexts in its batch applies
+#: them through its generator (:meth:`HyperHead._forward_uncached`)
+CONTRACT_SMALL = 2**20
 
 
 class ConditionedHead(nn.Module):
@@ -179,6 +183,9 @@ class HyperHead(ConditionedHead):
         the generated weights keep following the context beyond the training range (see
         :class:`~hyperrl.generators.ContextEmbedding`); ``False``: the direction-only embedding.
     :param generator_kwargs: passed to the generator (``hidden``, ``rank``, ``chunk_size``...).
+    :param contract: where it is cheaper, apply the heads through a generator linear in its
+        embedding instead of generating them (:meth:`_forward_uncached`); ``False``: always
+        generate (the same function; for benchmarks).
 
     Set ``reuse_heads = True`` to keep the heads generated for the last batch's contexts and reuse
     them, outside autograd, until the contexts or the parameters change (see ``_grouped_heads``).
@@ -197,6 +204,7 @@ class HyperHead(ConditionedHead):
         init: str = "bias",
         linear_context: bool = True,
         generator_kwargs: dict | None = None,
+        contract: bool = True,
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -226,6 +234,15 @@ class HyperHead(ConditionedHead):
             linear_context=linear_context,
             **(generator_kwargs or {}),
         )
+        #: multiply-adds per sample of applying the head through the generator
+        #: (:func:`~hyperrl.functional.mlp_contracted`), for generators linear in an embedding
+        self._contracted_cost: int | None = None
+        if contract and self.generator.linear_in_embedding:
+            widths = [z.shape[1] for z, _, _ in self.generator.linear_maps(torch.zeros(1, gen_dim))]
+            self._contracted_cost = sum(
+                ls.fan_in * ls.fan_out * (w + 1)
+                for ls, w in zip(self.target.layers, widths, strict=True)
+            )
         #: ``(per head, per sample)`` costs that :meth:`_factored` weighs, for low-rank heads
         self._low_rank_costs: tuple[int, float] | None = None
         if isinstance(self.generator, LowRankGenerator):
@@ -255,8 +272,36 @@ class HyperHead(ConditionedHead):
                 0, groups.group, torch.arange(len(x), device=x.device), "amin"
             )
             return self.forward_grouped(x, context[first], groups)
+        if self._contracted_cost is not None and not (
+            self.reuse_heads and not torch.is_grad_enabled()
+        ):
+            return self._forward_uncached(x, context)
         heads, groups = self._grouped_heads(context)
         return self._run_heads(x, heads, groups)
+
+    def _forward_uncached(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """Apply the heads through the generator (:func:`mlp_contracted`) where that is cheaper
+        than generating one per distinct context, else generate and group; nothing is cached.
+
+        Measured on the CPU (forward and backward, docs/BENCHMARKS.md), contracting wins:
+
+        - for heads so small that ``batch x in x out x d`` multiply-adds stay below
+          :data:`CONTRACT_SMALL`: the deduplication and grouping's many small operations cost
+          more than the contraction (a PPO minibatch of an output-layer head), so the contexts
+          are not even deduplicated;
+        - where there are at least half as many contexts as samples, or they are too uneven to
+          pad and the heads would be gathered per sample (an off-policy minibatch): 0.6-0.7x
+          the time at 256 samples. Below that, generating each head once costs fewer
+          multiply-adds than contracting every sample (a PPO minibatch of a few worlds).
+        """
+        self._cache.clear()  # an update may follow (see OutputCache)
+        if len(x) * self._contracted_cost <= CONTRACT_SMALL:
+            return mlp_contracted(x, self.generator.linear_maps(context), self.activation)
+        unique, group = unique_rows(context)
+        groups = grouping(group, len(unique))
+        if groups.layout is None or 2 * len(unique) >= len(x):
+            return mlp_contracted(x, self.generator.linear_maps(unique, group), self.activation)
+        return self._run_heads(x, self._heads(unique, factored=False), groups)
 
     def forward_grouped(
         self, x: torch.Tensor, contexts: torch.Tensor, groups: Grouping

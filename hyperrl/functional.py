@@ -2,12 +2,14 @@
 
 Contexts repeat: constant within an episode, shared by the samples of one env in a minibatch. So the
 hypernetwork runs once per *distinct* context and each generated head is applied to all of its
-samples with one batched matmul, never by materialising a weight matrix per sample. Three layouts:
+samples with one batched matmul, never by materialising a weight matrix per sample. The layouts:
 
 - :func:`mlp_shared`: one head for the whole batch (plain matmul);
 - :func:`mlp_grouped`: ``U`` heads, sample ``i`` uses head ``group[i]`` (grouped batched matmul);
 - :func:`mlp_per_sample`: one head per sample (the naive path; the input-conditioned one);
-- :func:`mlp_low_rank`: low-rank heads ``W0 + U V^T`` applied factored, never materialised.
+- :func:`mlp_low_rank`: low-rank heads ``W0 + U V^T`` applied factored, never materialised;
+- :func:`mlp_contracted`: one head per sample applied through a generator linear in its
+  embedding, never materialised (off-policy minibatches, small heads).
 
 ``activation`` is applied after every layer but the last.
 """
@@ -24,6 +26,10 @@ import torch.nn.functional as F
 from hyperrl.target import LayerParams
 
 Activation = Callable[[torch.Tensor], torch.Tensor]
+#: One layer of a generator whose output is linear in an embedding: ``(z (B, d), A (P, d),
+#: a (P,))``, the layer's flat parameters (its weight ``(out, in)`` row-major, then its bias)
+#: being ``A z + a`` for each sample's embedding ``z``.
+LinearLayerMap = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 #: mlp_grouped pads every group to the largest one; beyond this much padding it gathers per sample.
 MAX_PADDING_RATIO = 2.0
@@ -277,6 +283,38 @@ def mlp_low_rank(
         proj = torch.bmm(h.unsqueeze(1), _rows(v, group)).squeeze(1)  # (B, r)
         low = torch.bmm(_rows(u, group), proj.unsqueeze(-1)).squeeze(-1)
         h = F.linear(h, w0, b0) + low + _rows(c, group)
+        if i < len(layers) - 1:
+            h = activation(h)
+    return h
+
+
+def mlp_contracted(
+    x: torch.Tensor, layers: Sequence[LinearLayerMap], activation: Activation
+) -> torch.Tensor:
+    """Apply each sample's generated head without generating it: ``W(z) h = sum_k z_k (A_k h)``.
+
+    For a generator linear in its embedding (``per_layer``, ``shared``), the contraction goes
+    through the generator's own output layer: ``B x in x out x d`` per layer, the cost of
+    generating one head per sample, but no ``(B, out, in)`` weights are written and read back.
+    With a head per sample (off-policy minibatches) that halves the time of generating them
+    (docs/BENCHMARKS.md); with small heads it also saves the grouping's many small operations.
+
+    :param x: ``(B, in)``.
+    :param layers: per layer ``(z (B, d), A (P, d), a (P,))`` with ``P = out * in + out``.
+    :return: ``(B, out)``.
+    """
+    h = x
+    for i, (z, a_w, a_b) in enumerate(layers):
+        fan_in = h.shape[1]
+        fan_out = a_w.shape[0] // (fan_in + 1)
+        split = fan_out * fan_in
+        weight_map = a_w[:split].view(fan_out, fan_in, -1)  # (out, in, d)
+        mixed = (h @ weight_map.transpose(0, 1).reshape(fan_in, -1)).view(len(h), fan_out, -1)
+        h = (
+            torch.bmm(mixed, z.unsqueeze(-1)).squeeze(-1)  # sum_k z_k (A_k h)
+            + F.linear(h, a_b[:split].view(fan_out, fan_in))  # the generator's bias as weights
+            + F.linear(z, a_w[split:], a_b[split:])  # the generated bias
+        )
         if i < len(layers) - 1:
             h = activation(h)
     return h

@@ -42,6 +42,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from hyperrl.functional import LinearLayerMap
 from hyperrl.init import (
     check_gains,
     check_scheme,
@@ -195,10 +196,26 @@ class Generator(nn.Module, ABC):
         self.init_scheme = check_scheme(init)
         self.layer_gains = check_gains(target, layer_gains)
 
+    #: whether every layer's parameters are ``A z + a`` for an embedding ``z`` of the context,
+    #: so :meth:`linear_maps` can apply the head without generating it
+    linear_in_embedding: bool = False
+
     def forward(self, context: torch.Tensor) -> torch.Tensor:
         """:param context: ``(N, context_dim)``. :return: ``(N, target.num_params)``."""
         self._check_context(context)
         return self._generate(context)
+
+    def linear_maps(
+        self, context: torch.Tensor, index: torch.Tensor | None = None
+    ) -> list[LinearLayerMap]:
+        """Per target layer ``(z (B, d), A (P_l, d), a (P_l,))``: the layer's flat parameters for
+        ``context[index]`` are ``A z + a`` (:func:`~hyperrl.functional.mlp_contracted` applies
+        them without generating them). The embedding runs on ``context (N, C)``, once per row,
+        then is gathered by ``index (B,)`` (default: every row once).
+
+        :raises NotImplementedError: for a generator not :attr:`linear_in_embedding`.
+        """
+        raise NotImplementedError(f"{type(self).__name__} is not linear in an embedding")
 
     def _check_context(self, context: torch.Tensor) -> None:
         if context.dim() != 2 or context.shape[1] != self.context_dim:
@@ -258,11 +275,23 @@ class PerLayerGenerator(Generator):
         for ls, head, emb in zip(target.layers, self.heads, self.embeddings, strict=True):
             self._init_rows(head, torch.arange(ls.weight_start, ls.bias_end), emb)
 
+    linear_in_embedding = True
+
     def _generate(self, context: torch.Tensor) -> torch.Tensor:
         return torch.cat(
             [head(emb(context)) for emb, head in zip(self.embeddings, self.heads, strict=True)],
             dim=-1,
         )
+
+    def linear_maps(
+        self, context: torch.Tensor, index: torch.Tensor | None = None
+    ) -> list[LinearLayerMap]:
+        self._check_context(context)
+        maps = []
+        for emb, head in zip(self.embeddings, self.heads, strict=True):
+            z = emb(context)
+            maps.append((z if index is None else z[index], head.weight, head.bias))
+        return maps
 
 
 class SharedGenerator(Generator):
@@ -286,8 +315,22 @@ class SharedGenerator(Generator):
         self.head = nn.Linear(self.embedding.width, target.num_params)
         self._init_rows(self.head, torch.arange(target.num_params), self.embedding)
 
+    linear_in_embedding = True
+
     def _generate(self, context: torch.Tensor) -> torch.Tensor:
         return self.head(self.embedding(context))
+
+    def linear_maps(
+        self, context: torch.Tensor, index: torch.Tensor | None = None
+    ) -> list[LinearLayerMap]:
+        self._check_context(context)
+        z = self.embedding(context)
+        z = z if index is None else z[index]
+        w, b = self.head.weight, self.head.bias
+        return [
+            (z, w[ls.weight_start : ls.bias_end], b[ls.weight_start : ls.bias_end])
+            for ls in self.target.layers
+        ]
 
 
 class ChunkedGenerator(Generator):

@@ -1,16 +1,17 @@
 import pytest
 import torch
 
-from hyperrl import functional
+from hyperrl import conditioning, functional
 from hyperrl.conditioning import HyperHead
 from hyperrl.functional import (
+    mlp_contracted,
     mlp_grouped,
     mlp_low_rank,
     mlp_per_sample,
     mlp_shared,
     unique_rows,
 )
-from hyperrl.generators import GENERATORS
+from hyperrl.generators import GENERATORS, make_generator
 from hyperrl.target import TargetSpec
 
 SPEC = TargetSpec((5, 12, 3))
@@ -77,7 +78,13 @@ def test_unique_rows():
 @pytest.mark.parametrize("kind", GENERATORS)
 # low-rank heads: 1 and 4 contexts materialise W, 10 and 37 apply factored
 @pytest.mark.parametrize("num_contexts", [1, 4, 10, 37])
-def test_dedup_head_equals_naive_head_outputs_and_gradients(kind, num_contexts):
+# per_layer and shared heads this small contract (mlp_contracted); with CONTRACT_SMALL at 0 they
+# generate and group, but for 37 contexts of 40 samples, too uneven to pad: contract again
+@pytest.mark.parametrize("contract_small", [conditioning.CONTRACT_SMALL, 0])
+def test_dedup_head_equals_naive_head_outputs_and_gradients(
+    kind, num_contexts, contract_small, monkeypatch
+):
+    monkeypatch.setattr(conditioning, "CONTRACT_SMALL", contract_small)
     torch.manual_seed(3)
     head = HyperHead(5, 3, 2, hidden_sizes=(12,), generator=kind, init="hyperfan_in")
     naive = HyperHead(5, 3, 2, hidden_sizes=(12,), generator=kind, init="hyperfan_in", dedup=False)
@@ -93,7 +100,68 @@ def test_dedup_head_equals_naive_head_outputs_and_gradients(kind, num_contexts):
         torch.testing.assert_close(p.grad, q.grad, msg=f"gradient of {name} differs")
 
 
-def test_dedup_generates_once_per_distinct_context():
+@pytest.mark.parametrize("kind", ["per_layer", "shared"])
+def test_contracted_heads_equal_generated_heads_per_sample(kind):
+    torch.manual_seed(0)
+    target = TargetSpec((5, 7, 3))
+    gen = make_generator(kind, 2, target, init="hyperfan_in").double()
+    x = torch.randn(9, 5, dtype=torch.float64, requires_grad=True)
+    unique = torch.randn(4, 2, dtype=torch.float64)
+    group = torch.randint(0, 4, (9,))
+    contracted = mlp_contracted(x, gen.linear_maps(unique, group), torch.tanh)
+    generated = mlp_per_sample(x, target.unflatten(gen(unique[group])), torch.tanh)
+    torch.testing.assert_close(contracted, generated)
+    grads = torch.autograd.grad(contracted.square().sum(), [x, *gen.parameters()])
+    want = torch.autograd.grad(generated.square().sum(), [x, *gen.parameters()])
+    for got, expected in zip(grads, want, strict=True):
+        torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize("kind", ["chunked", "lowrank"])
+def test_generators_not_linear_in_an_embedding_do_not_offer_maps(kind):
+    gen = make_generator(kind, 2, TargetSpec((5, 7, 3)))
+    assert not gen.linear_in_embedding
+    with pytest.raises(NotImplementedError, match="not linear"):
+        gen.linear_maps(torch.zeros(1, 2))
+
+
+#: 64 samples: 4 contexts in equal groups; one context per sample; 20 contexts, one of them
+#: for 45 samples, too uneven to pad
+_GROUPS = {
+    "4 even": torch.arange(64) % 4,
+    "64": torch.arange(64),
+    "20 uneven": torch.cat([torch.zeros(45, dtype=torch.long), torch.arange(1, 20)]),
+}
+
+
+@pytest.mark.parametrize(
+    ("hidden", "groups", "grad", "reuse", "contracts"),
+    [
+        ((8,), "4 even", True, False, True),  # small: the grouping costs more
+        ((64,), "4 even", True, False, False),  # a few contexts for many samples: generate
+        ((64,), "64", True, False, True),  # a context per sample: contract
+        ((64,), "20 uneven", True, False, True),  # too uneven to pad: contract
+        ((64,), "64", False, False, True),  # without autograd too (a target network)
+        ((8,), "4 even", False, True, False),  # a rollout reusing its heads: the cache
+    ],
+)
+def test_a_head_contracts_where_that_is_cheaper(
+    monkeypatch, hidden, groups, grad, reuse, contracts
+):
+    calls = []
+    monkeypatch.setattr(
+        conditioning, "mlp_contracted", lambda *a: calls.append(1) or mlp_contracted(*a)
+    )
+    head = HyperHead(16, 3, 2, hidden_sizes=hidden)
+    head.reuse_heads = reuse
+    ctx = torch.randn(64, 2)[_GROUPS[groups]]
+    with torch.set_grad_enabled(grad):
+        head(torch.randn(64, 16), ctx)
+    assert bool(calls) == contracts
+
+
+def test_dedup_generates_once_per_distinct_context(monkeypatch):
+    monkeypatch.setattr(conditioning, "CONTRACT_SMALL", 0)  # this small a head would contract
     head = HyperHead(5, 3, 2, hidden_sizes=(12,))
     seen = []
     head.generator.register_forward_hook(lambda m, inp, out: seen.append(inp[0].shape[0]))
@@ -121,6 +189,7 @@ def test_unique_rows_dtypes(dtype):
 
 
 def test_reused_heads_are_regenerated_when_contexts_or_parameters_change(monkeypatch):
+    monkeypatch.setattr(conditioning, "CONTRACT_SMALL", 0)  # this small a head would contract
     layout = functional._padded_layout
     head = HyperHead(5, 3, 2, hidden_sizes=(12,), init="hyperfan_in")
     head.reuse_heads = True
