@@ -12,6 +12,7 @@ a row is deduplication, how much launching kernels one by one, and what is left.
 
     python scripts/bench_hypernet.py [--sizes 64 64 64 8] [--batches 64 512 4096]
         [--contexts 1 8 64] [--device cpu|cuda] [--threads 1] [--tf32] [--given-groups]
+        [--generated] [--replay]
 """
 
 from __future__ import annotations
@@ -99,6 +100,18 @@ def main() -> None:
         action="store_true",
         help="also each generator with its grouping given (and, on CUDA, in a CUDA graph)",
     )
+    p.add_argument(
+        "--generated",
+        action="store_true",
+        help="also per_layer and shared heads that always generate their weights, never apply "
+        "them through the generator (HyperHead(contract=False))",
+    )
+    p.add_argument(
+        "--replay",
+        action="store_true",
+        help="each sample's context drawn at random from the batch's, as in a replay minibatch "
+        "(default: env-major runs, as in a rollout)",
+    )
     p.add_argument("--min-run-time", type=float, default=0.2, help="seconds per measurement")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -109,6 +122,11 @@ def main() -> None:
 
     variants = [("mlp", "none", {}), ("concat", "concat", {}), ("film", "film", {})]
     variants += [(g, "hyper", {"generator": g}) for g in GENERATORS]
+    if args.generated:
+        variants += [
+            (f"{g} generated", "hyper", {"generator": g, "contract": False})
+            for g in ("per_layer", "shared")
+        ]
     variants += [("naive per_layer", "hyper", {"generator": "per_layer", "dedup": False})]
     heads = {
         name: make_head(cond, in_dim, out_dim, args.context_dim, hidden, **kw).to(dev)
@@ -126,7 +144,11 @@ def main() -> None:
     for batch in args.batches:
         for n_ctx in (c for c in args.contexts if c <= batch):
             x = torch.randn(batch, in_dim, device=dev)
-            ctx = env_major_contexts(torch.randn(n_ctx, args.context_dim, device=dev), batch)
+            bank = torch.randn(n_ctx, args.context_dim, device=dev)
+            if args.replay:
+                ctx = bank[torch.randint(0, n_ctx, (batch,), device=dev)]
+            else:
+                ctx = env_major_contexts(bank, batch)
             rows = [(name, head, partial(head, x, ctx), measure) for name, head in heads.items()]
             if args.given_groups:
                 unique, group = unique_rows(ctx)

@@ -6,6 +6,7 @@ the dynamics -- this measures speed only; the contextual envs live in ``envs/``.
 of each variant and its ratio to the plain policy.
 
     python scripts/bench_policies.py [--algos ppo sac] [--ppo-steps 4096] [--sac-steps 1000]
+                                     [--context-every N]
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ from hyperrl import HyperActorCriticPolicy, HyperSACPolicy
 
 
 class RandomContext(gym.Wrapper):
-    """``Dict(observation, context)`` with a context drawn uniformly in [-1, 1] per episode."""
+    """``Dict(observation, context)`` with a context drawn uniformly in [-1, 1] per episode, or
+    every ``every`` steps (``every > 0``)."""
 
-    def __init__(self, env: gym.Env, context_dim: int) -> None:
+    def __init__(self, env: gym.Env, context_dim: int, every: int = 0) -> None:
         super().__init__(env)
-        self.context_dim = context_dim
+        self.context_dim, self.every, self.steps = context_dim, every, 0
         self.observation_space = gym.spaces.Dict(
             {
                 "observation": env.observation_space,
@@ -34,13 +36,19 @@ class RandomContext(gym.Wrapper):
             }
         )
 
+    def _draw(self) -> None:
+        self.context = self.np_random.uniform(-1, 1, self.context_dim).astype(np.float32)
+
     def reset(self, **kwargs):
         obs, info = self.env.reset(**kwargs)
-        self.context = self.np_random.uniform(-1, 1, self.context_dim).astype(np.float32)
+        self._draw()
         return {"observation": obs, "context": self.context}, info
 
     def step(self, action):
         obs, *rest = self.env.step(action)
+        self.steps += 1
+        if self.every and self.steps % self.every == 0:
+            self._draw()
         return {"observation": obs, "context": self.context}, *rest
 
 
@@ -54,6 +62,10 @@ PPO_VARIANTS = {
     "hyper lowrank [64]|(64)": (HyperActorCriticPolicy, {"generator": "lowrank"}),
     "hyper chunked [64]|(64)": (HyperActorCriticPolicy, {"generator": "chunked"}),
     "hyper per_layer [64,64]|()": (HyperActorCriticPolicy, {"net_arch": [64, 64], "head_arch": []}),
+    "hyper per_layer d=16 [64,64]|()": (
+        HyperActorCriticPolicy,
+        {"net_arch": [64, 64], "head_arch": [], "generator_kwargs": {"hidden": [16]}},
+    ),
     "film [64]|(64)": (HyperActorCriticPolicy, {"conditioning": "film"}),
 }
 SAC_VARIANTS = {
@@ -73,8 +85,10 @@ SAC_VARIANTS = {
 }
 
 
-def steps_per_second(algo, policy, policy_kwargs, env_id, context_dim, warmup, steps, seed):
-    env = RandomContext(gym.make(env_id), context_dim)
+def steps_per_second(
+    algo, policy, policy_kwargs, env_id, context_dim, every, warmup, steps, seed
+) -> float:
+    env = RandomContext(gym.make(env_id), context_dim, every)
     extra = {"learning_starts": warmup} if algo is SAC else {}
     model = algo(policy, env, seed=seed, device="cpu", policy_kwargs=policy_kwargs, **extra)
     model.learn(warmup)
@@ -88,6 +102,15 @@ def main() -> None:
     p.add_argument("--algos", nargs="+", default=["ppo", "sac"], choices=["ppo", "sac"])
     p.add_argument("--env", default="HalfCheetah-v5")
     p.add_argument("--context-dim", type=int, default=4)
+    p.add_argument(
+        "--context-every",
+        type=int,
+        default=0,
+        metavar="N",
+        help="draw a new context every N steps (default 0: per episode). An SB3 replay buffer "
+        "after many episodes holds a context per sample or nearly; per 1,000-step episode, the "
+        "timed SAC steps see two",
+    )
     p.add_argument("--ppo-steps", type=int, default=4096)
     p.add_argument("--sac-steps", type=int, default=1000)
     p.add_argument("--threads", type=int, default=1)
@@ -95,7 +118,8 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     print(
-        f"{args.env}, context_dim={args.context_dim}, threads={args.threads}, "
+        f"{args.env}, context_dim={args.context_dim}, context every "
+        f"{args.context_every or 'episode'}, threads={args.threads}, "
         f"torch {torch.__version__}"
     )
     for name in args.algos:
@@ -109,7 +133,15 @@ def main() -> None:
         base = None
         for label, (policy, kwargs) in variants.items():
             sps = steps_per_second(
-                algo, policy, dict(kwargs), args.env, args.context_dim, warmup, steps, args.seed
+                algo,
+                policy,
+                dict(kwargs),
+                args.env,
+                args.context_dim,
+                args.context_every,
+                warmup,
+                steps,
+                args.seed,
             )
             base = base or sps
             print(f"{label:>40} {sps:>9.1f} {sps / base:>8.2f}", flush=True)
