@@ -185,7 +185,7 @@ class HyperHead(ConditionedHead):
     :param generator_kwargs: passed to the generator (``hidden``, ``rank``, ``chunk_size``...).
     :param contract: where it is cheaper, apply the heads through a generator linear in its
         embedding instead of generating them (:meth:`_forward_uncached`); ``False``: always
-        generate (the same function; for benchmarks).
+        generate (the same function; for benchmarks). An attribute, it can be changed later.
 
     Set ``reuse_heads = True`` to keep the heads generated for the last batch's contexts and reuse
     them, outside autograd, until the contexts or the parameters change (see ``_grouped_heads``).
@@ -236,8 +236,9 @@ class HyperHead(ConditionedHead):
         )
         #: multiply-adds per sample of applying the head through the generator
         #: (:func:`~hyperrl.functional.mlp_contracted`), for generators linear in an embedding
+        self.contract = contract
         self._contracted_cost: int | None = None
-        if contract and self.generator.linear_in_embedding:
+        if self.generator.linear_in_embedding:
             widths = [z.shape[1] for z, _, _ in self.generator.linear_maps(torch.zeros(1, gen_dim))]
             self._contracted_cost = sum(
                 ls.fan_in * ls.fan_out * (w + 1)
@@ -272,8 +273,10 @@ class HyperHead(ConditionedHead):
                 0, groups.group, torch.arange(len(x), device=x.device), "amin"
             )
             return self.forward_grouped(x, context[first], groups)
-        if self._contracted_cost is not None and not (
-            self.reuse_heads and not torch.is_grad_enabled()
+        if (
+            self.contract
+            and self._contracted_cost is not None
+            and not (self.reuse_heads and not torch.is_grad_enabled())
         ):
             return self._forward_uncached(x, context)
         heads, groups = self._grouped_heads(context)

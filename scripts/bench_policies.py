@@ -1,9 +1,11 @@
 """SB3 training throughput of the hyper policies against SB3's MultiInputPolicy of the same shape.
 
 Runs PPO and SAC side by side in one process on HalfCheetah-v5 whose observation is made a Dict
-with a per-episode random context (``--context-dim`` features). The context here does not change
-the dynamics -- this measures speed only; the contextual envs live in ``envs/``. Prints env-steps/s
-of each variant and its ratio to the plain policy.
+with a random context (``--context-dim`` features), drawn per episode or every
+``--context-every`` steps. The context here does not change the dynamics -- this measures speed
+only; the contextual envs live in ``envs/``. Prints env-steps/s of each variant and its ratio to
+the plain policy. The rows "heads generated" set ``HyperHead.contract = False``: every head
+generated, never applied through its generator.
 
     python scripts/bench_policies.py [--algos ppo sac] [--ppo-steps 4096] [--sac-steps 1000]
                                      [--context-every N]
@@ -19,7 +21,7 @@ import numpy as np
 import torch
 from stable_baselines3 import PPO, SAC
 
-from hyperrl import HyperActorCriticPolicy, HyperSACPolicy
+from hyperrl import HyperActorCriticPolicy, HyperHead, HyperSACPolicy
 
 
 class RandomContext(gym.Wrapper):
@@ -66,11 +68,17 @@ PPO_VARIANTS = {
         HyperActorCriticPolicy,
         {"net_arch": [64, 64], "head_arch": [], "generator_kwargs": {"hidden": [16]}},
     ),
+    "  the same, heads generated": (
+        HyperActorCriticPolicy,
+        {"net_arch": [64, 64], "head_arch": [], "generator_kwargs": {"hidden": [16]}},
+        False,
+    ),
     "film [64]|(64)": (HyperActorCriticPolicy, {"conditioning": "film"}),
 }
 SAC_VARIANTS = {
     "plain MultiInputPolicy [256,256]": ("MultiInputPolicy", {"net_arch": [256, 256]}),
     "hyper per_layer [256,256]|() (default)": (HyperSACPolicy, {}),
+    "  the same, heads generated": (HyperSACPolicy, {}, False),
     "hyper per_layer d=16 [256,256]|()": (
         HyperSACPolicy,
         {"generator_kwargs": {"hidden": [16]}},
@@ -86,11 +94,14 @@ SAC_VARIANTS = {
 
 
 def steps_per_second(
-    algo, policy, policy_kwargs, env_id, context_dim, every, warmup, steps, seed
+    algo, policy, policy_kwargs, contract, env_id, context_dim, every, warmup, steps, seed
 ) -> float:
     env = RandomContext(gym.make(env_id), context_dim, every)
     extra = {"learning_starts": warmup} if algo is SAC else {}
     model = algo(policy, env, seed=seed, device="cpu", policy_kwargs=policy_kwargs, **extra)
+    for module in model.policy.modules():
+        if isinstance(module, HyperHead):
+            module.contract = contract
     model.learn(warmup)
     start = time.perf_counter()
     model.learn(steps, reset_num_timesteps=False)
@@ -131,11 +142,12 @@ def main() -> None:
         print(f"\n{name.upper()} ({steps} steps timed after {warmup} warm-up steps)")
         print(f"{'policy':>40} {'steps/s':>9} {'x plain':>8}")
         base = None
-        for label, (policy, kwargs) in variants.items():
+        for label, (policy, kwargs, *contract) in variants.items():
             sps = steps_per_second(
                 algo,
                 policy,
                 dict(kwargs),
+                contract[0] if contract else True,
                 args.env,
                 args.context_dim,
                 args.context_every,
