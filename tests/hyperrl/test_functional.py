@@ -160,6 +160,16 @@ def test_a_head_contracts_where_that_is_cheaper(
     assert bool(calls) == contracts
 
 
+def test_a_head_told_not_to_contract_generates(monkeypatch):
+    calls = []
+    monkeypatch.setattr(conditioning, "mlp_contracted", lambda *a: calls.append(1))
+    head = HyperHead(16, 3, 2, hidden_sizes=(8,), contract=False)
+    head(torch.randn(64, 16), torch.randn(64, 2))
+    head.contract = True
+    head(torch.randn(64, 16), torch.randn(64, 2))
+    assert calls == [1]
+
+
 def test_dedup_generates_once_per_distinct_context(monkeypatch):
     monkeypatch.setattr(conditioning, "CONTRACT_SMALL", 0)  # this small a head would contract
     head = HyperHead(5, 3, 2, hidden_sizes=(12,))
