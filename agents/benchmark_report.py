@@ -5,7 +5,8 @@
   (raw returns, the numbers to compare against published ones);
 - :func:`ratios_markdown`: one variant's IQM over others' (hyper / concat, hyper / FiLM);
 - :func:`equal_size_markdown`: per env, each generated variant against the plain one of about its
-  size (:data:`EQUAL_SIZE`): the difference of mean returns with a bootstrap 95 % interval;
+  size (:data:`EQUAL_SIZE`): the difference of mean returns with a bootstrap 95 % interval; the
+  same for candidate designs against the default they would replace (:data:`CANDIDATES`);
 - :func:`plot_iqm`: the aggregate IQM with its 95 % interval per variant, a panel per split;
 - :func:`plot_return_vs_context`: per env, evaluation return against each context feature,
   binned over the feature's bounds, a line per variant (every episode of every seed);
@@ -61,18 +62,23 @@ EQUAL_SIZE: dict[str, str] = {
     "hyper_out_64": "concat",
 }
 
+#: a candidate design -> the default it would replace
+CANDIDATES: dict[str, str] = {"hyper_out_64": "hyper"}
+
 
 def equal_size_markdown(
     records: Sequence[dict[str, Any]],
     pairs: dict[str, str] = EQUAL_SIZE,
     reps: int = 2000,
     seed: int = 0,
+    heading: str = "generated − plain of about its size",
 ) -> str:
     """Per env, a row per pair ``(generated, plain)`` with 2 or more seeds of each:
     ``mean(generated) - mean(plain)`` per split with a 95 % percentile-bootstrap interval (the
     seeds of each variant resampled on their own), the ratio of means ``(1.05×)`` where the plain
     mean is positive, and both parameter counts. An interval that excludes 0 is a difference the
-    seeds resolve. Returns ``""`` when no env has a pair."""
+    seeds resolve. Returns ``""`` when no env has a pair. Other ``pairs`` (:data:`CANDIDATES`)
+    take their own ``heading``."""
     rng = np.random.default_rng(seed)
     out = []
     for env in sorted({r["env"] for r in records}):
@@ -88,8 +94,8 @@ def equal_size_markdown(
         if not present:
             continue
         splits = list(dict.fromkeys(s for r in rows for s in r["returns"]))
-        out += [f"**{env}**: generated − plain of about its size, mean return [95% CI]", ""]
-        out.append("| generated − plain | " + " | ".join(splits) + " | params |")
+        out += [f"**{env}**: {heading}, mean return [95% CI]", ""]
+        out.append("| difference | " + " | ".join(splits) + " | params |")
         out.append("| --- |" + " ---: |" * (len(splits) + 1))
         for gen, plain in present:
             cells = []

@@ -40,6 +40,7 @@ from agents.benchmark import (  # noqa: E402
 )
 from agents.benchmark_archive import archive_cells  # noqa: E402
 from agents.benchmark_report import (  # noqa: E402
+    CANDIDATES,
     best_in_distribution_markdown,
     equal_size_markdown,
     per_env_markdown,
@@ -158,8 +159,11 @@ def main(argv: list[str] | None = None) -> int:
             ratios_markdown(summary, "hyper", against),
             best_in_distribution_markdown(summary, "hyper"),
         ]
-    pairs = equal_size_markdown(records)
-    tables = [per_env_markdown(records).rstrip(), *([pairs.rstrip()] if pairs else [])]
+    pairs = [
+        equal_size_markdown(records),
+        equal_size_markdown(records, CANDIDATES, heading="candidate − the default"),
+    ]
+    tables = [per_env_markdown(records).rstrip(), *(p.rstrip() for p in pairs if p)]
     table = "\n\n".join([*parts, *tables])
     root.mkdir(parents=True, exist_ok=True)
     (root / "results.md").write_text(table + "\n")

@@ -399,6 +399,9 @@ def test_equal_size_pairs_with_bootstrap_intervals_and_parameter_columns():
     assert "| hyper_embed8 − concat_256 | +10 [+10, +10] | +10 [+10, +10] | 10 / 10 |" in table
     assert "hyper − concat_large" not in table
     assert equal_size_markdown([r for r in records if r["variant"] != "concat_256"]) == ""
+    candidates = equal_size_markdown(records, {"lowrank_256": "hyper_embed8"}, heading="cand")
+    assert "**a**: cand, mean return" in candidates
+    assert "| lowrank_256 − hyper_embed8 |" in candidates
     assert "| train | extrapolation | params | train min |" in per_env_markdown(records)
     assert "| concat_256 | 100.0 ± 0.0 (3) | 50.0 ± 0.0 (3) | 10 | 0.0 |" in per_env_markdown(
         records
