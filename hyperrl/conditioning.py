@@ -286,16 +286,17 @@ class HyperHead(ConditionedHead):
         """Apply the heads through the generator (:func:`mlp_contracted`) where that is cheaper
         than generating one per distinct context, else generate and group; nothing is cached.
 
-        Measured on the CPU (forward and backward, docs/BENCHMARKS.md), contracting wins:
+        Measured on the CPU (docs/BENCHMARKS.md), contracting wins:
 
-        - for heads so small that ``batch x in x out x d`` multiply-adds stay below
-          :data:`CONTRACT_SMALL`: the deduplication and grouping's many small operations cost
-          more than the contraction (a PPO minibatch of an output-layer head), so the contexts
-          are not even deduplicated;
         - where there are at least half as many contexts as samples, or they are too uneven to
-          pad and the heads would be gathered per sample (an off-policy minibatch): 0.6-0.7x
-          the time at 256 samples. Below that, generating each head once costs fewer
-          multiply-adds than contracting every sample (a PPO minibatch of a few worlds).
+          pad and the heads would be gathered per sample (an off-policy minibatch): 0.71x the
+          forward and backward time of a 256 -> 12 head at 256 samples, and SB3's SAC 1.17-1.23x
+          faster with a context per replay sample. Below that, generating each head once costs
+          fewer multiply-adds than contracting every sample (a PPO minibatch of a few worlds).
+        - for heads so small that ``batch x in x out x d`` multiply-adds stay below
+          :data:`CONTRACT_SMALL`, where the deduplication and grouping's small operations cost
+          as much as the contraction: the contexts are not even deduplicated (SB3's PPO with an
+          output-layer head, 1.06x faster).
         """
         self._cache.clear()  # an update may follow (see OutputCache)
         if len(x) * self._contracted_cost <= CONTRACT_SMALL:
