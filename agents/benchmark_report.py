@@ -4,9 +4,9 @@
 - :func:`per_env_markdown`: mean return +- standard error over seeds, per env, variant and split
   (raw returns, the numbers to compare against published ones);
 - :func:`ratios_markdown`: one variant's IQM over others' (hyper / concat, hyper / FiLM);
-- :func:`equal_size_markdown`: per env, each generated variant against the plain one of about its
-  size (:data:`EQUAL_SIZE`): the difference of mean returns with a bootstrap 95 % interval; the
-  same for candidate designs against the default they would replace (:data:`CANDIDATES`);
+- :func:`paired_markdown`: per env, each generated variant against the plain one of about its
+  size (:data:`EQUAL_SIZE`), or a candidate design against the default it would replace
+  (:data:`CANDIDATES`): the difference of mean returns with a bootstrap 95 % interval;
 - :func:`plot_iqm`: the aggregate IQM with its 95 % interval per variant, a panel per split;
 - :func:`plot_return_vs_context`: per env, evaluation return against each context feature,
   binned over the feature's bounds, a line per variant (every episode of every seed);
@@ -66,7 +66,7 @@ EQUAL_SIZE: dict[str, str] = {
 CANDIDATES: dict[str, str] = {"hyper_out_64": "hyper"}
 
 
-def equal_size_markdown(
+def paired_markdown(
     records: Sequence[dict[str, Any]],
     pairs: dict[str, str] = EQUAL_SIZE,
     reps: int = 2000,

@@ -234,9 +234,9 @@ class HyperHead(ConditionedHead):
             linear_context=linear_context,
             **(generator_kwargs or {}),
         )
+        self.contract = contract
         #: multiply-adds per sample of applying the head through the generator
         #: (:func:`~hyperrl.functional.mlp_contracted`), for generators linear in an embedding
-        self.contract = contract
         self._contracted_cost: int | None = None
         if self.generator.linear_in_embedding:
             widths = [z.shape[1] for z, _, _ in self.generator.linear_maps(torch.zeros(1, gen_dim))]
@@ -273,11 +273,8 @@ class HyperHead(ConditionedHead):
                 0, groups.group, torch.arange(len(x), device=x.device), "amin"
             )
             return self.forward_grouped(x, context[first], groups)
-        if (
-            self.contract
-            and self._contracted_cost is not None
-            and not (self.reuse_heads and not torch.is_grad_enabled())
-        ):
+        cached = self.reuse_heads and not torch.is_grad_enabled()  # a rollout: reuse the heads
+        if self.contract and self._contracted_cost is not None and not cached:
             return self._forward_uncached(x, context)
         heads, groups = self._grouped_heads(context)
         return self._run_heads(x, heads, groups)

@@ -291,7 +291,8 @@ def mlp_low_rank(
 def mlp_contracted(
     x: torch.Tensor, layers: Sequence[LinearLayerMap], activation: Activation
 ) -> torch.Tensor:
-    """Apply each sample's generated head without generating it: ``W(z) h = sum_k z_k (A_k h)``.
+    """Apply each sample's generated head without generating it:
+    ``W(z) h = sum_k z_k (A_k h) + W_0 h``.
 
     For a generator linear in its embedding (``per_layer``, ``shared``), the contraction goes
     through the generator's own output layer: ``B x in x out x d`` per layer, the cost of
@@ -304,16 +305,16 @@ def mlp_contracted(
     :return: ``(B, out)``.
     """
     h = x
-    for i, (z, a_w, a_b) in enumerate(layers):
+    for i, (z, gen_weight, gen_bias) in enumerate(layers):
         fan_in = h.shape[1]
-        fan_out = a_w.shape[0] // (fan_in + 1)
-        split = fan_out * fan_in
-        weight_map = a_w[:split].view(fan_out, fan_in, -1)  # (out, in, d)
-        mixed = (h @ weight_map.transpose(0, 1).reshape(fan_in, -1)).view(len(h), fan_out, -1)
+        fan_out = gen_weight.shape[0] // (fan_in + 1)
+        split = fan_out * fan_in  # weight rows, then bias rows
+        a_k = gen_weight[:split].view(fan_out, fan_in, -1)  # (out, in, d): A_k along the last
+        mixed = (h @ a_k.transpose(0, 1).reshape(fan_in, -1)).view(len(h), fan_out, -1)
         h = (
             torch.bmm(mixed, z.unsqueeze(-1)).squeeze(-1)  # sum_k z_k (A_k h)
-            + F.linear(h, a_b[:split].view(fan_out, fan_in))  # the generator's bias as weights
-            + F.linear(z, a_w[split:], a_b[split:])  # the generated bias
+            + F.linear(h, gen_bias[:split].view(fan_out, fan_in))  # W_0 h: the weight at z = 0
+            + F.linear(z, gen_weight[split:], gen_bias[split:])  # the generated bias
         )
         if i < len(layers) - 1:
             h = activation(h)

@@ -42,7 +42,7 @@ from agents.benchmark_archive import archive_cells  # noqa: E402
 from agents.benchmark_report import (  # noqa: E402
     CANDIDATES,
     best_in_distribution_markdown,
-    equal_size_markdown,
+    paired_markdown,
     per_env_markdown,
     plot_feature_sweeps,
     plot_iqm,
@@ -160,8 +160,8 @@ def main(argv: list[str] | None = None) -> int:
             best_in_distribution_markdown(summary, "hyper"),
         ]
     pairs = [
-        equal_size_markdown(records),
-        equal_size_markdown(records, CANDIDATES, heading="candidate − the default"),
+        paired_markdown(records),
+        paired_markdown(records, CANDIDATES, heading="candidate − the default"),
     ]
     tables = [per_env_markdown(records).rstrip(), *(p.rstrip() for p in pairs if p)]
     table = "\n\n".join([*parts, *tables])

@@ -370,7 +370,7 @@ def test_report_tables_and_figures_from_finished_cells(tmp_path):
 
 
 def test_equal_size_pairs_with_bootstrap_intervals_and_parameter_columns():
-    from agents.benchmark_report import equal_size_markdown, per_env_markdown
+    from agents.benchmark_report import paired_markdown, per_env_markdown
 
     records = []
     for seed in range(3):
@@ -383,7 +383,7 @@ def test_equal_size_pairs_with_bootstrap_intervals_and_parameter_columns():
             _record("b", "concat_256", seed, -100.0, -50.0),
         ]
     records.append(_record("a", "hyper", 0, 500.0, 500.0))  # one seed, no concat_large: no row
-    table = equal_size_markdown(records, reps=500)
+    table = paired_markdown(records, reps=500)
     lines = table.splitlines()
     row = next(
         line for line in lines if line.startswith("| hyper_embed8 − concat_256") and "×" in line
@@ -398,8 +398,8 @@ def test_equal_size_pairs_with_bootstrap_intervals_and_parameter_columns():
     # env b's plain mean is negative: a difference, no ratio
     assert "| hyper_embed8 − concat_256 | +10 [+10, +10] | +10 [+10, +10] | 10 / 10 |" in table
     assert "hyper − concat_large" not in table
-    assert equal_size_markdown([r for r in records if r["variant"] != "concat_256"]) == ""
-    candidates = equal_size_markdown(records, {"lowrank_256": "hyper_embed8"}, heading="cand")
+    assert paired_markdown([r for r in records if r["variant"] != "concat_256"]) == ""
+    candidates = paired_markdown(records, {"lowrank_256": "hyper_embed8"}, heading="cand")
     assert "**a**: cand, mean return" in candidates
     assert "| lowrank_256 − hyper_embed8 |" in candidates
     assert "| train | extrapolation | params | train min |" in per_env_markdown(records)
