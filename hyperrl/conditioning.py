@@ -287,7 +287,7 @@ class HyperHead(ConditionedHead):
 
         - where there are at least half as many contexts as samples, or they are too uneven to
           pad and the heads would be gathered per sample (an off-policy minibatch): 0.71x the
-          forward and backward time of a 256 -> 12 head at 256 samples, and SB3's SAC 1.17-1.23x
+          forward and backward time of a 256 -> 12 head at 256 samples, and SB3's SAC 1.16-1.23x
           faster with a context per replay sample. Below that, generating each head once costs
           fewer multiply-adds than contracting every sample (a PPO minibatch of a few worlds).
         - for heads so small that ``batch x in x out x d`` multiply-adds stay below
