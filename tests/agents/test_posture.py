@@ -61,7 +61,7 @@ def test_a_run_plays_the_episodes_its_evaluation_plays(tmp_path):
             progress_bar=False,
             tensorboard=False,
             run_dir=str(run_dir),
-        )  # fmt: skip
+        )
     )
     rows = time_upside_down(run_dir, "train", episodes=2, seed=10_000)
     result = evaluate_run(run_dir, splits=["train"], episodes=2, out_dir=tmp_path / "eval")
