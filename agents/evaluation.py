@@ -42,11 +42,19 @@ def _render_hint(err: Exception) -> ValueError:
     )
 
 
-def _play(
-    model, env: gym.Env, seed: int, options: dict | None, normalize, record: bool, source=None
+def play_episode(
+    model,
+    env: gym.Env,
+    seed: int,
+    options: dict | None,
+    normalize,
+    record: bool,
+    source=None,
+    after_step: Callable[[gym.Env], None] | None = None,
 ):
-    """One deterministic episode; ``source`` (a :class:`SingleEnvSource`) decides which
-    context the policy reads (default: the observation's)."""
+    """One deterministic episode -> ``(row, frames)``; ``source`` (a :class:`SingleEnvSource`)
+    decides which context the policy reads (default: the observation's); ``after_step(env)`` is
+    called after every step (``agents/posture.py`` reads the torso there)."""
     obs, info = env.reset(seed=seed, options=options)
     context = info.get("context", {})
     frames, total, length, done = [], 0.0, 0, False
@@ -65,6 +73,8 @@ def _play(
         start = np.zeros(1, dtype=bool)
         next_obs, reward, terminated, truncated, info = env.step(action)
         total, length, done = total + float(reward), length + 1, terminated or truncated
+        if after_step is not None:
+            after_step(env)
         if source is not None:
             source.observe(obs, action, reward, next_obs, done)
         obs = next_obs
@@ -224,7 +234,7 @@ def evaluate_run(
         options = {"context": pinned} if pinned is not None else None
         key = split if pinned is None else _slug(pinned)
         record = video and key not in recorded and len(recorded) < max_videos
-        row, frames = _play(
+        row, frames = play_episode(
             model, made[split], seed + i, options, normalize, record, sources.get(split)
         )
         rows.append({"split": split, **row})

@@ -14,7 +14,7 @@ import gymnasium as gym
 import numpy as np
 
 import envs
-from agents.evaluation import obs_filter
+from agents.evaluation import obs_filter, play_episode
 from agents.run_config import load_run, statistics_dir
 
 #: the body whose orientation counts: the first body under the world (the torso of every
@@ -55,16 +55,13 @@ def time_upside_down(
     normalize = obs_filter(statistics_dir(run_dir, model_path))
     rows = []
     for episode in range(episodes):
-        obs, info = env.reset(seed=seed + episode)
-        context = info.get("context", {})
-        total, steps, down, done = 0.0, 0, 0, False
-        while not done:
-            action, _ = model.predict(normalize(obs), deterministic=True)
-            obs, reward, terminated, truncated, info = env.step(action)
-            total, steps = total + float(reward), steps + 1
-            down += upside_down(env)
-            done = terminated or truncated
-        rows.append({"context": context, "return": total, "upside_down": down / steps})
+        down: list[bool] = []
+        row, _ = play_episode(
+            model, env, seed + episode, None, normalize, False,
+            after_step=lambda e, down=down: down.append(upside_down(e)),
+        )  # fmt: skip
+        share = float(np.mean(down))
+        rows.append({"context": row["context"], "return": row["return"], "upside_down": share})
     env.close()
     return rows
 

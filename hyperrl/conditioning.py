@@ -299,8 +299,8 @@ class HyperHead(ConditionedHead):
         if len(x) * self._contracted_cost <= CONTRACT_SMALL:
             return mlp_contracted(x, self.generator.linear_maps(context), self.activation)
         unique, group = unique_rows(context)
-        groups = grouping(group, len(unique))
-        if groups.layout is None or 2 * len(unique) >= len(x):
+        groups = None if 2 * len(unique) >= len(x) else grouping(group, len(unique))
+        if groups is None or groups.layout is None:  # the layout is not computed when not needed
             return mlp_contracted(x, self.generator.linear_maps(unique, group), self.activation)
         return self._run_heads(x, self._heads(unique, factored=False), groups)
 
